@@ -1,0 +1,1 @@
+"""The drdc command line: thin typer commands over the `stages` library."""

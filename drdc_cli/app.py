@@ -1,0 +1,57 @@
+"""The `drdc` command: a typer app whose commands parse options, call a stage, and print what happened.
+
+Error boundary: a DrdcError (bad data, bad option, missing cache entry) becomes one red line on stderr and a
+non-zero exit; Ctrl-C says what is kept. Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+
+from stages.common import StageResult
+from stages.errors import DrdcError
+
+app = typer.Typer(
+    name="drdc",
+    help="Multi-class industrial anomaly detection with Diffusion Refinement with Dual Conditions (DRDC).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+cache_app = typer.Typer(help="Inspect the run store.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn domain errors into one line + exit code; functools.wraps keeps the signature typer reads."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DrdcError as e:
+            err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted:[/] finished chunks and epochs are saved in the run store; "
+                      "rerun the same command to resume", soft_wrap=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def report_stage(r: StageResult) -> None:
+    what = "[dim]cached[/]" if r.cached else f"done in {r.seconds:.1f} s"
+    out.print(f"[green]✓[/] {r.stage.replace('_', '-')} [cyan]{r.key}[/] {what}: {r.summary}", soft_wrap=True)
+
+
+def main() -> None:
+    from . import cache_cmd, demo, pipeline, report  # noqa: F401  (registers the commands)
+
+    app()

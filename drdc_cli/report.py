@@ -1,0 +1,64 @@
+"""`drdc report`: per-category metric tables in the terminal, CSV and JSON."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from stages import report as rep
+from stages.cache import RunStore
+
+from .app import app, guarded, out
+from .pipeline import RunOpt
+
+
+def render(table: list[dict], entries: list, title: str) -> Table:
+    t = Table(title=title, title_justify="left", header_style="bold")
+    t.add_column("Category", style="bold")
+    multi = len(entries) > 1
+    # Side by side, the paper's three headline metrics per variant keep the table readable; CSV/JSON have all.
+    shown = rep.HEADLINE if multi else rep.ORDER
+    cols = [c for c in table[0] if c != "category" and c.rpartition("/")[2] in shown]
+    for c in cols:
+        variant, _, metric = c.rpartition("/")
+        head = rep.LABELS[metric] + (f"\n[dim]{variant}[/]" if multi else "")
+        t.add_column(head, justify="right")
+    for r in table:
+        if r["category"] == "mean":
+            t.add_section()
+        t.add_row("Mean" if r["category"] == "mean" else r["category"],
+                  *["-" if r[c] is None else f"{100 * r[c]:.1f}" for c in cols])
+    return t
+
+
+def print_report(store: RunStore, variants: list[str] | None = None) -> list[dict]:
+    entries = rep.variants(store, variants)
+    table = rep.rows(entries)
+    out.print(render(table, entries, f"{store.name}: metrics in % (categories without masks: pixel metrics '-')"))
+    return table
+
+
+@app.command(rich_help_panel="Results")
+@guarded
+def report(
+    run: RunOpt,
+    csv: Annotated[Optional[Path], typer.Option(help="Also write the table as CSV.")] = None,
+    json: Annotated[Optional[Path], typer.Option(help="Also write the table and its settings as JSON.")] = None,
+    per_image: Annotated[Optional[Path], typer.Option(help="Write every test image's score as CSV.")] = None,
+    variant: Annotated[Optional[list[str]], typer.Option(help="Score entry key (prefix) to show; repeat for side-by-side columns. Default: the current one.")] = None,
+) -> None:
+    """Per-category and mean metrics of scored heatmaps, as in the paper's Tables 2/3."""
+    store = RunStore(run)
+    entries = rep.variants(store, variant)
+    table = print_report(store, variant)
+    if csv:
+        rep.write_csv(table, csv)
+        out.print(f"wrote {csv}")
+    if json:
+        rep.write_json(table, entries, json)
+        out.print(f"wrote {json}")
+    if per_image:
+        n = rep.per_image(store, entries[0], per_image)
+        out.print(f"wrote {per_image} ({n} images)")

@@ -1,0 +1,162 @@
+"""Dataset discovery: MVTec-AD and BTAD layouts, several categories at once (the unified setting).
+
+MVTec-AD: <root>/<category>/{train/good, test/good, test/<defect>, ground_truth/<defect>/<stem>_mask.png}
+BTAD:     <root>/<NN>/{train/ok, test/ok, test/ko, ground_truth/ko/<stem>.<ext>}
+A root that is itself one category (holds train/ and test/) is accepted too.
+
+Discovery reads directory listings and image headers only; decoding happens in the index stage.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import DataError
+from .images import IMAGE_SUFFIXES
+
+LAYOUTS = ("auto", "mvtec", "btad")
+_JUNK = {"thumbs.db", "desktop.ini"}
+_GOOD = {"mvtec": "good", "btad": "ok"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image of the dataset. Paths are relative to the dataset root (POSIX), so a store can be moved
+    with its data and no recorded path can point outside the root."""
+
+    category: str
+    split: str  # "train" | "test"
+    label: int  # 0 normal, 1 anomalous
+    defect: str  # "good" for normal images, else the defect folder name
+    path: str
+    mask: str | None  # None for normal images, and for defect images of a category without ground truth
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    root: Path
+    layout: str
+    records: tuple[Record, ...]
+    masked_categories: tuple[str, ...]  # categories with pixel ground truth
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r.category for r in self.records))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Sorted image files of a folder; hidden files and OS junk skipped, anything else non-image refused."""
+    files = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.name.lower() in _JUNK:
+            continue
+        if p.is_dir():
+            raise DataError(f"{p}: unexpected folder inside an image folder")
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"{p}: not an image file (expected one of {', '.join(sorted(IMAGE_SUFFIXES))})")
+        files.append(p)
+    return files
+
+
+def _detect_layout(cat_dir: Path) -> str:
+    if (cat_dir / "train" / "good").is_dir():
+        return "mvtec"
+    if (cat_dir / "train" / "ok").is_dir():
+        return "btad"
+    raise DataError(f"{cat_dir}: no train/good (MVTec-AD) or train/ok (BTAD) folder")
+
+
+def _find_mask(gt_dir: Path, stem: str) -> Path | None:
+    """MVTec names masks <stem>_mask.png, BTAD <stem>.<ext> (ext may differ from the image's)."""
+    for name in (f"{stem}_mask", stem):
+        for suffix in (".png", ".bmp", ".tif", ".tiff", ".jpg"):
+            p = gt_dir / f"{name}{suffix}"
+            if p.is_file():
+                return p
+    return None
+
+
+def _category_dirs(root: Path) -> list[Path]:
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return [root]
+    dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    if not dirs:
+        raise DataError(f"{root}: no category folders found (expected <root>/<category>/train, test)")
+    return dirs
+
+
+def _scan_category(root: Path, cat_dir: Path, layout: str) -> tuple[list[Record], bool]:
+    category = cat_dir.name
+    good = _GOOD[layout]
+    rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    train_dir, test_dir, gt_root = cat_dir / "train" / good, cat_dir / "test", cat_dir / "ground_truth"
+    train = _image_files(train_dir) if train_dir.is_dir() else []
+    if not train:
+        raise DataError(f"{train_dir}: category '{category}' has no training images")
+    if not test_dir.is_dir():
+        raise DataError(f"{test_dir}: category '{category}' has no test folder")
+    has_gt = gt_root.is_dir()
+    records = [Record(category, "train", 0, "good", rel(p), None) for p in train]
+    for d in sorted(x for x in test_dir.iterdir() if x.is_dir() and not x.name.startswith(".")):
+        normal = d.name == good
+        for p in _image_files(d):
+            mask = None
+            if not normal and has_gt:
+                m = _find_mask(gt_root / d.name, p.stem)
+                if m is None:
+                    raise DataError(f"{p}: defect image has no mask (looked for {gt_root / d.name / p.stem}_mask.png)")
+                mask = rel(m)
+            records.append(Record(category, "test", 0 if normal else 1, "good" if normal else d.name, rel(p), mask))
+    n_test = sum(r.split == "test" for r in records)
+    if n_test == 0:
+        raise DataError(f"{test_dir}: category '{category}' has no test images")
+    return records, has_gt
+
+
+def discover(root: Path, layout: str = "auto", categories: tuple[str, ...] | None = None) -> Dataset:
+    """Scan root into records (train first, then test, category by category, sorted by name).
+
+    Raises DataError naming the folder or file for a missing root, wrong layout, empty category, non-image
+    file or defect image without a mask.
+    """
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown layout '{layout}' (choose from {', '.join(LAYOUTS)})")
+    root = Path(root).expanduser().resolve()
+    if not root.exists():
+        raise DataError(f"{root}: dataset root does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset root is not a folder")
+    dirs = _category_dirs(root)
+    if categories:
+        names = {d.name for d in dirs}
+        missing = [c for c in categories if c not in names]
+        if missing:
+            raise DataError(f"{root}: no category {', '.join(missing)} (found: {', '.join(sorted(names))})")
+        dirs = [d for d in dirs if d.name in categories]
+    found_layouts = {d: (_detect_layout(d) if layout == "auto" else layout) for d in dirs}
+    if len(set(found_layouts.values())) > 1:
+        raise DataError(f"{root}: categories mix MVTec-AD and BTAD layouts; pass --layout or split the root")
+    records: list[Record] = []
+    masked: list[str] = []
+    for d in dirs:
+        recs, has_gt = _scan_category(root, d, found_layouts[d])
+        records.extend(recs)
+        if has_gt:
+            masked.append(d.name)
+    return Dataset(root, next(iter(found_layouts.values())), tuple(records), tuple(masked))
+
+
+def fingerprint(root: Path, records: tuple[Record, ...]) -> str:
+    """Hash of every recorded file's relative path, size and mtime: a file added, removed or modified
+    changes it, so downstream cache keys change (content hashing a 5 GB dataset on every index is too slow)."""
+    h = hashlib.sha256()
+    paths = sorted({r.path for r in records} | {r.mask for r in records if r.mask})
+    for p in paths:
+        st = os.stat(root / p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]

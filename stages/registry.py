@@ -1,0 +1,37 @@
+"""The stages, in pipeline order: their store names, the command that produces each, and their inputs.
+
+Used for "run this first" messages, `drdc cache ls` ordering and (later) `drdc run`. A stage never imports
+another stage; it names its inputs here and reads them from the run store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    name: str  # group name in the run store
+    command: str  # CLI command that produces it
+    inputs: tuple[str, ...]  # upstream stage names
+    extra: str = ""  # required options to show in hints
+    shown: tuple[str, ...] = ()  # the key parameters `drdc cache ls` shows
+
+
+STAGES: dict[str, StageInfo] = {
+    s.name: s
+    for s in (
+        StageInfo("index", "index", (), "--data ROOT", ("root", "image_size", "categories")),
+        StageInfo("extract", "extract", ("index",), "", ("backbone", "feature_size")),
+        StageInfo("train_base", "train-base", ("extract",), "",
+                  ("epochs", "batch_size", "lr", "schedule", "hidden_dim", "seed")),
+        StageInfo("infer_base", "infer-base", ("extract", "train_base")),
+        StageInfo("score", "score", ("index", "infer_base"), "", ("source", "pool")),
+    )
+}
+
+
+def hint(stage: str, run: str) -> str:
+    """The command line that (re)makes a stage's result, e.g. `drdc extract --run runs/x.zarr`."""
+    info = STAGES[stage]
+    extra = f" {info.extra}" if info.extra else ""
+    return f"drdc {info.command}{extra} --run {run}"

@@ -1,0 +1,92 @@
+"""Stage `report`: the metrics of scored entries as rows (categories, then the mean), CSV and JSON.
+
+Rendering to the terminal is the CLI's job; this module only shapes and writes data. Several score entries
+(variants) can be reported side by side: each gets its own block of columns.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .cache import Entry, RunStore
+from .errors import CacheMissError, ConfigError
+from .metrics import METRIC_NAMES
+
+LABELS = {"i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "p_aupro": "P-AUPRO", "i_ap": "I-AP", "p_ap": "P-AP",
+          "i_f1max": "I-F1max", "p_f1max": "P-F1max"}
+ORDER = ("i_auroc", "p_auroc", "p_aupro", "i_ap", "p_ap", "i_f1max", "p_f1max")  # the paper's two first
+HEADLINE = ("i_auroc", "p_auroc", "p_aupro")
+assert set(ORDER) == set(METRIC_NAMES)
+
+
+def variants(store: RunStore, keys: list[str] | None) -> list[Entry]:
+    """The score entries to report: the given keys (prefixes allowed), or the current one."""
+    if not keys:
+        return [store.current("score")]
+    out = []
+    all_scores = [e for e in store.entries() if e.stage == "score" and e.is_complete]
+    for k in keys:
+        hits = [e for e in all_scores if e.key.startswith(k)]
+        if len(hits) != 1:
+            found = ", ".join(e.key for e in all_scores) or "none"
+            raise CacheMissError(f"--variant {k}: {'no' if not hits else 'ambiguous'} complete score entry "
+                                 f"(complete score entries: {found})")
+        out.append(hits[0])
+    return out
+
+
+def label(entry: Entry) -> str:
+    return f"{entry.params['source']}:{entry.key[:6]}"
+
+
+def rows(entries: list[Entry]) -> list[dict]:
+    """One row per category then 'mean': {'category', '<variant>/<metric>': value in [0,1] or None}."""
+    cats = list(entries[0].attrs["metrics"].keys())
+    out = []
+    for cat in cats:
+        row: dict = {"category": cat}
+        for e in entries:
+            m = e.attrs["metrics"].get(cat, {})
+            for name in ORDER:
+                row[f"{label(e)}/{name}" if len(entries) > 1 else name] = m.get(name)
+        out.append(row)
+    return out
+
+
+def write_csv(table: list[dict], path: Path) -> None:
+    _parent(path)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(table[0].keys()))
+        w.writeheader()
+        for r in table:
+            w.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v)) for k, v in r.items()})
+
+
+def write_json(table: list[dict], entries: list[Entry], path: Path) -> None:
+    _parent(path)
+    doc = {"variants": [{"label": label(e), "key": e.key, "params": e.params, "inputs": e.inputs} for e in entries],
+           "rows": table}
+    path.write_text(json.dumps(doc, indent=1))
+
+
+def per_image(store: RunStore, entry: Entry, path: Path) -> int:
+    """CSV of every test image: path, category, defect, label, score. Returns the row count."""
+    index = store.get("index", entry.inputs["index"])
+    records = index.attrs["records"]
+    scores, rec = entry.array("scores")[:], entry.array("record")[:]
+    _parent(path)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "category", "defect", "label", "score"])
+        for i, s in zip(rec, scores):
+            r = records[i]
+            w.writerow([r["path"], r["category"], r["defect"], r["label"], f"{s:.6g}"])
+    return len(rec)
+
+
+def _parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot create its folder ({e.strerror})") from None

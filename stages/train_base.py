@@ -1,0 +1,192 @@
+"""Stage `train-base`: fit the UniAD reconstruction transformer on cached train features (Eq 1).
+
+Recipe (UniAD's MVTec config, the `paper` preset): AdamW lr 1e-4, wd 1e-4, StepLR(800, 0.1), 1000 epochs, batch 8,
+grad-norm clip 0.1, feature jitter. The checkpoint (model, optimiser, scheduler, RNG state) is saved atomically
+after every epoch, so a killed run resumes from its last epoch and ends with the same weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .cache import Entry, RunStore, atomic_save
+from .common import StageResult, check, keyed, resolve_device, seed_everything
+from .models.reconstruction import ReconstructionConfig, UniADReconstruction
+
+STAGE = "train_base"
+SCHEDULES = ("step", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainBaseParams:
+    hidden_dim: int = 256
+    num_encoder_layers: int = 4
+    num_decoder_layers: int = 4
+    nhead: int = 8
+    dim_feedforward: int = 1024
+    dropout: float = 0.1
+    neighbor_size: int = 7
+    jitter_scale: float = 20.0
+    jitter_prob: float = 1.0
+    epochs: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    schedule: str = "step"  # step: StepLR(lr_step, lr_gamma) per epoch (UniAD); cosine: warmup then cosine to 0
+    lr_step: int = 800
+    lr_gamma: float = 0.1
+    warmup_epochs: int = 0
+    grad_clip: float = 0.1
+    holdout: float = 0.0  # fraction of train/good per category kept out of training for a validation loss
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "--epochs", "must be >= 1", self.epochs)
+        check(self.batch_size >= 1, "--batch-size", "must be >= 1", self.batch_size)
+        check(self.lr > 0, "--lr", "must be > 0", self.lr)
+        check(self.schedule in SCHEDULES, "--schedule", f"must be one of {', '.join(SCHEDULES)}", self.schedule)
+        check(0.0 <= self.holdout < 0.5, "--holdout", "must be in [0, 0.5)", self.holdout)
+        check(0.0 <= self.dropout < 1.0, "--dropout", "must be in [0, 1)", self.dropout)
+        check(self.hidden_dim % self.nhead == 0, "--hidden-dim", f"must be divisible by nhead={self.nhead}",
+              self.hidden_dim)
+        check(self.neighbor_size >= 1 and self.neighbor_size % 2 == 1, "--neighbor-size", "must be odd (a centred window)",
+              self.neighbor_size)
+        check(self.warmup_epochs >= 0, "--warmup-epochs", "must be >= 0", self.warmup_epochs)
+
+    def model_config(self, in_channels: int, feature_size: int) -> ReconstructionConfig:
+        return ReconstructionConfig(
+            in_channels=in_channels, feature_size=feature_size, hidden_dim=self.hidden_dim,
+            num_encoder_layers=self.num_encoder_layers, num_decoder_layers=self.num_decoder_layers,
+            nhead=self.nhead, dim_feedforward=self.dim_feedforward, dropout=self.dropout,
+            neighbor_size=self.neighbor_size, jitter_scale=self.jitter_scale, jitter_prob=self.jitter_prob,
+        )
+
+
+def split_train(records: list[dict], holdout: float, seed: int) -> tuple[list[int], list[int]]:
+    """Record indices of train/good images for fitting and for validation, chosen per category by a seeded
+    permutation (never from the test split)."""
+    fit, val = [], []
+    by_cat: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        if r["split"] == "train":
+            by_cat.setdefault(r["category"], []).append(i)
+    for cat, idx in by_cat.items():
+        rng = np.random.default_rng([seed, sum(cat.encode())])
+        perm = [idx[j] for j in rng.permutation(len(idx))]
+        k = int(round(holdout * len(idx)))
+        val += sorted(perm[:k])
+        fit += sorted(perm[k:])
+    return sorted(fit), sorted(val)
+
+
+def _scheduler(opt: torch.optim.Optimizer, p: TrainBaseParams) -> torch.optim.lr_scheduler.LRScheduler:
+    if p.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=p.lr_step, gamma=p.lr_gamma)
+
+    def factor(epoch: int) -> float:  # linear warmup, then cosine to zero at the last epoch
+        if epoch < p.warmup_epochs:
+            return (epoch + 1) / (p.warmup_epochs + 1)
+        t = (epoch - p.warmup_epochs) / max(1, p.epochs - p.warmup_epochs)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@torch.no_grad()
+def _val_loss(model: nn.Module, feats: torch.Tensor, batch: int) -> float:
+    model.eval()
+    tot = sum(nn.functional.mse_loss(model(feats[i : i + batch]), feats[i : i + batch], reduction="sum").item()
+              for i in range(0, len(feats), batch))
+    model.train()
+    return tot / feats.numel()
+
+
+def load_model(entry: Entry, device: torch.device) -> UniADReconstruction:
+    """The trained model of a complete train-base entry (weights_only load: no pickle from the store)."""
+    cfg = ReconstructionConfig.from_dict(json.loads((entry.files / "config.json").read_text()))
+    model = UniADReconstruction(cfg)
+    model.load_state_dict(torch.load(entry.files / "model.pt", map_location="cpu", weights_only=True))
+    return model.to(device).eval()
+
+
+def run(store: RunStore, p: TrainBaseParams, device: str = "auto", progress: bool = True) -> StageResult:
+    t0 = time.perf_counter()
+    extract = store.current("extract")
+    index = store.get("index", extract.inputs["index"])
+    dev = resolve_device(device)
+    all_feats = extract.array("features")
+    cfg = p.model_config(all_feats.shape[1], all_feats.shape[-1])  # validates against the features before any write
+    entry, cached = store.begin(STAGE, keyed(p), {"extract": extract.key}, seed=p.seed)
+    if cached:
+        h = entry.attrs.get("history", [])
+        return StageResult(STAGE, entry.key, True, time.perf_counter() - t0,
+                           f"{p.epochs} epochs, final loss {h[-1]['loss']:.4g}" if h else "")
+    fit_idx, val_idx = split_train(index.attrs["records"], p.holdout, p.seed)
+    fit = torch.from_numpy(all_feats.get_orthogonal_selection((fit_idx,))).to(dev)
+    val = torch.from_numpy(all_feats.get_orthogonal_selection((val_idx,))).to(dev) if val_idx else None
+    (entry.files / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+
+    seed_everything(p.seed)
+    model = UniADReconstruction(cfg).to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    sched = _scheduler(opt, p)
+    ckpt_path = entry.files / "last.pt"
+    start, history = 0, []
+    if ckpt_path.exists():  # resume: everything that shapes the remaining epochs comes back
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["rng"])
+        if dev.type == "cuda" and "cuda_rng" in ck:
+            torch.cuda.set_rng_state(ck["cuda_rng"], dev)
+        start, history = ck["epoch"] + 1, json.loads(ck["history"])
+    entry.update(n_fit=len(fit_idx), n_val=len(val_idx), device=str(dev),
+                 n_params=sum(q.numel() for q in model.parameters()))
+
+    n = len(fit)
+    steps = math.ceil(n / p.batch_size)
+    bar = tqdm(total=p.epochs * steps, initial=start * steps, desc="train-base", unit="step", disable=not progress)
+    for epoch in range(start, p.epochs):
+        te = time.perf_counter()
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(p.seed * 100003 + epoch)).to(dev)
+        total = 0.0
+        for i in range(0, n, p.batch_size):
+            x = fit[perm[i : i + p.batch_size]]
+            loss = nn.functional.mse_loss(model(x), x)  # Eq 1 (mean over C, H, W and the batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if p.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+            opt.step()
+            total += loss.item() * len(x)
+            bar.update(1)
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        rec = {"epoch": epoch, "loss": total / n, "lr": lr, "seconds": round(time.perf_counter() - te, 3)}
+        if val is not None:
+            rec["val_loss"] = _val_loss(model, val, p.batch_size)
+        history.append(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.4g}", **({"val": f"{rec['val_loss']:.4g}"} if val is not None else {}))
+        ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+              "rng": torch.get_rng_state(), "epoch": epoch, "history": json.dumps(history)}
+        if dev.type == "cuda":
+            ck["cuda_rng"] = torch.cuda.get_rng_state(dev)
+        atomic_save(lambda tmp: torch.save(ck, tmp), ckpt_path)
+        entry.update(history=history)
+    bar.close()
+    atomic_save(lambda tmp: torch.save(model.state_dict(), tmp), entry.files / "model.pt")
+    entry.complete(history=history)
+    store.set_current(entry)
+    last = history[-1]
+    val_txt = f", val loss {last['val_loss']:.4g}" if "val_loss" in last else ""
+    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0,
+                       f"{p.epochs} epochs on {n} images, final loss {last['loss']:.4g}{val_txt}")

@@ -1,0 +1,133 @@
+"""Bad input: one line naming the culprit, the right exit code, no traceback, nothing cached lost."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages.cache import RunStore
+
+from conftest import TINY_EXTRACT, TINY_INDEX
+
+
+def _copy(tiny_data: Path, tmp_path: Path, cats=("disc",)) -> Path:
+    root = tmp_path / "data"
+    for c in cats:
+        shutil.copytree(tiny_data / c, root / c)
+    return root
+
+
+def _one_error_line(res) -> str:
+    # Progress bars share stderr; every other line counts.
+    lines = [ln for ln in res.stderr.replace("\r", "\n").splitlines() if ln.strip() and "%|" not in ln]
+    assert len(lines) == 1, res.output
+    assert "Traceback" not in res.output
+    return lines[0]
+
+
+def _truncate(root: Path) -> str:
+    p = next((root / "disc" / "train" / "good").glob("*.png"))
+    p.write_bytes(p.read_bytes()[:100])
+    return p.name
+
+
+def _wrong_mask(root: Path) -> str:
+    m = next((root / "disc" / "ground_truth").rglob("*_mask.png"))
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(m)
+    return m.name
+
+
+def _no_mask(root: Path) -> str:
+    m = next((root / "disc" / "ground_truth").rglob("*_mask.png"))
+    m.unlink()
+    return "defect image has no mask"
+
+
+def _non_image(root: Path) -> str:
+    (root / "disc" / "test" / "good" / "readme.txt").write_text("hi")
+    return "readme.txt"
+
+
+def _empty_category(root: Path) -> str:
+    for p in (root / "disc" / "train" / "good").iterdir():
+        p.unlink()
+    return "no training images"
+
+
+def _fake_png(root: Path) -> str:
+    (root / "disc" / "train" / "good" / "zzz.png").write_text("not a png")
+    return "zzz.png: not an image"
+
+
+@pytest.mark.parametrize("damage", [_truncate, _wrong_mask, _no_mask, _non_image, _empty_category, _fake_png])
+def test_bad_dataset_is_named(tiny_data, tmp_path, cli, damage):
+    root = _copy(tiny_data, tmp_path)
+    needle = damage(root)
+    res = cli("index", "--data", root, "--run", tmp_path / "r.zarr", *TINY_INDEX, code=1)
+    assert needle in _one_error_line(res)
+
+
+def test_missing_root(tmp_path, cli):
+    res = cli("index", "--data", tmp_path / "nope", "--run", tmp_path / "r.zarr", code=1)
+    assert "nope: dataset root does not exist" in _one_error_line(res)
+
+
+def test_missing_run_store(tmp_path, cli):
+    res = cli("extract", "--run", tmp_path / "none.zarr", code=1)
+    assert "no run store here" in _one_error_line(res)
+
+
+def test_stage_before_its_input(tmp_path, tiny_data, cli):
+    run = tmp_path / "r.zarr"
+    cli("index", "--data", _copy(tiny_data, tmp_path), "--run", run, *TINY_INDEX)
+    res = cli("train-base", "--run", run, code=1)
+    assert "run `drdc extract --run" in _one_error_line(res)
+
+
+@pytest.fixture(scope="module")
+def indexed(tiny_data, tmp_path_factory):
+    """A run store with index + extract done, shared by the option cases (none of them may change it)."""
+    from typer.testing import CliRunner
+
+    from drdc_cli import pipeline  # noqa: F401
+    from drdc_cli.app import app
+
+    base = tmp_path_factory.mktemp("opts")
+    run = base / "r.zarr"
+    r = CliRunner()
+    assert r.invoke(app, ["index", "--data", str(_copy(tiny_data, base)), "--run", str(run), *TINY_INDEX]).exit_code == 0
+    assert r.invoke(app, ["extract", "--run", str(run), *TINY_EXTRACT]).exit_code == 0
+    return run
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["extract", "--backbone", "resnet9000"], "unknown backbone"),
+    (["extract", "--feature-size", "1"], "--feature-size"),
+    (["extract", "--preset", "huge"], "--preset: unknown preset 'huge'"),
+    (["extract", "--device", "cuda:7"], "--device"),
+    (["train-base", "--epochs", "0"], "--epochs: must be >= 1 (got 0)"),
+    (["train-base", "--holdout", "0.7"], "--holdout"),
+    (["train-base", "--lr", "-1"], "--lr"),
+    (["train-base", "--schedule", "linear"], "--schedule"),
+    (["train-base", "--neighbor-size", "4"], "--neighbor-size: must be odd"),
+    (["train-base", "--neighbor-size", "9"], "neighbor_size=9 must be < feature_size=8"),
+    (["train-base", "--hidden-dim", "30", "--heads", "8"], "--hidden-dim"),
+    (["score", "--pool", "0"], "--pool"),
+    (["score", "--source", "magic"], "--source"),
+    (["report", "--variant", "ffffff"], "--variant ffffff"),
+])
+def test_bad_option_is_named_and_store_untouched(indexed, cli, args, needle):
+    before = RunStore(indexed).current_keys
+    n_entries = len(list(RunStore(indexed).entries()))
+    res = cli(*args[:1], "--run", indexed, *args[1:], code=None)
+    assert res.exit_code in (1, 2)
+    assert needle in _one_error_line(res)
+    assert RunStore(indexed).current_keys == before and len(list(RunStore(indexed).entries())) == n_entries
+
+
+def test_index_bad_image_size(tmp_path, tiny_data, cli):
+    res = cli("index", "--data", tiny_data, "--run", tmp_path / "r.zarr", "--image-size", "30", code=2)
+    assert "--image-size" in _one_error_line(res)

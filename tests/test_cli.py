@@ -1,0 +1,92 @@
+"""The CLI end to end on tiny synthetic data: every stage, caching, new keys, stale inputs, reports."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from stages.cache import RunStore
+
+from conftest import TINY_EXTRACT, TINY_INDEX, TINY_TRAIN
+
+
+def _pipeline(cli, data, run, train=TINY_TRAIN):
+    return [
+        cli("index", "--data", data, "--run", run, *TINY_INDEX),
+        cli("extract", "--run", run, *TINY_EXTRACT),
+        cli("train-base", "--run", run, *train),
+        cli("infer-base", "--run", run),
+        cli("score", "--run", run),
+    ]
+
+
+@pytest.fixture(scope="module")
+def done_run(tiny_data, tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from drdc_cli import cache_cmd, demo, pipeline, report  # noqa: F401
+    from drdc_cli.app import app
+
+    run = tmp_path_factory.mktemp("runs") / "r.zarr"
+    runner = CliRunner()
+
+    def cli(*args):
+        res = runner.invoke(app, [str(a) for a in args])
+        assert res.exit_code == 0, res.output
+        return res
+
+    outs = _pipeline(cli, tiny_data, run)
+    return run, outs
+
+
+def test_every_stage_runs_and_reports(done_run, cli, tmp_path):
+    run, outs = done_run
+    assert all("✓" in o.output and "cached" not in o.output for o in outs)
+    res = cli("report", "--run", run, "--csv", tmp_path / "m.csv", "--json", tmp_path / "m.json",
+              "--per-image", tmp_path / "img.csv")
+    for cat in ("weave", "disc", "grain", "Mean"):
+        assert cat in res.output
+    rows = list(csv.DictReader(open(tmp_path / "m.csv")))
+    assert [r["category"] for r in rows][-1] == "mean"
+    metrics = RunStore(run).current("score").attrs["metrics"]
+    for r in rows:
+        for name in ("i_auroc", "p_auroc", "p_aupro"):
+            assert float(r[name]) == pytest.approx(metrics[r["category"]][name], abs=1e-6)
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["variants"][0]["params"] == {"source": "base", "pool": 16} and len(doc["rows"]) == 4
+    images = list(csv.DictReader(open(tmp_path / "img.csv")))
+    assert len(images) == 3 * (3 + 4) and {r["label"] for r in images} == {"0", "1"}
+
+
+def test_rerun_is_cached_and_changes_nothing(done_run, cli, tiny_data):
+    run, _ = done_run
+    before = RunStore(run).current_keys
+    for o in _pipeline(cli, tiny_data, run):
+        assert "cached" in o.output
+    assert RunStore(run).current_keys == before
+
+
+def test_cache_ls_lists_entries(done_run, cli):
+    run, _ = done_run
+    res = cli("cache", "ls", "--run", run)
+    for stage in ("index", "extract", "train-base", "infer-base", "score"):
+        assert stage in res.output
+    assert res.output.count("complete") == 5
+
+
+def test_changed_parameter_new_entry_and_stale_downstream_refused(tiny_data, cli, tmp_path):
+    run = tmp_path / "r.zarr"
+    _pipeline(cli, tiny_data, run)
+    first = RunStore(run).current_keys
+    cli("train-base", "--run", run, *TINY_TRAIN[:-2], "--holdout", "0.0")
+    assert RunStore(run).current_keys["train_base"] != first["train_base"]
+    res = cli("score", "--run", run, code=1)  # infer-base still holds the old model's maps
+    assert "rerun `drdc infer-base --run" in res.output and "Traceback" not in res.output
+    cli("infer-base", "--run", run)
+    cli("score", "--run", run)
+    keys = RunStore(run).current_keys
+    assert keys["infer_base"] != first["infer_base"] and keys["score"] != first["score"]
+    assert keys["index"] == first["index"] and keys["extract"] == first["extract"]
+    res = cli("report", "--run", run, "--variant", first["score"], "--variant", keys["score"][:6])
+    assert res.output.count("base:") >= 2  # two variants side by side
