@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def split_train(records: list[dict], holdout: float, seed: int) -> tuple[list[in
         if r["split"] == "train":
             by_cat.setdefault(r["category"], []).append(i)
     for cat, idx in by_cat.items():
-        rng = np.random.default_rng([seed, sum(cat.encode())])
+        rng = np.random.default_rng([seed, zlib.crc32(cat.encode())])
         perm = [idx[j] for j in rng.permutation(len(idx))]
         k = int(round(holdout * len(idx)))
         val += sorted(perm[:k])

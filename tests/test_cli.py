@@ -90,3 +90,29 @@ def test_changed_parameter_new_entry_and_stale_downstream_refused(tiny_data, cli
     assert keys["index"] == first["index"] and keys["extract"] == first["extract"]
     res = cli("report", "--run", run, "--variant", first["score"], "--variant", keys["score"][:6])
     assert res.output.count("base:") >= 2  # two variants side by side
+
+
+def test_category_without_masks_gets_a_dash(tiny_data, cli, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    for c in ("disc", "grain"):
+        shutil.copytree(tiny_data / c, root / c)
+    shutil.rmtree(root / "grain" / "ground_truth")
+    _pipeline(cli, root, tmp_path / "r.zarr")
+    metrics = RunStore(tmp_path / "r.zarr").current("score").attrs["metrics"]
+    assert metrics["grain"]["p_auroc"] is None and metrics["grain"]["i_auroc"] is not None
+    assert metrics["disc"]["p_auroc"] is not None
+    assert metrics["mean"]["p_auroc"] == pytest.approx(metrics["disc"]["p_auroc"])
+    row = next(ln for ln in cli("report", "--run", tmp_path / "r.zarr").output.splitlines() if "grain" in ln)
+    assert row.count("-") >= 4  # P-AUROC, P-AUPRO, P-AP, P-F1max
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_reuses_its_cache(cli, tmp_path):
+    res = cli("demo", "--out", tmp_path / "demo", "--size", "64", "--epochs", "1", "-q")
+    for stage in ("index", "extract", "train-base", "infer-base", "score"):
+        assert f"✓ {stage}" in res.output
+    assert "Mean" in res.output and "demo finished" in res.output
+    again = cli("demo", "--out", tmp_path / "demo", "--size", "64", "--epochs", "1", "-q")
+    assert again.output.count("cached") >= 6  # data + every stage
