@@ -28,6 +28,21 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from stages import __version__
+
+        out.print(f"drdc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """Multi-class industrial anomaly detection with Diffusion Refinement with Dual Conditions (DRDC)."""
+
+
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn domain errors into one line + exit code; functools.wraps keeps the signature typer reads."""
 
@@ -52,6 +67,6 @@ def report_stage(r: StageResult) -> None:
 
 
 def main() -> None:
-    from . import cache_cmd, demo, pipeline, report  # noqa: F401  (registers the commands)
+    from . import cache_cmd, demo, pipeline, report, workflow  # noqa: F401  (registers the commands)
 
     app()

@@ -7,18 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from stages import extract as extract_stage
-from stages import index as index_stage
-from stages import infer_base as infer_base_stage
-from stages import score as score_stage
 from stages import synthetic
-from stages import train_base as train_base_stage
 from stages.cache import RunStore
-from stages.presets import build
 
-from .app import app, guarded, out, report_stage
+from .app import app, guarded, out
 from .pipeline import DeviceOpt, QuietOpt
-from .report import print_report
+from .workflow import run_all
 
 
 @app.command("make-data", rich_help_panel="Data")
@@ -45,10 +39,11 @@ def demo(
     dest: Annotated[Path, typer.Option("--out", help="Folder for the demo's data and run store; reruns reuse it.")] = Path("drdc-demo"),
     size: Annotated[int, typer.Option(help="Side of the generated images.")] = 224,
     epochs: Annotated[Optional[int], typer.Option(help="Override the cpu preset's train-base epochs.")] = None,
+    diff_steps: Annotated[Optional[int], typer.Option(help="Override the cpu preset's train-diff steps.")] = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate the synthetic dataset and run every stage on it with the cpu preset, then print the table."""
+    """Generate the synthetic dataset, run every stage on it with the cpu preset, print base-only vs DRDC."""
     t0 = time.perf_counter()
     progress = not quiet
     data, run = dest / "data", dest / "run.zarr"
@@ -59,14 +54,6 @@ def demo(
         synthetic.make_dataset(data, spec, progress=progress)
         out.print(f"[green]✓[/] synthetic data: {', '.join(spec.categories)} in {data}")
     store = RunStore(run, create=True)
-    store.set_attr(preset="cpu")
-    report_stage(index_stage.run(store, build(index_stage.IndexParams, "index", "cpu", root=str(data)), progress))
-    report_stage(extract_stage.run(store, build(extract_stage.ExtractParams, "extract", "cpu"), device=device,
-                                   progress=progress))
-    p = build(train_base_stage.TrainBaseParams, "train_base", "cpu", epochs=epochs)
-    report_stage(train_base_stage.run(store, p, device=device, progress=progress))
-    report_stage(infer_base_stage.run(store, device=device, progress=progress))
-    report_stage(score_stage.run(store, score_stage.ScoreParams(), progress=progress))
-    print_report(store)
+    run_all(store, data, "cpu", device, progress, base_epochs=epochs, diff_steps=diff_steps)
     out.print(f"demo finished in {time.perf_counter() - t0:.0f} s; run store: {run} "
               f"(inspect with `drdc cache ls --run {run}`)")

@@ -7,6 +7,9 @@ from typing import Annotated, Optional
 import typer
 
 from stages import extract as extract_stage
+from stages import fuse as fuse_stage
+from stages import infer_diff as infer_diff_stage
+from stages import train_diff as train_diff_stage
 from stages import index as index_stage
 from stages import infer_base as infer_base_stage
 from stages import score as score_stage
@@ -115,10 +118,102 @@ def infer_base(run: RunOpt, device: DeviceOpt = "auto", quiet: QuietOpt = False)
 @guarded
 def score(
     run: RunOpt,
-    source: Annotated[str, typer.Option(help="Which heatmaps to score: base.")] = "base",
+    source: Annotated[str, typer.Option(help="Which heatmaps to score: base (H_base) or fuse (DRDC's H_out).")] = "base",
     pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = 16,
     quiet: QuietOpt = False,
 ) -> None:
     """Image scores and per-category metrics (I-AUROC, P-AUROC, AUPRO, AP, F1-max)."""
     p = score_stage.ScoreParams(source=source, pool=pool)
     report_stage(score_stage.run(RunStore(run), p, progress=not quiet))
+
+
+def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    """'250,200,150' -> (250, 200, 150); a malformed list is a one-line error naming the option."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v != "")
+    except ValueError:
+        from stages.errors import ConfigError
+
+        raise ConfigError(f"{option}: expected comma-separated integers (got {text!r})") from None
+
+
+@app.command("train-diff", rich_help_panel="Stages")
+@guarded
+def train_diff(
+    run: RunOpt,
+    steps: Annotated[Optional[int], typer.Option(rich_help_panel=_TRAIN)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(rich_help_panel=_TRAIN)] = None,
+    lr: Annotated[Optional[float], typer.Option(rich_help_panel=_TRAIN)] = None,
+    ema: Annotated[Optional[float], typer.Option(help="EMA rate of the weights used at inference.", rich_help_panel=_TRAIN)] = None,
+    grid: Annotated[Optional[str], typer.Option(help="Grid sizes c of the training masks, e.g. 1,16,32.", rich_help_panel=_TRAIN)] = None,
+    ns: Annotated[Optional[int], typer.Option("--ns", help="Mask sets per grid size (n_s).", rich_help_panel=_TRAIN)] = None,
+    t_max: Annotated[Optional[int], typer.Option(help="Train timesteps in [0, t_max] (999: all).", rich_help_panel=_TRAIN)] = None,
+    ckpt_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.", rich_help_panel=_TRAIN)] = None,
+    seed: Annotated[Optional[int], typer.Option(rich_help_panel=_TRAIN)] = None,
+    size: Annotated[Optional[int], typer.Option(help="Diffusion resolution (images are resized to it).", rich_help_panel=_MODEL)] = None,
+    model_channels: Annotated[Optional[int], typer.Option(rich_help_panel=_MODEL)] = None,
+    channel_mult: Annotated[Optional[str], typer.Option(help="e.g. 1,1,2,2,4,4", rich_help_panel=_MODEL)] = None,
+    res_blocks: Annotated[Optional[int], typer.Option(rich_help_panel=_MODEL)] = None,
+    attention: Annotated[Optional[str], typer.Option(help="Feature-map sides with self-attention, e.g. 28,14,7.", rich_help_panel=_MODEL)] = None,
+    head_channels: Annotated[Optional[int], typer.Option(help="Channels per attention head.", rich_help_panel=_MODEL)] = None,
+    model_condition: Annotated[Optional[bool], typer.Option("--model-condition/--no-model-condition", help="UNet sees concat(x_t, I_in) (Eq 12); off: the ablation.", rich_help_panel=_MODEL)] = None,
+    device: DeviceOpt = "auto",
+    preset: PresetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train the conditional diffusion UNet (Eq 12) on train images; resumes after a kill."""
+    store = RunStore(run)
+    p = build(train_diff_stage.TrainDiffParams, "train_diff", preset_of(store, preset), steps=steps,
+              batch_size=batch_size, lr=lr, ema=ema, grid=_ints(grid, "--grid"), n_s=ns, t_max=t_max,
+              ckpt_every=ckpt_every, seed=seed, size=size, model_channels=model_channels,
+              channel_mult=_ints(channel_mult, "--channel-mult"), num_res_blocks=res_blocks,
+              attention_resolutions=_ints(attention, "--attention"), num_head_channels=head_channels,
+              model_condition=model_condition)
+    report_stage(train_diff_stage.run(store, p, device=device, progress=not quiet))
+
+
+@app.command("infer-diff", rich_help_panel="Stages")
+@guarded
+def infer_diff(
+    run: RunOpt,
+    t: Annotated[Optional[str], typer.Option("--t", help="DDIM timesteps, e.g. 250,200,150,100,50,0.")] = None,
+    c: Annotated[Optional[str], typer.Option("--c", help="Inpainting grid sizes, e.g. 1,16,32.")] = None,
+    l: Annotated[Optional[str], typer.Option("--l", help="Heatmap scales (Eq 16), e.g. 1,2,4,8.")] = None,  # noqa: E741
+    ns: Annotated[Optional[int], typer.Option("--ns", help="Disjoint mask sets per grid size (n_s).")] = None,
+    test_time_condition: Annotated[bool, typer.Option("--test-time-condition/--no-test-time-condition", help="Known region from q_sample of the original each step (Eq 13-15).")] = True,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    device: DeviceOpt = "auto",
+    preset: PresetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Diffusion heatmaps per (t, c, l) of every test image; cached (t-list, c) are not recomputed."""
+    store = RunStore(run)
+    p = build(infer_diff_stage.InferDiffParams, "infer_diff", preset_of(store, preset), t=_ints(t, "--t"),
+              c=_ints(c, "--c"), l=_ints(l, "--l"), n_s=ns, test_time_condition=test_time_condition, seed=seed)
+    report_stage(infer_diff_stage.run(store, p, device=device, progress=not quiet))
+
+
+@app.command(rich_help_panel="Stages")
+@guarded
+def fuse(
+    run: RunOpt,
+    gamma: Annotated[float, typer.Option(help="Weight of the diffusion heatmap (Eq 19).")] = 0.9,
+    filter: Annotated[int, typer.Option("--filter", help="Mean filter size m (Eq 18), odd.")] = 41,  # noqa: A002
+    t: Annotated[Optional[str], typer.Option("--t", help="Subset of cached timesteps (default: all).")] = None,
+    c: Annotated[Optional[str], typer.Option("--c", help="Subset of cached grid sizes (default: all).")] = None,
+    l: Annotated[Optional[str], typer.Option("--l", help="Subset of cached scales (default: all).")] = None,  # noqa: E741
+    spatio_temporal: Annotated[bool, typer.Option("--spatio-temporal/--no-spatio-temporal", help="Off: only the last step at l = 1 (Table 5).")] = True,
+    multiscale_base: Annotated[bool, typer.Option("--multiscale-base/--no-multiscale-base", help="Multi-scale base heatmap (Table 5).")] = False,
+    ns: Annotated[int, typer.Option("--ns", help="Which infer-diff variant: its n_s.")] = 2,
+    test_time_condition: Annotated[bool, typer.Option("--test-time-condition/--no-test-time-condition", help="Which infer-diff variant.")] = True,
+    seed: Annotated[int, typer.Option(help="Which infer-diff variant: its seed.")] = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fuse cached base and diffusion heatmaps (Eq 17-19) on the CPU, without the UNet."""
+    p = fuse_stage.FuseParams(gamma=gamma, filter=filter, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
+                              l=_ints(l, "--l") or (), spatio_temporal=spatio_temporal,
+                              multiscale_base=multiscale_base, n_s=ns, test_time_condition=test_time_condition,
+                              seed=seed)
+    report_stage(fuse_stage.run(RunStore(run), p, progress=not quiet))

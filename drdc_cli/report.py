@@ -37,6 +37,9 @@ def print_report(store: RunStore, variants: list[str] | None = None) -> list[dic
     entries = rep.variants(store, variants)
     table = rep.rows(entries)
     out.print(render(table, entries, f"{store.name}: metrics in % (categories without masks: pixel metrics '-')"))
+    if len(entries) > 1:
+        out.print("[dim]" + "; ".join(f"{tag} = score {e.key}" for tag, e in zip(rep.labels(entries), entries)) + "[/]",
+                  soft_wrap=True)
     return table
 
 

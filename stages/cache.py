@@ -204,14 +204,28 @@ class RunStore:
         e = self.get(stage, key)
         if e is None or not e.is_complete:
             raise CacheMissError(f"the {stage} result {key} in {self.name} is not complete; rerun `{hint(stage, self.name)}`")
-        for up_stage, up_key in e.inputs.items():
+        self.check_fresh(e)
+        return e
+
+    def check_fresh(self, e: Entry) -> None:
+        """Every input of e is the current entry of its stage (recursively). An input named 'stage@label' is one
+        of several entries of a stage (fuse reads one infer-diff entry per c): it must exist, be complete and be
+        fresh itself."""
+        for name, up_key in e.inputs.items():
+            up_stage = name.split("@")[0]
+            if "@" in name:
+                up = self.get(up_stage, up_key)
+                if up is None or not up.is_complete:
+                    raise CacheMissError(f"the {e.stage} result {e.key} needs {up_stage} {up_key}, which is gone or "
+                                         f"incomplete; rerun `{hint(up_stage, self.name)}`")
+                self.check_fresh(up)
+                continue
             up = self.current(up_stage)
             if up.key != up_key:
                 raise CacheMissError(
-                    f"the {stage} result {key} was computed from {up_stage} {up_key}, but the current {up_stage} "
-                    f"is {up.key}; rerun `{hint(stage, self.name)}`"
+                    f"the {e.stage} result {e.key} was computed from {up_stage} {up_key}, but the current "
+                    f"{up_stage} is {up.key}; rerun `{hint(e.stage, self.name)}`"
                 )
-        return e
 
     def entries(self) -> Iterator[Entry]:
         """Every entry, in pipeline order."""

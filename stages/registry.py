@@ -25,7 +25,13 @@ STAGES: dict[str, StageInfo] = {
         StageInfo("train_base", "train-base", ("extract",), "",
                   ("epochs", "batch_size", "lr", "schedule", "hidden_dim", "seed")),
         StageInfo("infer_base", "infer-base", ("extract", "train_base")),
-        StageInfo("score", "score", ("index", "infer_base"), "", ("source", "pool")),
+        StageInfo("train_diff", "train-diff", ("index",), "",
+                  ("size", "steps", "batch_size", "lr", "model_channels", "model_condition", "grid", "seed")),
+        StageInfo("infer_diff", "infer-diff", ("index", "train_diff"), "",
+                  ("t", "c", "l", "n_s", "test_time_condition", "seed")),
+        StageInfo("fuse", "fuse", ("infer_base", "infer_diff"), "",
+                  ("gamma", "filter", "t", "c", "l", "spatio_temporal", "multiscale_base")),
+        StageInfo("score", "score", ("index", "infer_base|fuse"), "", ("source", "pool")),
     )
 }
 

@@ -36,20 +36,23 @@ def variants(store: RunStore, keys: list[str] | None) -> list[Entry]:
     return out
 
 
-def label(entry: Entry) -> str:
-    return f"{entry.params['source']}:{entry.key[:6]}"
+def labels(entries: list[Entry]) -> list[str]:
+    """Column-group names: the heatmap source (base, fuse), with the key's start when a source repeats."""
+    sources = [e.params["source"] for e in entries]
+    return [s if sources.count(s) == 1 else f"{s}:{e.key[:6]}" for s, e in zip(sources, entries)]
 
 
 def rows(entries: list[Entry]) -> list[dict]:
     """One row per category then 'mean': {'category', '<variant>/<metric>': value in [0,1] or None}."""
     cats = list(entries[0].attrs["metrics"].keys())
+    names = labels(entries)
     out = []
     for cat in cats:
         row: dict = {"category": cat}
-        for e in entries:
+        for e, tag in zip(entries, names):
             m = e.attrs["metrics"].get(cat, {})
             for name in ORDER:
-                row[f"{label(e)}/{name}" if len(entries) > 1 else name] = m.get(name)
+                row[f"{tag}/{name}" if len(entries) > 1 else name] = m.get(name)
         out.append(row)
     return out
 
@@ -65,7 +68,8 @@ def write_csv(table: list[dict], path: Path) -> None:
 
 def write_json(table: list[dict], entries: list[Entry], path: Path) -> None:
     _parent(path)
-    doc = {"variants": [{"label": label(e), "key": e.key, "params": e.params, "inputs": e.inputs} for e in entries],
+    doc = {"variants": [{"label": tag, "key": e.key, "params": e.params, "inputs": e.inputs}
+                        for e, tag in zip(entries, labels(entries))],
            "rows": table}
     path.write_text(json.dumps(doc, indent=1))
 

@@ -18,7 +18,7 @@ from .common import StageResult, check
 from .metrics import METRIC_NAMES, compute_metrics
 
 STAGE = "score"
-SOURCES = {"base": ("infer_base", "h_base")}  # source name -> (stage, array); fused maps join in the fuse issue
+SOURCES = {"base": ("infer_base", "h_base"), "fuse": ("fuse", "maps")}  # source name -> (stage, array)
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,8 @@ def category_maps(index: Entry, maps_entry: Entry, array: str, category: str) ->
 def run(store: RunStore, p: ScoreParams, progress: bool = True) -> StageResult:
     t0 = time.perf_counter()
     src_stage, array = SOURCES[p.source]
-    src = store.current(src_stage)
-    index_key = store.get("extract", src.inputs["extract"]).inputs["index"]
-    index = store.get("index", index_key)
+    src = store.current(src_stage)  # checked fresh, so its chain ends at the current index
+    index = store.current("index")
     entry, cached = store.begin(STAGE, {"source": p.source, "pool": p.pool}, {"index": index.key, src_stage: src.key})
     if cached:
         return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, _summary(entry.attrs["metrics"]))

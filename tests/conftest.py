@@ -28,7 +28,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def cli():
     from drdc_cli.app import app
-    from drdc_cli import cache_cmd, demo, pipeline, report  # noqa: F401  (register commands)
+    from drdc_cli import cache_cmd, demo, pipeline, report, workflow  # noqa: F401  (register commands)
 
     runner = CliRunner()
 

@@ -89,7 +89,8 @@ def test_changed_parameter_new_entry_and_stale_downstream_refused(tiny_data, cli
     assert keys["infer_base"] != first["infer_base"] and keys["score"] != first["score"]
     assert keys["index"] == first["index"] and keys["extract"] == first["extract"]
     res = cli("report", "--run", run, "--variant", first["score"], "--variant", keys["score"][:6])
-    assert res.output.count("base:") >= 2  # two variants side by side
+    assert f"base:{first['score'][:6]} = score {first['score']}" in res.output  # two variants side by side
+    assert f"base:{keys['score'][:6]} = score {keys['score']}" in res.output
 
 
 def test_category_without_masks_gets_a_dash(tiny_data, cli, tmp_path):

@@ -1,0 +1,54 @@
+"""`drdc run`: every stage in order with one preset, reusing whatever the run store already holds."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from stages import extract, fuse, index, infer_base, infer_diff, score, train_base, train_diff
+from stages.cache import RunStore
+from stages.presets import build
+
+from .app import app, guarded, report_stage
+from .pipeline import DeviceOpt, PresetOpt, QuietOpt, RunOpt, preset_of
+from .report import print_report
+
+
+def run_all(store: RunStore, data: Path, preset: str, device: str, progress: bool,
+            base_epochs: int | None = None, diff_steps: int | None = None, image_size: int | None = None) -> None:
+    """index -> extract -> train-base -> infer-base -> train-diff -> infer-diff -> fuse -> score (base and fused)
+    -> report with base-only and DRDC side by side."""
+    store.set_attr(preset=preset)
+    report_stage(index.run(store, build(index.IndexParams, "index", preset, root=str(data), image_size=image_size),
+                           progress))
+    report_stage(extract.run(store, build(extract.ExtractParams, "extract", preset), device=device, progress=progress))
+    report_stage(train_base.run(store, build(train_base.TrainBaseParams, "train_base", preset, epochs=base_epochs),
+                                device=device, progress=progress))
+    report_stage(infer_base.run(store, device=device, progress=progress))
+    base_score = score.run(store, score.ScoreParams(source="base"), progress=progress)
+    report_stage(base_score)
+    report_stage(train_diff.run(store, build(train_diff.TrainDiffParams, "train_diff", preset, steps=diff_steps),
+                                device=device, progress=progress))
+    diff_params = build(infer_diff.InferDiffParams, "infer_diff", preset)
+    report_stage(infer_diff.run(store, diff_params, device=device, progress=progress))
+    report_stage(fuse.run(store, fuse.FuseParams(c=diff_params.c, t=diff_params.t, l=diff_params.l), progress))
+    fused_score = score.run(store, score.ScoreParams(source="fuse"), progress=progress)
+    report_stage(fused_score)
+    print_report(store, [base_score.key, fused_score.key])
+
+
+@app.command("run", rich_help_panel="Stages")
+@guarded
+def run_cmd(
+    data: Annotated[Path, typer.Option(help="Dataset root (MVTec-AD or BTAD layout).")],
+    run: RunOpt,
+    preset: PresetOpt = None,
+    base_epochs: Annotated[Optional[int], typer.Option(help="Override the preset's train-base epochs.")] = None,
+    diff_steps: Annotated[Optional[int], typer.Option(help="Override the preset's train-diff steps.")] = None,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Run every stage in order (base model, diffusion refinement, fusion, scores, report); cached stages are reused."""
+    store = RunStore(run, create=True)
+    run_all(store, data, preset_of(store, preset), device, not quiet, base_epochs, diff_steps)

@@ -1,0 +1,121 @@
+"""Spatio-temporal heatmap fusion (Sec 4.4, Eq 16-19) and Table 5's fusion switches.
+
+Pure tensor functions: no IO. Shapes: B images, (H, W) image size, K selected (t, c, l) diffusion heatmaps.
+D = average pooling with kernel = stride = l; U = bilinear upsampling back to (H, W), align_corners=False
+(the way UniAD upsamples H_base); for l = 1 both are the identity.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .anomaly_map import upsample
+from .common import check
+from .errors import ConfigError
+
+
+def _check_l(l: int, H: int, W: int) -> None:
+    check(isinstance(l, int) and not isinstance(l, bool) and l >= 1 and H % l == 0 and W % l == 0, "--l",
+          f"a scale must be an integer >= 1 that divides the image size {H}x{W}", l)
+
+
+def _D(x: Tensor, l: int) -> Tensor:
+    """D(x, 1/l): means of l x l blocks. (B, C, H, W) -> (B, C, H/l, W/l)."""
+    return x if l == 1 else F.avg_pool2d(x, l, l)
+
+
+def _U(x: Tensor, H: int, W: int) -> Tensor:
+    """U: bilinear back to (H, W), half-pixel centres (align_corners=False); identity at full size."""
+    return x if x.shape[-2:] == (H, W) else F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
+
+
+def diff_heatmap(I_ori: Tensor, I_out: Tensor, l: int) -> Tensor:
+    """Eq 16: H^{t,c,l} = U(|| D(I_ori, 1/l) - D(I_out, 1/l) ||_2 over channels, l).
+
+    I_ori, I_out: (B, 3, H, W) in the same range (model space [-1, 1]); l must divide H and W. -> (B, H, W) float32.
+    """
+    if I_ori.shape != I_out.shape or I_ori.dim() != 4:
+        raise ValueError(f"diff_heatmap: I_ori {tuple(I_ori.shape)} and I_out {tuple(I_out.shape)} "
+                         "must be equal (B, C, H, W)")
+    H, W = I_ori.shape[-2:]
+    _check_l(l, H, W)
+    # D is linear: D(I_ori) - D(I_out) = D(I_ori - I_out); float32 since cached images may be float16
+    err = torch.linalg.vector_norm(_D(I_ori.float() - I_out.float(), l), dim=1, keepdim=True)
+    return _U(err, H, W)[:, 0]
+
+
+def check_fusion(gamma: float, m: int) -> None:
+    """Validate Eq 18-19's hyper-parameters: gamma in [0, 1], filter size m an odd integer >= 1."""
+    check(isinstance(gamma, (int, float)) and not math.isnan(gamma) and 0.0 <= gamma <= 1.0,
+          "--gamma", "must be in [0, 1]", gamma)
+    check(isinstance(m, int) and not isinstance(m, bool) and m >= 1 and m % 2 == 1,
+          "--filter", "must be an odd integer >= 1", m)
+
+
+def spatio_temporal(maps: Tensor) -> Tensor:
+    """Eq 17: H^ST = per-pixel mean of the K selected (t, c, l) heatmaps. (B, K, H, W) -> (B, H, W)."""
+    if maps.dim() != 4 or maps.shape[1] == 0:
+        raise ConfigError(f"--t/--c/--l: no diffusion heatmaps selected to fuse (got shape {tuple(maps.shape)})")
+    return maps.float().mean(dim=1)
+
+
+def mean_filter(h: Tensor, m: int) -> Tensor:
+    """Eq 18: H^SST = H^ST * f_{m x m}, stride 1, same size out. (B, H, W) -> (B, H, W).
+
+    The paper does not say how borders are handled: we pad by m // 2 and do not count the padding
+    (count_include_pad=False), so a border pixel is the mean of the pixels its window covers (no zero bias).
+    """
+    check_fusion(0.0, m)
+    if m == 1:
+        return h.float()
+    return F.avg_pool2d(h.float()[:, None], m, stride=1, padding=m // 2, count_include_pad=False)[:, 0]
+
+
+def fuse(h_base: Tensor, h_sst: Tensor, gamma: float, c_feat: int, c_img: int = 3) -> Tensor:
+    """Eq 19: H_out = (1 - gamma) * H_base / C_feat + gamma * H^SST / C_img.
+
+    h_base (B, H, W) already at image resolution; h_sst (B, H, W). Dividing by the channel counts puts the
+    feature L2 error (C_feat channels) and the pixel L2 error (C_img channels) on a comparable scale.
+    """
+    check_fusion(gamma, 1)
+    if h_base.shape != h_sst.shape:
+        raise ValueError(f"fuse: h_base {tuple(h_base.shape)} and h_sst {tuple(h_sst.shape)} differ "
+                         "(upsample h_base to the image first)")
+    return (1.0 - gamma) * h_base.float() / c_feat + gamma * h_sst.float() / c_img
+
+
+def drdc_map(h_base: Tensor, h_diff: Tensor, gamma: float = 0.9, m: int = 41, c_feat: int = 272, c_img: int = 3,
+             spatio_temporal_fusion: bool = True, last_index: int | Sequence[int] | None = None) -> Tensor:
+    """Eq 17-19 from cached maps: h_base (B, H, W) at image resolution, h_diff (B, K, H, W) -> H_out (B, H, W).
+
+    spatio_temporal_fusion=True: average all K maps (Eq 17). False is Table 5's ablation "only the last step,
+    l = 1": last_index names the maps of the last reverse step (t = min) at l = 1 in K, one per grid size c,
+    and only those are averaged (the c-average stays: the ablation drops the t and l axes only). With
+    last_index=None the caller has already passed just those maps and all K are averaged. The mean filter
+    (Eq 18) and Eq 19 apply in both cases; last_index is ignored while fusion is on.
+    """
+    check_fusion(gamma, m)
+    if h_diff.dim() != 4 or h_base.shape != (h_diff.shape[0], *h_diff.shape[2:]):
+        raise ValueError(f"drdc_map: h_base {tuple(h_base.shape)} must be (B,H,W) of h_diff {tuple(h_diff.shape)}")
+    if not spatio_temporal_fusion and last_index is not None:
+        idx = [last_index] if isinstance(last_index, int) else list(last_index)
+        h_diff = h_diff[:, idx]
+    return fuse(h_base, mean_filter(spatio_temporal(h_diff), m), gamma, c_feat, c_img)
+
+
+def multiscale_base(h_base_feat: Tensor, size: int, scales: Sequence[int] = (1, 2, 4, 8)) -> Tensor:
+    """Table 5's "multi-scale base heatmap" switch (off in the paper's final model). (B, h, w) -> (B, size, size).
+
+    The paper gives no formula; our reading applies Eq 16's D/U pair to the base map and averages over the
+    same l set: mean_l U(D(H_base at image resolution, 1/l), l), H_base first upsampled bilinearly to size.
+    """
+    if len(scales) == 0:
+        raise ConfigError("--l: the multi-scale base heatmap needs at least one scale (got ())")
+    full = upsample(h_base_feat.float(), size)[:, None]
+    for l in scales:
+        _check_l(l, size, size)
+    return torch.stack([_U(_D(full, l), size, size)[:, 0] for l in scales], dim=1).mean(dim=1)

@@ -1,0 +1,126 @@
+"""Stage `infer-diff`: diffusion heatmaps H^{t,c,l} (Eq 9-16) of every test image, one cache entry per grid size c.
+
+For each test image, every (c, i) sequence (n_c grid sizes x n_s mask sets) goes through the UNet as one batch per
+timestep. Masks and noise come from per-(image, c) generators, so an entry's numbers do not depend on which other
+c are computed alongside it, on batch order or on sharding. A (t-list, c) already cached is not recomputed; every
+x0_t depends on the whole t-list (the chain starts at max t), so the t-list is part of each entry's key.
+Heatmaps are stored at the diffusion resolution in float16: (test, n_t, n_l, S, S).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .cache import Entry, RunStore
+from .common import StageResult, check, resolve_device
+from .diffusion import check_timesteps, linear_schedule
+from .fusion import diff_heatmap
+from .images import to_model_space
+from .inpaint import assemble, inpaint
+from .masks import check_grid, grid_masks, image_generator
+from .train_diff import load_unet
+
+STAGE = "infer_diff"
+
+
+@dataclass(frozen=True)
+class InferDiffParams:
+    t: tuple[int, ...] = (250, 200, 150, 100, 50, 0)
+    c: tuple[int, ...] = (1, 16, 32)
+    l: tuple[int, ...] = (1, 2, 4, 8)  # noqa: E741  (paper notation)
+    n_s: int = 2
+    test_time_condition: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "t", check_timesteps(self.t))
+        check(len(self.c) >= 1 and len(set(self.c)) == len(self.c), "--c", "needs distinct grid sizes", self.c)
+        check(len(self.l) >= 1 and len(set(self.l)) == len(self.l) and min(self.l) >= 1, "--l",
+              "needs distinct scales >= 1", self.l)
+        check(self.n_s >= 2, "--ns", "must be >= 2", self.n_s)
+
+    def entry_params(self, c: int, size: int) -> dict:
+        return {"t": list(self.t), "c": c, "l": list(self.l), "n_s": self.n_s,
+                "test_time_condition": self.test_time_condition, "seed": self.seed, "size": size}
+
+
+def test_indices(records: list[dict]) -> np.ndarray:
+    return np.array([i for i, r in enumerate(records) if r["split"] == "test"], dtype=np.int64)
+
+
+def _image_heatmaps(model, p: InferDiffParams, images: torch.Tensor, rec: np.ndarray, cs: list[int],
+                    size: int, dev: torch.device) -> dict[int, torch.Tensor]:
+    """All (image, c, i) sequences of a chunk as one batch per step -> {c: (k, n_t, n_l, S, S)}."""
+    sched = linear_schedule()
+    I_ori, M, gens = [], [], []  # noqa: N806
+    for j, r in enumerate(rec):
+        for c in cs:  # stream 2c: masks, 2c+1: noise, per (image, c)
+            M.append(grid_masks(size, c, p.n_s, image_generator(p.seed, int(r), 2 * c)))
+            I_ori.append(images[j : j + 1].expand(p.n_s, -1, -1, -1))
+            gens.append(image_generator(p.seed, int(r), 2 * c + 1))
+    I_ori, M = torch.cat(I_ori).to(dev), torch.cat(M).to(dev)  # noqa: N806  (k*n_c*n_s, ...)
+    x0 = inpaint(model, I_ori, M, p.t, sched, gens, model_condition=model.config.model_condition,
+                 test_time_condition=p.test_time_condition)
+    k, n_c = len(rec), len(cs)
+    ori = I_ori[:: p.n_s]  # one row per (image, c) group
+    maps = torch.stack([
+        torch.stack([diff_heatmap(ori, assemble(x0[t], M, p.n_s), l) for l in p.l], 1)  # Eq 10, 16
+        for t in p.t], 1)  # (k*n_c, n_t, n_l, S, S)
+    maps = maps.view(k, n_c, *maps.shape[1:])
+    return {c: maps[:, i] for i, c in enumerate(cs)}
+
+
+def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: bool = True) -> StageResult:
+    t0 = time.perf_counter()
+    index = store.current("index")
+    unet_entry = store.current("train_diff")
+    size = unet_entry.params["size"]
+    for c in p.c:
+        check_grid(size, c, p.n_s)
+    for l in p.l:  # noqa: E741
+        check(size % l == 0, "--l", f"must divide the diffusion size {size}", l)
+    dev = resolve_device(device)
+    idx = test_indices(index.attrs["records"])
+    n, n_t, n_l = len(idx), len(p.t), len(p.l)
+    inputs = {"index": index.key, "train_diff": unet_entry.key}
+    entries: dict[int, Entry] = {}  # the c still to compute
+    keys, cached = [], []
+    for c in p.c:
+        e, was_cached = store.begin(STAGE, p.entry_params(c, size), inputs, seed=p.seed)
+        keys.append(e.key)
+        if was_cached:
+            cached.append(c)
+        else:
+            entries[c] = e
+    summary = f"{n} test images x {n_t} t x {len(p.c)} c x {n_l} l heatmaps at {size} px"
+    if not entries:
+        return StageResult(STAGE, ",".join(keys), True, time.perf_counter() - t0, summary)
+    model = load_unet(unet_entry, dev)
+    todo: dict[tuple[int, int], list[int]] = {}
+    arrays = {}
+    for c, e in entries.items():
+        e.require_array("record", (n,), "int64")[:] = idx
+        arrays[c] = (e.require_array("heatmaps", (n, n_t, n_l, size, size), "float16"), e.require_done(n))
+        for ab in e.pending(n):
+            todo.setdefault(ab, []).append(c)
+    images = index.array("images")
+    done_imgs = n - len({i for (a, b) in todo for i in range(a, b)})
+    with torch.inference_mode(), tqdm(total=n, initial=done_imgs, desc="infer-diff", unit="img",
+                                      disable=not progress) as bar:
+        for (a, b), cs in sorted(todo.items()):
+            x = to_model_space(images.get_orthogonal_selection((idx[a:b],)), size)
+            maps = _image_heatmaps(model, p, x, idx[a:b], sorted(cs), size, dev)
+            for c in cs:
+                heat, done = arrays[c]
+                heat[a:b] = maps[c].cpu().numpy().astype(np.float16)
+                done[a:b] = 1
+            bar.update(b - a)
+    for c, e in entries.items():
+        e.complete(device=str(dev))
+        store.set_current(e)
+    note = f" (c={','.join(map(str, cached))} cached)" if cached else ""
+    return StageResult(STAGE, ",".join(keys), False, time.perf_counter() - t0, summary + note)

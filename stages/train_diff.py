@@ -1,0 +1,154 @@
+"""Stage `train-diff`: train the conditional eps-prediction UNet on train/good images (Eq 12).
+
+Each sample: a grid size c from --grid and one of its n_s mask sets, drawn like at inference; the model sees
+concat(x_t, I_in) with I_in = M * I_ori + (1 - M) * N(0, 1), and regresses the noise added to I_ori (Eq 12).
+`--no-model-condition` trains the ablation that sees x_t only. All randomness of step k comes from a generator
+seeded by (seed, k), so a resumed run draws exactly what an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .cache import Entry, RunStore, atomic_save
+from .common import StageResult, check, keyed, resolve_device, seed_everything
+from .diffusion import linear_schedule, q_sample
+from .errors import ConfigError
+from .images import to_model_space
+from .inpaint import make_input
+from .masks import check_grid, grid_masks, image_generator
+from .models.unet import ConditionalUNet, UNetConfig
+
+STAGE = "train_diff"
+
+
+@dataclass(frozen=True)
+class TrainDiffParams:
+    size: int = 224  # diffusion resolution (the image is resized to it; heatmaps are upsampled back)
+    model_channels: int = 256
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (28, 14, 7)
+    num_head_channels: int = 64
+    dropout: float = 0.0
+    model_condition: bool = True
+    steps: int = 100_000
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    ema: float = 0.9999
+    grid: tuple[int, ...] = (1, 16, 32)  # grid sizes c of the training masks (as at inference)
+    n_s: int = 2
+    t_max: int = 999  # train timesteps in [0, t_max]; the inference range (250) is an option, default off
+    seed: int = 0
+    ckpt_every: int = 500
+
+    def __post_init__(self) -> None:
+        check(self.steps >= 1, "--steps", "must be >= 1", self.steps)
+        check(self.batch_size >= 1, "--batch-size", "must be >= 1", self.batch_size)
+        check(self.lr > 0, "--lr", "must be > 0", self.lr)
+        check(0.0 <= self.ema < 1.0, "--ema", "must be in [0, 1)", self.ema)
+        check(0 <= self.t_max <= 999, "--t-max", "must be in [0, 999]", self.t_max)
+        check(self.ckpt_every >= 1, "--ckpt-every", "must be >= 1", self.ckpt_every)
+        check(len(self.grid) >= 1, "--grid", "needs at least one grid size", self.grid)
+        for c in self.grid:
+            try:
+                check_grid(self.size, c, self.n_s)
+            except ConfigError as e:  # same rule as infer-diff's --c, but the user typed --grid here
+                raise ConfigError(str(e).replace("--c:", "--grid:", 1)) from None
+
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig(image_size=self.size, model_condition=self.model_condition,
+                          model_channels=self.model_channels, channel_mult=self.channel_mult,
+                          num_res_blocks=self.num_res_blocks, attention_resolutions=self.attention_resolutions,
+                          num_head_channels=self.num_head_channels, dropout=self.dropout)
+
+
+def load_unet(entry: Entry, device: torch.device) -> ConditionalUNet:
+    """The EMA weights of a complete train-diff entry (weights_only load)."""
+    cfg = UNetConfig.from_dict(json.loads((entry.files / "config.json").read_text()))
+    model = ConditionalUNet(cfg)
+    model.load_state_dict(torch.load(entry.files / "model.pt", map_location="cpu", weights_only=True))
+    return model.to(device).eval()
+
+
+def _batch(p: TrainDiffParams, images: torch.Tensor, step: int) -> tuple[torch.Tensor, ...]:
+    """Step `step`'s samples, from its own generator: x0, I_in, t, eps (CPU)."""
+    g = image_generator(p.seed, step, stream=7)  # stream 7: training draws, apart from inference's streams
+    b, n = p.batch_size, images.shape[0]
+    x0 = images[torch.randint(n, (b,), generator=g)].float().div(127.5).sub(1.0)
+    which_c = torch.randint(len(p.grid), (b,), generator=g)
+    which_set = torch.randint(p.n_s, (b,), generator=g)
+    M = torch.stack([grid_masks(p.size, p.grid[int(k)], p.n_s, g)[int(i)] for k, i in zip(which_c, which_set)])  # noqa: N806
+    I_in = make_input(x0, M, torch.randn(x0.shape, generator=g))  # noqa: N806  Eq 12's image condition
+    t = torch.randint(0, p.t_max + 1, (b,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    return x0, I_in, t, eps
+
+
+def run(store: RunStore, p: TrainDiffParams, device: str = "auto", progress: bool = True) -> StageResult:
+    t0 = time.perf_counter()
+    index = store.current("index")
+    dev = resolve_device(device)
+    cfg = p.unet_config()
+    entry, cached = store.begin(STAGE, keyed(p), {"index": index.key}, seed=p.seed)
+    if cached:
+        h = entry.attrs.get("history", [])
+        return StageResult(STAGE, entry.key, True, time.perf_counter() - t0,
+                           f"{p.steps} steps, final loss {h[-1]['loss']:.4g}" if h else "")
+    records = index.attrs["records"]
+    train_idx = np.array([i for i, r in enumerate(records) if r["split"] == "train"], dtype=np.int64)
+    images = to_model_space(index.array("images").get_orthogonal_selection((train_idx,)), p.size, as_uint8=True)
+    (entry.files / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+
+    seed_everything(p.seed)
+    model = ConditionalUNet(cfg).to(dev).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    sched = linear_schedule()
+    ckpt_path = entry.files / "last.pt"
+    start, history = 0, []
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng"])
+        start, history = ck["step"], json.loads(ck["history"])
+    entry.update(n_train=len(train_idx), device=str(dev), n_params=sum(q.numel() for q in model.parameters()))
+
+    bar = tqdm(total=p.steps, initial=start, desc="train-diff", unit="step", disable=not progress)
+    running, count, tw = 0.0, 0, time.perf_counter()
+    for step in range(start, p.steps):
+        x0, I_in, t, eps = (v.to(dev) for v in _batch(p, images, step))  # noqa: N806
+        x_t = q_sample(x0, t, eps, sched)  # Eq 4
+        loss = nn.functional.mse_loss(model(x_t, I_in if p.model_condition else None, t), eps)  # Eq 12
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1.0 - p.ema)
+        running, count = running + loss.item(), count + 1
+        bar.update(1)
+        if (step + 1) % p.ckpt_every == 0 or step + 1 == p.steps:
+            history.append({"step": step + 1, "loss": running / count, "seconds": round(time.perf_counter() - tw, 2)})
+            bar.set_postfix(loss=f"{running / count:.4g}")
+            running, count, tw = 0.0, 0, time.perf_counter()
+            ck = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                  "rng": torch.get_rng_state(), "step": step + 1, "history": json.dumps(history)}
+            atomic_save(lambda tmp: torch.save(ck, tmp), ckpt_path)
+            entry.update(history=history)
+    bar.close()
+    atomic_save(lambda tmp: torch.save(ema.state_dict(), tmp), entry.files / "model.pt")
+    entry.complete(history=history)
+    store.set_current(entry)
+    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0,
+                       f"{p.steps} steps on {len(train_idx)} images at {p.size} px, final loss {history[-1]['loss']:.4g}")

@@ -1,0 +1,117 @@
+"""train-diff, infer-diff, fuse and score on fused maps, end to end on tiny data through the CLI."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stages.anomaly_map import upsample
+from stages.cache import RunStore
+from stages.fusion import drdc_map
+
+from conftest import TINY_EXTRACT, TINY_INDEX, TINY_TRAIN
+
+# A 32 px diffusion branch: 2 levels, attention at 16 px, 3 training steps. Enough to exercise every path.
+TINY_DIFF = ["--size", "32", "--model-channels", "8", "--channel-mult", "1,2", "--res-blocks", "1",
+             "--attention", "16", "--head-channels", "8", "--steps", "3", "--batch-size", "4", "--grid", "1,4,8", "--ckpt-every", "2"]
+INFER = ["--t", "100,50,0", "--l", "1,2", "--ns", "2"]
+
+
+def _heat(run, c: int) -> np.ndarray:
+    s = RunStore(run)
+    e = next(e for e in s.entries() if e.stage == "infer_diff" and e.params["c"] == c and e.is_complete)
+    return e.array("heatmaps")[:]
+
+
+@pytest.fixture(scope="module")
+def diff_run(tiny_data, tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from drdc_cli import cache_cmd, demo, pipeline, report, workflow  # noqa: F401
+    from drdc_cli.app import app
+
+    run = tmp_path_factory.mktemp("diff") / "r.zarr"
+    r = CliRunner()
+    for args in (["index", "--data", tiny_data, *TINY_INDEX], ["extract", *TINY_EXTRACT], ["train-base", *TINY_TRAIN],
+                 ["infer-base"], ["train-diff", *TINY_DIFF], ["infer-diff", *INFER, "--c", "1,8"]):
+        res = r.invoke(app, [str(a) for a in [args[0], "--run", run, *args[1:]]])
+        assert res.exit_code == 0, res.output
+    return run
+
+
+def test_heatmaps_shape_and_values(diff_run):
+    h = _heat(diff_run, 8)
+    n_test = RunStore(diff_run).current("infer_base").array("record").shape[0]
+    assert h.shape == (n_test, 3, 2, 32, 32) and h.dtype == np.float16
+    assert np.isfinite(h).all() and (h >= 0).all() and h.max() > 0
+
+
+def test_cached_c_is_not_recomputed_and_new_c_leaves_it_alone(diff_run, cli):
+    before = _heat(diff_run, 1)
+    res = cli("infer-diff", "--run", diff_run, *INFER, "--c", "1,8")
+    assert "cached" in res.output
+    res = cli("infer-diff", "--run", diff_run, *INFER, "--c", "1,4,8")
+    assert "c=1,8 cached" in res.output
+    assert np.array_equal(_heat(diff_run, 1), before)
+    assert _heat(diff_run, 4).shape == before.shape
+
+
+def test_same_command_twice_is_bit_identical(diff_run, cli, tmp_path):
+    import shutil
+
+    other = tmp_path / "copy.zarr"
+    shutil.copytree(diff_run, other)
+    for e in list(RunStore(other).entries()):
+        if e.stage == "infer_diff":
+            shutil.rmtree(e.path)
+    cli("infer-diff", "--run", other, *INFER, "--c", "1,8")
+    assert np.array_equal(_heat(other, 8), _heat(diff_run, 8))
+
+
+def test_fuse_equals_eq_17_19_on_the_cached_arrays(diff_run, cli):
+    cli("infer-diff", "--run", diff_run, *INFER, "--c", "1,8")
+    res = cli("fuse", "--run", diff_run, "--c", "1,8", "--t", "100,0", "--l", "2", "--gamma", "0.7", "--filter", "5")
+    assert "✓ fuse" in res.output
+    s = RunStore(diff_run)
+    fused = s.current("fuse")
+    base = s.current("infer_base")
+    c_feat = s.current("extract").attrs["channels"]
+    # t list (100, 50, 0): indices 0 and 2; l list (1, 2): index 1
+    sel = np.concatenate([_heat(diff_run, c)[:, [0, 2]][:, :, [1]].reshape(-1, 2, 32, 32) for c in (1, 8)], 1)
+    k = sel.shape[0]
+    h_diff = upsample(torch.from_numpy(sel.astype(np.float32)).flatten(0, 1), 64).view(k, 4, 64, 64)
+    expect = drdc_map(upsample(torch.from_numpy(base.array("h_base")[:]), 64), h_diff, 0.7, 5, c_feat, 3)
+    assert np.allclose(fused.array("maps")[:], expect.numpy(), atol=1e-6)
+
+
+def test_score_fused_and_report_side_by_side(diff_run, cli):
+    cli("fuse", "--run", diff_run, "--c", "1,8")
+    cli("score", "--run", diff_run, "--source", "base")
+    base_key = RunStore(diff_run).current("score").key
+    cli("score", "--run", diff_run, "--source", "fuse")
+    fused_key = RunStore(diff_run).current("score").key
+    assert fused_key != base_key
+    res = cli("report", "--run", diff_run, "--variant", base_key, "--variant", fused_key)
+    assert f"base = score {base_key}" in res.output and f"fuse = score {fused_key}" in res.output
+
+
+def test_fuse_names_the_missing_heatmaps(diff_run, cli):
+    res = cli("fuse", "--run", diff_run, "--c", "1,2", code=1)
+    assert "no cached diffusion heatmaps for c=2" in res.output and "drdc infer-diff --run" in res.output
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["infer-diff", "--t", "1000"], "--t: 1000 is out of range"),
+    (["infer-diff", "--t", "50,50"], "--t: duplicate value 50"),
+    (["infer-diff", "--t", "50,x"], "--t: expected comma-separated integers"),
+    (["infer-diff", "--c", "7"], "--c: 7 does not divide the image size 32"),
+    (["infer-diff", "--ns", "1"], "--ns"),
+    (["infer-diff", "--l", "3"], "--l"),
+    (["fuse", "--gamma", "1.5"], "--gamma"),
+    (["fuse", "--filter", "40"], "--filter"),
+    (["train-diff", "--steps", "0"], "--steps"),
+    (["train-diff", "--grid", "5", "--size", "32"], "--grid: 5 does not divide"),
+])
+def test_bad_diffusion_options(diff_run, cli, args, needle):
+    res = cli(args[0], "--run", diff_run, *args[1:], code=None)
+    assert res.exit_code in (1, 2) and needle in res.output and "Traceback" not in res.output
