@@ -199,5 +199,5 @@ def test_config_json_round_trip(name: str) -> None:
 def test_bad_config(changes: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         UNetConfig(**{**UNetConfig().to_dict(), **changes})
-    with pytest.raises(ConfigError, match="unknown unet config keys"):
+    with pytest.raises(ConfigError, match="unknown UNetConfig keys"):
         UNetConfig.from_dict({"image_size": 64, "num_channels": 32})

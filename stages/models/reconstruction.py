@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stages.errors import ConfigError
+from stages.models.config import ModelConfig
 
 
 @dataclass(frozen=True)
-class ReconstructionConfig:
+class ReconstructionConfig(ModelConfig):
     """Sizes of the UniAD transformer; defaults are UniAD's MVTec-AD config with efficientnet_b4 (272 ch)."""
 
     in_channels: int = 272
@@ -41,16 +42,7 @@ class ReconstructionConfig:
     jitter_prob: float = 1.0
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"{f.name} must be an integer, got {value!r}")
-            if f.type == "float":
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ConfigError(f"{f.name} must be a number, got {value!r}")
-                object.__setattr__(self, f.name, float(value))
-            if f.type == "bool" and not isinstance(value, bool):
-                raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+        self._check_types()
         for name in ("in_channels", "feature_size", "hidden_dim", "num_encoder_layers", "num_decoder_layers",
                      "nhead", "dim_feedforward", "neighbor_size"):
             if getattr(self, name) < 1:
@@ -74,16 +66,6 @@ class ReconstructionConfig:
         if not 0.0 <= self.jitter_prob <= 1.0:
             raise ConfigError(f"jitter_prob must be in [0, 1], got {self.jitter_prob}")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ReconstructionConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown reconstruction config keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 def neighbor_mask(feature_size: int, neighbor_size: int) -> Tensor:

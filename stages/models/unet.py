@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stages.errors import ConfigError
+from stages.models.config import ModelConfig
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(ModelConfig):
     """UNet sizes. attention_resolutions are feature-map sides in pixels at image_size (guided-diffusion's flag
     convention); the network stores them as downsample rates, so it also runs at other sizes (see ``at_size``)."""
 
@@ -41,21 +42,7 @@ class UNetConfig:
     resblock_updown: bool = True
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ConfigError(f"{f.name} must be an integer, got {value!r}")
-            if f.type == "bool" and not isinstance(value, bool):
-                raise ConfigError(f"{f.name} must be true or false, got {value!r}")
-            if f.type == "float":
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ConfigError(f"{f.name} must be a number, got {value!r}")
-                object.__setattr__(self, f.name, float(value))
-            if f.type.startswith("tuple"):  # JSON gives lists back
-                if not isinstance(value, (list, tuple)) or any(
-                        isinstance(v, bool) or not isinstance(v, int) for v in value):
-                    raise ConfigError(f"{f.name} must be a list of integers, got {value!r}")
-                object.__setattr__(self, f.name, tuple(value))
+        self._check_types()
         for name in ("image_size", "in_channels", "model_channels", "num_res_blocks", "num_head_channels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -87,16 +74,6 @@ class UNetConfig:
         return dataclasses.replace(self, image_size=image_size,
                                    attention_resolutions=tuple(image_size // d for d in self.attention_ds))
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown unet config keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 PRESETS: dict[str, UNetConfig] = {
