@@ -100,24 +100,26 @@ def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: boo
     if not entries:
         return StageResult(STAGE, ",".join(keys), True, time.perf_counter() - t0, summary)
     model = load_unet(unet_entry, dev)
-    todo: dict[tuple[int, int], list[int]] = {}
     arrays = {}
+    todo: set[tuple[int, int]] = set()
     for c, e in entries.items():
         e.require_array("record", (n,), "int64")[:] = idx
         arrays[c] = (e.require_array("heatmaps", (n, n_t, n_l, size, size), "float16"), e.require_done(n))
-        for ab in e.pending(n):
-            todo.setdefault(ab, []).append(c)
+        todo.update(e.pending(n))
+    # A chunk pending for any c is computed for every c of this call, so a resumed run batches exactly like
+    # the uninterrupted one (bit-identical). Only an entry computed in another call, beside other c, may differ
+    # from a fresh all-c run in the last bits of float arithmetic.
+    cs = sorted(entries)
     images = index.array("images")
-    done_imgs = n - len({i for (a, b) in todo for i in range(a, b)})
-    with torch.inference_mode(), tqdm(total=n, initial=done_imgs, desc="infer-diff", unit="img",
-                                      disable=not progress) as bar:
-        for (a, b), cs in sorted(todo.items()):
+    with torch.inference_mode(), tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="infer-diff",
+                                      unit="img", disable=not progress) as bar:
+        for a, b in sorted(todo):
             x = to_model_space(images.get_orthogonal_selection((idx[a:b],)), size)
-            maps = _image_heatmaps(model, p, x, idx[a:b], sorted(cs), size, dev)
+            maps = _image_heatmaps(model, p, x, idx[a:b], cs, size, dev)
             for c in cs:
-                heat, done = arrays[c]
-                heat[a:b] = maps[c].cpu().numpy().astype(np.float16)
-                done[a:b] = 1
+                arrays[c][0][a:b] = maps[c].cpu().numpy().astype(np.float16)
+            for c in cs:  # data of every c first, then the flags
+                arrays[c][1][a:b] = 1
             bar.update(b - a)
     for c, e in entries.items():
         e.complete(device=str(dev))

@@ -37,7 +37,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # the resolution (224 px with c = 16, 32 is 64 px with c = 4, 8 in cells per side).
         "train_diff": {
             "size": 64, "model_channels": 32, "channel_mult": (1, 2, 2, 2), "num_res_blocks": 1,
-            "attention_resolutions": (8,), "num_head_channels": 32, "steps": 1500, "batch_size": 16, "lr": 2e-4,
+            "attention_resolutions": (8,), "num_head_channels": 32, "steps": 1000, "batch_size": 16, "lr": 2e-4,
             "ema": 0.995, "grid": (1, 4, 8), "ckpt_every": 100,
         },
         "infer_diff": {"c": (1, 4, 8)},

@@ -115,3 +115,51 @@ def test_fuse_names_the_missing_heatmaps(diff_run, cli):
 def test_bad_diffusion_options(diff_run, cli, args, needle):
     res = cli(args[0], "--run", diff_run, *args[1:], code=None)
     assert res.exit_code in (1, 2) and needle in res.output and "Traceback" not in res.output
+
+
+def test_fuse_ablation_switches_change_the_map(diff_run, cli):
+    cli("fuse", "--run", diff_run, "--c", "1,8")
+    full = RunStore(diff_run).current("fuse").array("maps")[:]
+    cli("fuse", "--run", diff_run, "--c", "1,8", "--no-spatio-temporal")
+    e = RunStore(diff_run).current("fuse")
+    assert e.params["t"] == [0] and e.params["l"] == [1]
+    assert not np.array_equal(e.array("maps")[:], full)
+    cli("fuse", "--run", diff_run, "--c", "1,8", "--multiscale-base")
+    assert not np.array_equal(RunStore(diff_run).current("fuse").array("maps")[:], full)
+
+
+@pytest.mark.slow
+def test_killed_infer_diff_resumes_bit_identical(diff_run, tmp_path, cli):
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--t", "300,250,200,150,100,50,0", "--l", "1", "--c", "1,4,8", "--seed", "3"]
+    ref, killed = tmp_path / "ref.zarr", tmp_path / "killed.zarr"
+    shutil.copytree(diff_run, ref)
+    shutil.copytree(diff_run, killed)
+    cli("infer-diff", "--run", ref, *args)
+    old = set(killed.glob("infer_diff/*"))
+    proc = subprocess.Popen([sys.executable, "-m", "drdc_cli", "infer-diff", "--run", str(killed), "-q", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    first_chunk = None
+    while proc.poll() is None and time.time() < deadline:
+        hits = [h for h in killed.glob("infer_diff/*/done/c/0") if h.parents[2] not in old]
+        if hits:
+            first_chunk = hits
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first_chunk, "infer-diff ended before its first chunk could be seen"
+    partial = [e for e in RunStore(killed).entries() if e.stage == "infer_diff" and e.params["seed"] == 3]
+    assert partial and not all(e.is_complete for e in partial), "the run finished before it could be killed"
+    cli("infer-diff", "--run", killed, *args)
+    for c in (1, 4, 8):
+        a = next(e for e in RunStore(ref).entries() if e.stage == "infer_diff" and e.params["seed"] == 3 and e.params["c"] == c)
+        b = next(e for e in RunStore(killed).entries() if e.stage == "infer_diff" and e.params["seed"] == 3 and e.params["c"] == c)
+        assert a.key == b.key and b.is_complete
+        assert np.array_equal(a.array("heatmaps")[:], b.array("heatmaps")[:])
