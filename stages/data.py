@@ -151,6 +151,14 @@ def discover(root: Path, layout: str = "auto", categories: tuple[str, ...] | Non
     return Dataset(root, next(iter(found_layouts.values())), tuple(records), tuple(masked))
 
 
+def split_indices(records: list[dict], split: str) -> "np.ndarray":
+    """Positions of the records of one split ("train" or "test"), in index order: the row order of every
+    per-test-image array in the store."""
+    import numpy as np
+
+    return np.array([i for i, r in enumerate(records) if r["split"] == split], dtype=np.int64)
+
+
 def fingerprint(root: Path, records: tuple[Record, ...]) -> str:
     """Hash of every recorded file's relative path, size and mtime: a file added, removed or modified
     changes it, so downstream cache keys change (content hashing a 5 GB dataset on every index is too slow)."""

@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from .cache import RunStore
+from .data import split_indices
 from .common import StageResult, resolve_device
 from .models.reconstruction import base_heatmap
 from .train_base import load_model
 
 STAGE = "infer_base"
 
-
-def test_indices(records: list[dict]) -> np.ndarray:
-    return np.array([i for i, r in enumerate(records) if r["split"] == "test"], dtype=np.int64)
 
 
 def run(store: RunStore, device: str = "auto", progress: bool = True) -> StageResult:
@@ -30,7 +27,7 @@ def run(store: RunStore, device: str = "auto", progress: bool = True) -> StageRe
     index = store.get("index", extract.inputs["index"])
     dev = resolve_device(device)
     entry, cached = store.begin(STAGE, {}, {"extract": extract.key, "train_base": trained.key})
-    idx = test_indices(index.attrs["records"])
+    idx = split_indices(index.attrs["records"], "test")
     n = len(idx)
     feats = extract.array("features")
     fs = feats.shape[-1]

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .cache import Entry, RunStore
+from .data import split_indices
 from .common import StageResult, check, resolve_device
 from .diffusion import check_timesteps, linear_schedule
 from .fusion import diff_heatmap
@@ -47,9 +48,6 @@ class InferDiffParams:
         return {"t": list(self.t), "c": c, "l": list(self.l), "n_s": self.n_s,
                 "test_time_condition": self.test_time_condition, "seed": self.seed, "size": size}
 
-
-def test_indices(records: list[dict]) -> np.ndarray:
-    return np.array([i for i, r in enumerate(records) if r["split"] == "test"], dtype=np.int64)
 
 
 def _image_heatmaps(model, p: InferDiffParams, images: torch.Tensor, rec: np.ndarray, cs: list[int],
@@ -84,7 +82,7 @@ def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: boo
     for l in p.l:  # noqa: E741
         check(size % l == 0, "--l", f"must divide the diffusion size {size}", l)
     dev = resolve_device(device)
-    idx = test_indices(index.attrs["records"])
+    idx = split_indices(index.attrs["records"], "test")
     n, n_t, n_l = len(idx), len(p.t), len(p.l)
     inputs = {"index": index.key, "train_diff": unet_entry.key}
     entries: dict[int, Entry] = {}  # the c still to compute

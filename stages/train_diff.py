@@ -12,12 +12,12 @@ import json
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from .cache import Entry, RunStore, atomic_save
+from .data import split_indices
 from .common import StageResult, check, keyed, resolve_device, seed_everything
 from .diffusion import linear_schedule, q_sample
 from .errors import ConfigError
@@ -104,7 +104,7 @@ def run(store: RunStore, p: TrainDiffParams, device: str = "auto", progress: boo
         return StageResult(STAGE, entry.key, True, time.perf_counter() - t0,
                            f"{p.steps} steps, final loss {h[-1]['loss']:.4g}" if h else "")
     records = index.attrs["records"]
-    train_idx = np.array([i for i, r in enumerate(records) if r["split"] == "train"], dtype=np.int64)
+    train_idx = split_indices(records, "train")
     images = to_model_space(index.array("images").get_orthogonal_selection((train_idx,)), p.size, as_uint8=True)
     (entry.files / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
