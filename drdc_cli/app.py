@@ -66,7 +66,18 @@ def report_stage(r: StageResult) -> None:
     out.print(f"[green]✓[/] {r.stage.replace('_', '-')} [cyan]{r.key}[/] {what}: {r.summary}", soft_wrap=True)
 
 
-def main() -> None:
-    from . import cache_cmd, demo, pipeline, report, workflow  # noqa: F401  (registers the commands)
+def register_commands() -> None:
+    """Import every module of this package once: each registers its commands on `app` when imported."""
+    import importlib
+    import pkgutil
 
+    from . import __path__ as pkg_path
+
+    for m in pkgutil.iter_modules(pkg_path):
+        if m.name not in ("app", "__main__"):
+            importlib.import_module(f"{__package__}.{m.name}")
+
+
+def main() -> None:
+    register_commands()
     app()

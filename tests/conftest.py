@@ -25,11 +25,53 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("synthetic") / "data", TINY)
 
 
+# A 32 px diffusion branch: 2 levels, attention at 16 px, 3 training steps. Enough to exercise every path.
+TINY_DIFF = ["--size", "32", "--model-channels", "8", "--channel-mult", "1,2", "--res-blocks", "1",
+             "--attention", "16", "--head-channels", "8", "--steps", "3", "--batch-size", "4", "--grid", "1,4,8",
+             "--ckpt-every", "2"]
+TINY_INFER = ["--t", "100,50,0", "--l", "1,2", "--ns", "2"]
+
+
+def _invoke_all(run: Path, steps: list[list]) -> None:
+    from drdc_cli.app import app, register_commands
+
+    register_commands()
+    r = CliRunner()
+    for args in steps:
+        res = r.invoke(app, [str(a) for a in [args[0], "--run", run, *args[1:]]])
+        assert res.exit_code == 0, f"{args}: {res.output}"
+
+
+@pytest.fixture(scope="session")
+def full_run_pristine(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every stage once on TINY data (base and diffusion trained, c=1,8 heatmaps, fused, scored base and fuse).
+    Shared by the whole session: never write to it; copy it (`copy_run`) first."""
+    run = tmp_path_factory.mktemp("full") / "r.zarr"
+    _invoke_all(run, [["index", "--data", tiny_data, *TINY_INDEX], ["extract", *TINY_EXTRACT],
+                      ["train-base", *TINY_TRAIN], ["infer-base"], ["score", "--source", "base"],
+                      ["train-diff", *TINY_DIFF], ["infer-diff", *TINY_INFER, "--c", "1,8"],
+                      ["fuse", "--c", "1,8"], ["score", "--source", "fuse"]])
+    return run
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.fixture()
+def full_run(full_run_pristine: Path, tmp_path: Path) -> Path:
+    """A private copy of the full tiny run, free to modify."""
+    return copy_run(full_run_pristine, tmp_path / "run.zarr")
+
+
 @pytest.fixture()
 def cli():
-    from drdc_cli.app import app
-    from drdc_cli import cache_cmd, demo, pipeline, report, workflow  # noqa: F401  (register commands)
+    from drdc_cli.app import app, register_commands
 
+    register_commands()
     runner = CliRunner()
 
     def invoke(*args: str, code: int = 0):

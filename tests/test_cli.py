@@ -25,8 +25,9 @@ def _pipeline(cli, data, run, train=TINY_TRAIN):
 def done_run(tiny_data, tmp_path_factory):
     from typer.testing import CliRunner
 
-    from drdc_cli import cache_cmd, demo, pipeline, report  # noqa: F401
-    from drdc_cli.app import app
+    from drdc_cli.app import app, register_commands
+
+    register_commands()
 
     run = tmp_path_factory.mktemp("runs") / "r.zarr"
     runner = CliRunner()

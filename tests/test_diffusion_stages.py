@@ -9,12 +9,9 @@ from stages.anomaly_map import upsample
 from stages.cache import RunStore
 from stages.fusion import drdc_map
 
-from conftest import TINY_EXTRACT, TINY_INDEX, TINY_TRAIN
+from conftest import TINY_DIFF, TINY_INFER, copy_run
 
-# A 32 px diffusion branch: 2 levels, attention at 16 px, 3 training steps. Enough to exercise every path.
-TINY_DIFF = ["--size", "32", "--model-channels", "8", "--channel-mult", "1,2", "--res-blocks", "1",
-             "--attention", "16", "--head-channels", "8", "--steps", "3", "--batch-size", "4", "--grid", "1,4,8", "--ckpt-every", "2"]
-INFER = ["--t", "100,50,0", "--l", "1,2", "--ns", "2"]
+TINY_DIFF, INFER = TINY_DIFF, TINY_INFER  # noqa: PLW0127  (short local names)
 
 
 def _heat(run, c: int) -> np.ndarray:
@@ -24,19 +21,8 @@ def _heat(run, c: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def diff_run(tiny_data, tmp_path_factory):
-    from typer.testing import CliRunner
-
-    from drdc_cli import cache_cmd, demo, pipeline, report, workflow  # noqa: F401
-    from drdc_cli.app import app
-
-    run = tmp_path_factory.mktemp("diff") / "r.zarr"
-    r = CliRunner()
-    for args in (["index", "--data", tiny_data, *TINY_INDEX], ["extract", *TINY_EXTRACT], ["train-base", *TINY_TRAIN],
-                 ["infer-base"], ["train-diff", *TINY_DIFF], ["infer-diff", *INFER, "--c", "1,8"]):
-        res = r.invoke(app, [str(a) for a in [args[0], "--run", run, *args[1:]]])
-        assert res.exit_code == 0, res.output
-    return run
+def diff_run(full_run_pristine, tmp_path_factory):
+    return copy_run(full_run_pristine, tmp_path_factory.mktemp("diff") / "r.zarr")
 
 
 def test_heatmaps_shape_and_values(diff_run):
