@@ -22,15 +22,17 @@ class StageResult:
 
 def resolve_device(device: str) -> torch.device:
     """'auto' -> cuda when available, else cpu; an unavailable explicit device is a ConfigError."""
+    from .dist import local_device
+
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         d = torch.device(device)
     except RuntimeError:
         raise ConfigError(f"--device: unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
     if d.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device: '{device}' requested but no CUDA device is available (use --device cpu)")
-    return d
+    return local_device(d)
 
 
 def seed_everything(seed: int) -> None:
