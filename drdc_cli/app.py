@@ -1,11 +1,15 @@
 """The `drdc` command: a typer app whose commands parse options, call a stage, and print what happened.
 
-Error boundary: a DrdcError (bad data, bad option, missing cache entry) becomes one red line on stderr and a
-non-zero exit; Ctrl-C says what is kept. Anything else is a bug and keeps its traceback.
+Error boundary: a DrdcError (bad data, bad option, missing cache entry) or an OS error (disk full, permission
+denied, read-only filesystem) becomes one red line on stderr and a non-zero exit; Ctrl-C or SIGTERM says what is
+saved and how to resume. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import functools
+import os
+import signal
+import sys
 from typing import Any, Callable
 
 import typer
@@ -43,20 +47,47 @@ def _root(
     """Multi-class industrial anomaly detection with Diffusion Refinement with Dual Conditions (DRDC)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (pre-emption, `kill`, a scheduler's time limit) handled like Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _command_line() -> str:
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # launched by torchrun: the user reruns the launcher
+        return "the same torchrun command"
+    return " ".join(["drdc", *sys.argv[1:]])
+
+
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn domain errors into one line + exit code; functools.wraps keeps the signature typer reads."""
+    """Turn domain and OS errors into one line + exit code; functools.wraps keeps the signature typer reads.
+    Every lock the command took is released when it ends, however it ends."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from stages.cache import active_summary, forget_active
+        from stages.locks import release_all
+
         try:
             return fn(*args, **kwargs)
         except DrdcError as e:
             err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("[yellow]interrupted:[/] finished chunks and epochs are saved in the run store; "
-                      "rerun the same command to resume", soft_wrap=True)
-            raise typer.Exit(130) from None
+        except OSError as e:  # the environment, not a bug: name the file and the reason
+            where = f"{e.filename}: " if e.filename else ""
+            err.print(f"[bold red]error:[/] {where}{e.strerror or e}; nothing complete was changed, "
+                      "rerun the command once this is fixed", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt as e:
+            saved = active_summary() or "nothing was in progress"
+            how = "terminated" if isinstance(e, Terminated) else "interrupted"
+            err.print(f"[yellow]{how}:[/] saved {saved}; rerun `{_command_line()}` to resume", soft_wrap=True)
+            raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+        finally:
+            release_all()
+            forget_active()
 
     return wrapper
 
@@ -80,4 +111,5 @@ def register_commands() -> None:
 
 def main() -> None:
     register_commands()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app()

@@ -1,8 +1,9 @@
-"""`drdc cache ls`: what the run store holds."""
+"""`drdc cache ls | verify | gc`: what the run store holds, whether it is sound, and clearing what is not needed."""
 from __future__ import annotations
 
 import json
 
+import typer
 from rich.table import Table
 
 from stages.cache import RunStore
@@ -36,9 +37,66 @@ def ls(run: RunOpt) -> None:
     for e in store.entries():
         status = e.status
         prog = e.progress()
-        if status != "complete" and prog:
-            status = f"partial {prog[0]}/{prog[1]}"
+        if status != "complete":
+            status = (f"partial {prog[0]}/{prog[1]}" if prog else "partial") + (", running" if e.is_busy() else "")
         mark = " *" if current.get(e.stage) == e.key else ""
         t.add_row(e.stage.replace("_", "-"), e.key + mark, status, _params(e.stage, e.params), _human(e.size_bytes()))
     out.print(t)
     out.print("[dim]* current entry of its stage[/]")
+
+
+@cache_app.command("verify")
+@guarded
+def verify_cmd(run: RunOpt) -> None:
+    """Check every complete entry (shapes, done flags, no NaN/inf, checkpoints load, inputs exist); exit 1 if
+    anything is wrong."""
+    from stages.errors import StoreError
+    from stages.verify import verify
+
+    store = RunStore(run)
+    t = Table(title=f"verify {store.name}", title_justify="left", header_style="bold")
+    for c in ("stage", "key", "result"):
+        t.add_column(c, overflow="fold")
+    bad = 0
+    for f in verify(store):
+        bad += not f.ok
+        t.add_row(f.stage.replace("_", "-"), f.key, f.what if f.ok else f"[red]{f.what}[/]")
+    out.print(t)
+    if bad:
+        raise StoreError(f"{bad} entries of {store.name} failed verification; remove them with "
+                         f"`drdc cache gc --run {store.name} --key KEY` and rerun their commands")
+    out.print("[green]✓[/] every complete entry verified")
+
+
+@cache_app.command("gc")
+@guarded
+def gc_cmd(
+    run: RunOpt,
+    partial: bool = typer.Option(False, "--partial", help="Remove partial entries nobody is writing."),
+    stale: bool = typer.Option(False, "--stale", help="Remove complete entries the current results do not use."),
+    key: list[str] = typer.Option([], "--key", help="Remove these entries (key or unique key prefix); repeatable."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed."),
+) -> None:
+    """Free space: remove abandoned partial entries, stale entries, or named ones. Entries being written by
+    another process are never removed."""
+    from stages.errors import ConfigError
+    from stages.verify import collect, remove
+
+    store = RunStore(run)
+    if not (partial or stale or key):
+        raise ConfigError("drdc cache gc: say what to remove: --partial, --stale and/or --key KEY")
+    doomed = collect(store, partial, stale)
+    for k in key:
+        hits = [e for e in store.entries() if e.key.startswith(k)]
+        if len(hits) != 1:
+            raise ConfigError(f"--key: {k!r} matches {len(hits)} entries of {store.name} (see `drdc cache ls`)")
+        if hits[0].is_busy():
+            raise ConfigError(f"--key: {hits[0].key} is being written by another process; not removed")
+        doomed.append(hits[0])
+    doomed = list({str(e.path): e for e in doomed}.values())
+    size = sum(e.size_bytes() for e in doomed)
+    for e in doomed:
+        out.print(f"{'would remove' if dry_run else 'remove'} {e.stage.replace('_', '-')} {e.key} ({e.status})")
+    if not dry_run:
+        remove(store, doomed)
+    out.print(f"{'would free' if dry_run else 'freed'} {_human(size)} in {len(doomed)} entries")

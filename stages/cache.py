@@ -12,6 +12,15 @@ key = sha256(canonical JSON of {stage, params, inputs, schema})[:12]: a changed 
 entry gives a new key, so nothing stale is reused. `current` points at the entry each stage last completed
 (or found cached); readers get an entry only if it is complete and its inputs are the current ones upstream,
 otherwise a CacheMissError naming the command to rerun.
+
+Several processes may share a store (see stages/locks.py):
+- `.drdc.lock` (store lock, held for milliseconds) serialises every metadata change; attributes are re-read from
+  disk under it before being changed, so no process overwrites another's `current` pointer or entry status.
+- an exclusive entry (`begin(..., exclusive=True)`: training, index, fuse, score) has a writer lock `<key>/.lock`;
+  a second writer is refused with the holder's pid, host and command.
+- a shared entry (extract, infer-base, infer-diff) is filled chunk by chunk by whoever claims a chunk
+  (`claim_chunks`): disjoint work for torchrun ranks or two plain processes, and a dead claimant's chunk is taken
+  over. Zarr writes every chunk file atomically (temp file + rename), data before done flags.
 """
 from __future__ import annotations
 
@@ -19,15 +28,23 @@ import json
 import hashlib
 import os
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+import warnings
+
 import numpy as np
 import zarr
 
+# Entries keep non-Zarr payloads beside their arrays (files/, claims/, .lock); that is by design.
+warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component of a Zarr hierarchy")
+
 from . import __version__
 from .errors import CacheMissError, StoreError
+from .faults import point
+from .locks import FileLock, describe
 from .registry import STAGES, hint
 
 SCHEMA_VERSION = 1
@@ -92,24 +109,45 @@ class Entry:
         p.mkdir(exist_ok=True)
         return p
 
+    def reload(self) -> "Entry":
+        """Re-read this entry's metadata from disk (another process may have changed it)."""
+        self.group = zarr.open_group(store=self.store.path, path=f"{self.stage}/{self.key}", mode="r+")
+        return self
+
     def update(self, **attrs: Any) -> None:
-        self.group.attrs.update(attrs)
+        with self.store.locked():
+            self.reload().group.attrs.update(attrs)
+        point(f"{self.stage}.attrs")
 
     def array(self, name: str) -> zarr.Array:
         return self.group[name]
+
+    @property
+    def lock(self) -> FileLock:
+        return FileLock(self.path / ".lock")
+
+    def mark_done(self, done: zarr.Array, a: int, b: int) -> None:
+        """Set the done flags of images a:b, after their data is written (the save points around it let the
+        kill tests stop the process between the data and its flags)."""
+        point(f"{self.stage}.data")
+        done[a:b] = 1
+        point(f"{self.stage}.done")
 
     def has(self, name: str) -> bool:
         return name in self.group
 
     def require_array(self, name: str, shape: tuple[int, ...], dtype: str, chunk: int = CHUNK) -> zarr.Array:
         """Create an image-axis-chunked array, or reopen it (resume) when it exists with the same shape."""
-        if name in self.group:
-            a = self.group[name]
-            if tuple(a.shape) != tuple(shape) or a.dtype != np.dtype(dtype):
-                raise StoreError(f"{self.path / name}: exists with shape {a.shape} {a.dtype}, expected {shape} {dtype}")
-            return a
-        chunks = (min(chunk, max(shape[0], 1)),) + tuple(shape[1:])
-        return self.group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+        with self.store.locked():  # two ranks must not both create it
+            self.reload()
+            if name in self.group:
+                a = self.group[name]
+                if tuple(a.shape) != tuple(shape) or a.dtype != np.dtype(dtype):
+                    raise StoreError(f"{self.path / name}: exists with shape {a.shape} {a.dtype}, "
+                                     f"expected {shape} {dtype}")
+                return a
+            chunks = (min(chunk, max(shape[0], 1)),) + tuple(shape[1:])
+            return self.group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
 
     def require_done(self, n: int, chunk: int = CHUNK) -> zarr.Array:
         return self.require_array("done", (n,), "uint8", chunk)
@@ -127,10 +165,31 @@ class Entry:
         return int(d.sum()), int(d.size)
 
     def complete(self, **attrs: Any) -> None:
-        self.update(**attrs, status="complete", completed=_now())
+        """Mark complete (once every done flag is set, if there are any) and make it the current entry."""
+        with self.store.locked():
+            self.reload()
+            if "done" in self.group and not self.group["done"][:].all():
+                d = self.group["done"][:]
+                raise StoreError(f"{self.path}: cannot complete, {int(d.size - d.sum())} images are not done")
+            if not self.is_complete:
+                self.group.attrs.update({**attrs, "status": "complete", "completed": _now()})
+            self.store.set_current(self)
+        point(f"{self.stage}.complete")
+        self.lock.release()
+        _ACTIVE.pop(str(self.path), None)
+
+    def is_busy(self) -> bool:
+        """Whether another process is writing this entry right now (its writer lock or a chunk claim is held)."""
+        from .locks import is_locked
+
+        return is_locked(self.path / ".lock") or any(is_locked(p) for p in (self.path / "claims").glob("*.lock"))
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+_ACTIVE: dict[str, Entry] = {}  # entries this process began and has not completed (for the Ctrl-C message)
+LOCK_NAME = ".drdc.lock"
 
 
 class RunStore:
@@ -143,15 +202,7 @@ class RunStore:
         if not exists:
             if not create:
                 raise StoreError(f"{self.path}: no run store here; create one with `drdc index --data ROOT --run {path}`")
-            if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-                raise StoreError(f"{self.path}: exists and is not a drdc run store; choose another --run")
-            try:
-                self.root = zarr.open_group(self.path, mode="w")
-            except OSError as e:
-                raise StoreError(f"{self.path}: cannot create run store ({e.strerror or e})") from None
-            self.root.attrs.update(
-                drdc_schema=SCHEMA_VERSION, drdc_version=__version__, created=_now(), current={}
-            )
+            self._create()
             return
         try:
             self.root = zarr.open_group(self.path, mode="a")
@@ -165,6 +216,31 @@ class RunStore:
                 f"{self.path}: written by a newer drdc (schema {schema}, this drdc reads {SCHEMA_VERSION}); upgrade drdc"
             )
 
+    def _create(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"{self.path}: exists and is not a drdc run store; choose another --run")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with self.locked():  # two `drdc index` on a new path: one creates, the other opens
+                if (self.path / "zarr.json").is_file():
+                    self.root = zarr.open_group(self.path, mode="r+")
+                    return
+                if any(p.name != LOCK_NAME for p in self.path.iterdir()):
+                    raise StoreError(f"{self.path}: exists and is not a drdc run store; choose another --run")
+                self.root = zarr.open_group(self.path, mode="w")
+                self.root.attrs.update(
+                    drdc_schema=SCHEMA_VERSION, drdc_version=__version__, created=_now(), current={}
+                )
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot create run store ({e.strerror or e})") from None
+
+    def locked(self) -> FileLock:
+        """The store lock: hold it (`with store.locked():`) for read-modify-write of metadata; re-entrant."""
+        return FileLock(self.path / LOCK_NAME)
+
+    def reload(self) -> None:
+        self.root = zarr.open_group(self.path, mode="r+")
+
     # -- entries ---------------------------------------------------------------------------------------
     def get(self, stage: str, key: str) -> Entry | None:
         try:
@@ -173,31 +249,49 @@ class RunStore:
             return None
         return Entry(self, g)
 
-    def begin(self, stage: str, params: dict, inputs: dict[str, str], seed: int | None = None) -> tuple[Entry, bool]:
+    def begin(self, stage: str, params: dict, inputs: dict[str, str], seed: int | None = None,
+              exclusive: bool = True) -> tuple[Entry, bool]:
         """The entry for these params and inputs: (entry, cached). A complete entry is returned as cached;
-        a partial one is reopened to resume; otherwise a new one is created with status 'running'."""
+        a partial one is reopened to resume; otherwise a new one is created with status 'running'.
+        exclusive: take the entry's writer lock (held until `complete` or the command ends), refusing with the
+        holder's name if another process has it; shared entries are written through `claim_chunks` instead."""
         key = make_key(stage, params, inputs)
-        e = self.get(stage, key)
-        if e is not None:
-            if e.is_complete:
+        with self.locked():
+            self.reload()
+            e = self.get(stage, key)
+            if e is not None and e.is_complete:
                 self.set_current(e)
                 return e, True
-            e.update(resumed=_now())
-            return e, False
-        g = self.root.require_group(f"{stage}/{key}")
-        g.attrs.update(
-            stage=stage, key=key, params=params, inputs=inputs, status="running", seed=seed,
-            created=_now(), drdc_version=__version__,
-        )
-        return Entry(self, g), False
+            if exclusive:
+                lock = FileLock(self.path / stage / key / ".lock")
+                if not lock.acquire(blocking=False):
+                    raise StoreError(f"{stage.replace('_', '-')} {key} in {self.name} is being written by "
+                                     f"{describe(lock.holder())}; wait for it to finish or stop it")
+            if e is not None:
+                e.group.attrs.update(resumed=_now())
+                if exclusive:  # a save killed between write and rename leaves its temp file behind
+                    for tmp in (e.path / "files").glob(".*.partial"):
+                        tmp.unlink(missing_ok=True)
+            else:
+                g = self.root.require_group(f"{stage}/{key}")
+                g.attrs.update(
+                    stage=stage, key=key, params=params, inputs=inputs, status="running", seed=seed,
+                    created=_now(), drdc_version=__version__,
+                )
+                e = Entry(self, g)
+        _ACTIVE[str(e.path)] = e
+        return e, False
 
     def set_current(self, entry: Entry) -> None:
-        cur = dict(self.root.attrs.get("current", {}))
-        cur[entry.stage] = entry.key
-        self.root.attrs.update(current=cur)
+        with self.locked():
+            self.reload()
+            cur = dict(self.root.attrs.get("current", {}))
+            cur[entry.stage] = entry.key
+            self.root.attrs.update(current=cur)
 
     def current(self, stage: str) -> Entry:
         """The current complete entry of a stage, checked fresh against the current entries upstream."""
+        self.reload()
         key = self.root.attrs.get("current", {}).get(stage)
         if key is None:
             raise CacheMissError(f"no {stage} result in {self.name}; run `{hint(stage, self.name)}` first")
@@ -240,10 +334,49 @@ class RunStore:
         return dict(self.root.attrs.get("current", {}))
 
     def set_attr(self, **attrs: Any) -> None:
-        self.root.attrs.update(attrs)
+        with self.locked():
+            self.reload()
+            self.root.attrs.update(attrs)
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.root.attrs.get(name, default)
+
+
+def claim_chunks(entries: list[Entry], n: int, chunk: int = CHUNK, rank: int = 0,
+                 world: int = 1) -> Iterator[tuple[int, int]]:
+    """Yield (start, stop) of each chunk of images still pending in any of `entries`, while this process holds
+    that chunk's claim in every entry; the caller writes the chunk's data and done flags before asking for the
+    next. Chunks are tried first without waiting, this rank's share (chunk index % world == rank) first; then the
+    ones other processes held are waited for and taken over if their holder died before finishing them. So
+    torchrun ranks, or plain processes started on the same store, split the work, and all return once every
+    chunk is done. A chunk is computed the same way whoever computes it, so the result does not depend on
+    the number of processes."""
+    starts = list(range(0, n, chunk))
+    order = [s for i, s in enumerate(starts) if i % world == rank] + [s for i, s in enumerate(starts) if i % world != rank]
+    dones = [e.require_done(n, chunk) for e in entries]
+    locks_of = lambda s: [FileLock(e.path / "claims" / f"{s // chunk}.lock") for e in sorted(entries, key=lambda e: str(e.path))]  # noqa: E731
+
+    def pending(s: int) -> bool:
+        return any(not d[s : s + chunk].all() for d in dones)
+
+    for blocking in (False, True):
+        later = []
+        for s in order:
+            if not pending(s):
+                continue
+            with ExitStack() as held:
+                got = True
+                for lk in locks_of(s):  # one global order (sorted paths): waiting claimants cannot deadlock
+                    if not lk.acquire(blocking=blocking):
+                        got = False
+                        break
+                    held.callback(lk.release)
+                if not got:
+                    later.append(s)
+                    continue
+                if pending(s):  # re-read under the claim: another process may have finished it
+                    yield s, min(s + chunk, n)
+        order = later
 
 
 def atomic_save(write, path: Path) -> None:
@@ -251,6 +384,30 @@ def atomic_save(write, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.time_ns()}.partial")
     try:
         write(tmp)
+        point("save.written")
         os.replace(tmp, path)
+        point("save.renamed")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def active_summary() -> str:
+    """What the entries this process was writing have saved so far (for the Ctrl-C message)."""
+    parts = []
+    for e in list(_ACTIVE.values()):
+        try:
+            e.reload()
+            prog = e.progress()
+            hist = e.attrs.get("history") or []
+        except Exception:  # noqa: BLE001 - best effort while exiting
+            continue
+        unit = "steps" if hist and "step" in hist[-1] else "epochs"
+        what = (f"{prog[0]}/{prog[1]} images" if prog else
+                f"{hist[-1].get('step', len(hist))} {unit} checkpointed" if hist else
+                "a checkpoint" if (e.path / "files" / "last.pt").exists() else "nothing yet")
+        parts.append(f"{e.stage.replace('_', '-')} {e.key}: {what}")
+    return "; ".join(parts)
+
+
+def forget_active() -> None:
+    _ACTIVE.clear()

@@ -151,6 +151,17 @@ def discover(root: Path, layout: str = "auto", categories: tuple[str, ...] | Non
     return Dataset(root, next(iter(found_layouts.values())), tuple(records), tuple(masked))
 
 
+def resolve_recorded(root: Path, rel: str) -> Path:
+    """root / rel for a path recorded in a run store. A store is data a user may have been handed: an absolute
+    path or a '..' that would leave the dataset root is refused rather than followed."""
+    from pathlib import PurePosixPath
+
+    p = PurePosixPath(rel)
+    if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel:
+        raise DataError(f"{rel!r}: recorded path leaves the dataset root {root}; the run store was tampered with")
+    return Path(root) / p
+
+
 def split_indices(records: list[dict], split: str) -> "np.ndarray":
     """Positions of the records of one split ("train" or "test"), in index order: the row order of every
     per-test-image array in the store."""
@@ -165,6 +176,6 @@ def fingerprint(root: Path, records: tuple[Record, ...]) -> str:
     h = hashlib.sha256()
     paths = sorted({r.path for r in records} | {r.mask for r in records if r.mask})
     for p in paths:
-        st = os.stat(root / p)
+        st = os.stat(resolve_recorded(root, p))
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]

@@ -12,7 +12,8 @@ import torch
 from tqdm import tqdm
 
 from .backbone import load_backbone
-from .cache import RunStore
+from . import dist
+from .cache import RunStore, claim_chunks
 from .common import StageResult, check, resolve_device
 
 STAGE = "extract"
@@ -40,7 +41,7 @@ def run(store: RunStore, p: ExtractParams, weights: Path | None = None, device: 
     net = load_backbone(p.backbone, weights, p.feature_size).to(dev).eval()
     # The weights' hash is part of the key: other weights under the same name never reuse these features.
     params = {"backbone": p.backbone, "feature_size": p.feature_size, "weights_id": net.weights_id}
-    entry, cached = store.begin(STAGE, params, {"index": index.key})
+    entry, cached = store.begin(STAGE, params, {"index": index.key}, exclusive=False)
     images = index.array("images")
     n, fs = images.shape[0], p.feature_size
     summary = f"{n} x {net.out_channels}x{fs}x{fs} features ({p.backbone})"
@@ -52,10 +53,9 @@ def run(store: RunStore, p: ExtractParams, weights: Path | None = None, device: 
     todo = entry.pending(n)
     with torch.inference_mode(), tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="extract",
                                       unit="img", disable=not progress) as bar:
-        for a, b in todo:
+        for a, b in claim_chunks([entry], n, rank=dist.rank(), world=dist.world_size()):
             feats[a:b] = net(images_to_tensor(images[a:b], dev)).cpu().numpy()
-            done[a:b] = 1
+            entry.mark_done(done, a, b)
             bar.update(b - a)
     entry.complete()
-    store.set_current(entry)
     return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, summary)

@@ -116,9 +116,8 @@ def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
             # averaging the upsampled maps, at a fraction of the cost.
             h_st = upsample(spatio_temporal(torch.cat(parts, 1)), size_img)
             maps[a:b] = drdc_map(hb, h_st[:, None], p.gamma, p.filter, c_feat, 3).numpy()  # Eq 18-19
-            done[a:b] = 1
+            entry.mark_done(done, a, b)
             bar.update(b - a)
     entry.complete(c_feat=c_feat, diffusion_size=size_diff)
-    store.set_current(entry)
     return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, summary)
 

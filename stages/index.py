@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .cache import RunStore
 from .common import StageResult, check
-from .data import LAYOUTS, discover, fingerprint
+from .data import LAYOUTS, discover, fingerprint, resolve_recorded
 from .images import load_mask, load_rgb
 
 STAGE = "index"
@@ -35,8 +35,8 @@ class IndexParams:
 
 
 def _load(root: Path, rec: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
-    img, orig = load_rgb(root / rec["path"], size)
-    mask = load_mask(root / rec["mask"], orig, size) if rec["mask"] else np.zeros((size, size), np.uint8)
+    img, orig = load_rgb(resolve_recorded(root, rec["path"]), size)
+    mask = load_mask(resolve_recorded(root, rec["mask"]), orig, size) if rec["mask"] else np.zeros((size, size), np.uint8)
     return img, mask
 
 
@@ -65,12 +65,11 @@ def run(store: RunStore, p: IndexParams, progress: bool = True, workers: int = 2
             loaded = list(pool.map(lambda r: _load(ds.root, r, s), records[a:b]))  # PIL decodes without the GIL
             images[a:b] = np.stack([x[0] for x in loaded])
             masks[a:b] = np.stack([x[1] for x in loaded])
-            done[a:b] = 1
+            entry.mark_done(done, a, b)
             bar.update(b - a)
     has_defect = np.concatenate([masks[a : a + 64].any(axis=(1, 2)) for a in range(0, n, 64)]) if n else []
     empty = [r["path"] for r, hit in zip(records, has_defect) if r["mask"] and not hit]
     entry.complete(empty_masks=empty)
-    store.set_current(entry)
     store.set_attr(data_root=str(ds.root))
     note = f"; {len(empty)} defect masks are empty" if empty else ""
     return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, summary + note)

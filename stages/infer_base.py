@@ -10,7 +10,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from .cache import RunStore
+from . import dist
+from .cache import RunStore, claim_chunks
 from .data import split_indices
 from .common import StageResult, resolve_device
 from .models.reconstruction import base_heatmap
@@ -19,14 +20,14 @@ from .train_base import load_model
 STAGE = "infer_base"
 
 
-
 def run(store: RunStore, device: str = "auto", progress: bool = True) -> StageResult:
     t0 = time.perf_counter()
     extract = store.current("extract")
     trained = store.current("train_base")
     index = store.get("index", extract.inputs["index"])
     dev = resolve_device(device)
-    entry, cached = store.begin(STAGE, {}, {"extract": extract.key, "train_base": trained.key})
+    entry, cached = store.begin(STAGE, {}, {"extract": extract.key, "train_base": trained.key},
+                                 exclusive=False)
     idx = split_indices(index.attrs["records"], "test")
     n = len(idx)
     feats = extract.array("features")
@@ -40,11 +41,10 @@ def run(store: RunStore, device: str = "auto", progress: bool = True) -> StageRe
     todo = entry.pending(n)
     with torch.inference_mode(), tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="infer-base",
                                       unit="img", disable=not progress) as bar:
-        for a, b in todo:
+        for a, b in claim_chunks([entry], n, rank=dist.rank(), world=dist.world_size()):
             f_in = torch.from_numpy(feats.get_orthogonal_selection((idx[a:b],))).to(dev)
             maps[a:b] = base_heatmap(f_in, model(f_in)).cpu().numpy()  # Eq 2
-            done[a:b] = 1
+            entry.mark_done(done, a, b)
             bar.update(b - a)
     entry.complete(device=str(dev))
-    store.set_current(entry)
     return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, f"{n} test heatmaps ({fs}x{fs})")

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cache import Entry, RunStore
+from . import dist
+from .cache import Entry, RunStore, claim_chunks
 from .data import split_indices
 from .common import StageResult, check, resolve_device
 from .diffusion import check_timesteps, linear_schedule
@@ -88,7 +89,7 @@ def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: boo
     entries: dict[int, Entry] = {}  # the c still to compute
     keys, cached = [], []
     for c in p.c:
-        e, was_cached = store.begin(STAGE, p.entry_params(c, size), inputs, seed=p.seed)
+        e, was_cached = store.begin(STAGE, p.entry_params(c, size), inputs, seed=p.seed, exclusive=False)
         keys.append(e.key)
         if was_cached:
             cached.append(c)
@@ -105,22 +106,23 @@ def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: boo
         arrays[c] = (e.require_array("heatmaps", (n, n_t, n_l, size, size), "float16"), e.require_done(n))
         todo.update(e.pending(n))
     # A chunk pending for any c is computed for every c of this call, so a resumed run batches exactly like
-    # the uninterrupted one (bit-identical). Only an entry computed in another call, beside other c, may differ
-    # from a fresh all-c run in the last bits of float arithmetic.
+    # the uninterrupted one (bit-identical); only the c still pending are written, so a chunk already done is
+    # never overwritten. An entry computed in another call, beside other c, may differ from a fresh all-c run
+    # in the last bits of float arithmetic.
     cs = sorted(entries)
     images = index.array("images")
     with torch.inference_mode(), tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="infer-diff",
                                       unit="img", disable=not progress) as bar:
-        for a, b in sorted(todo):
+        for a, b in claim_chunks(list(entries.values()), n, rank=dist.rank(), world=dist.world_size()):
             x = to_model_space(images.get_orthogonal_selection((idx[a:b],)), size)
             maps = _image_heatmaps(model, p, x, idx[a:b], cs, size, dev)
-            for c in cs:
+            todo_c = [c for c in cs if not arrays[c][1][a:b].all()]
+            for c in todo_c:
                 arrays[c][0][a:b] = maps[c].cpu().numpy().astype(np.float16)
-            for c in cs:  # data of every c first, then the flags
-                arrays[c][1][a:b] = 1
+            for c in todo_c:  # data of every c first, then the flags
+                entries[c].mark_done(arrays[c][1], a, b)
             bar.update(b - a)
     for c, e in entries.items():
         e.complete(device=str(dev))
-        store.set_current(e)
     note = f" (c={','.join(map(str, cached))} cached)" if cached else ""
     return StageResult(STAGE, ",".join(keys), False, time.perf_counter() - t0, summary + note)

@@ -1,0 +1,30 @@
+"""Fault injection for the kill-anywhere tests: named save points where a test can SIGKILL this process.
+
+`DRDC_KILL_AT=k` kills the process (SIGKILL, no cleanup, like an OOM kill or a pre-emption) at the k-th save point
+it reaches; `DRDC_FAULT_LOG=FILE` appends each point reached ("k site"), so a test can count the points of an
+uninterrupted run and pick kill points at random among them. Without either variable a point costs one dict lookup.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+_count = 0
+
+
+def point(site: str) -> None:
+    global _count
+    at, log = os.environ.get("DRDC_KILL_AT"), os.environ.get("DRDC_FAULT_LOG")
+    if not at and not log:
+        return
+    _count += 1
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{_count} {site}\n")
+    if at and _count == int(at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def reset() -> None:
+    global _count
+    _count = 0
