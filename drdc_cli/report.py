@@ -1,4 +1,4 @@
-"""`drdc report`: per-category metric tables in the terminal, CSV and JSON."""
+"""`drdc report`: per-category metric tables in the terminal, CSV and JSON; optionally pictures (`--plots`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +11,7 @@ from stages import report as rep
 from stages.cache import RunStore
 
 from .app import app, guarded, out
-from .pipeline import RunOpt
+from .pipeline import QuietOpt, RunOpt
 
 
 def render(table: list[dict], entries: list, title: str) -> Table:
@@ -51,10 +51,17 @@ def report(
     json: Annotated[Optional[Path], typer.Option(help="Also write the table and its settings as JSON.")] = None,
     per_image: Annotated[Optional[Path], typer.Option(help="Write every test image's score as CSV.")] = None,
     variant: Annotated[Optional[list[str]], typer.Option(help="Score entry key (prefix) to show; repeat for side-by-side columns. Default: the current one.")] = None,
+    plots: Annotated[Optional[Path], typer.Option(help="Write per-category PNGs here: ROC curves, score histograms, worst false positives/negatives (and index.html).")] = None,
+    worst: Annotated[int, typer.Option(help="With --plots: images per side of the worst-cases grid.")] = 3,
+    quiet: QuietOpt = False,
 ) -> None:
     """Per-category and mean metrics of scored heatmaps, as in the paper's Tables 2/3."""
     store = RunStore(run)
     entries = rep.variants(store, variant)
+    if plots:
+        from stages.plots import prepare  # matplotlib loads only when pictures are asked for
+
+        prepare(plots, worst)
     table = print_report(store, variant)
     if csv:
         rep.write_csv(table, csv)
@@ -65,3 +72,8 @@ def report(
     if per_image:
         n = rep.per_image(store, entries[0], per_image)
         out.print(f"wrote {per_image} ({n} images)")
+    if plots:
+        from stages.plots import write_plots
+
+        written = write_plots(store, entries, plots, k=worst, progress=not quiet)
+        out.print(f"wrote {len(written)} files to {plots}: " + ", ".join(p.name for p in written), soft_wrap=True)

@@ -6,6 +6,7 @@ Rendering to the terminal is the CLI's job; this module only shapes and writes d
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -58,20 +59,28 @@ def rows(entries: list[Entry]) -> list[dict]:
 
 
 def write_csv(table: list[dict], path: Path) -> None:
-    _parent(path)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(table[0].keys()))
-        w.writeheader()
-        for r in table:
-            w.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v)) for k, v in r.items()})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(table[0].keys()), lineterminator="\n")
+    w.writeheader()
+    for r in table:
+        w.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v)) for k, v in r.items()})
+    write_text(path, buf.getvalue())
 
 
 def write_json(table: list[dict], entries: list[Entry], path: Path) -> None:
-    _parent(path)
     doc = {"variants": [{"label": tag, "key": e.key, "params": e.params, "inputs": e.inputs}
                         for e, tag in zip(entries, labels(entries))],
            "rows": table}
-    path.write_text(json.dumps(doc, indent=1))
+    write_text(path, json.dumps(doc, indent=1))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a result file, its folder created; an unwritable path is one ConfigError naming it."""
+    _parent(path)
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def per_image(store: RunStore, entry: Entry, path: Path) -> int:
@@ -79,13 +88,13 @@ def per_image(store: RunStore, entry: Entry, path: Path) -> int:
     index = store.get("index", entry.inputs["index"])
     records = index.attrs["records"]
     scores, rec = entry.array("scores")[:], entry.array("record")[:]
-    _parent(path)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "category", "defect", "label", "score"])
-        for i, s in zip(rec, scores):
-            r = records[i]
-            w.writerow([r["path"], r["category"], r["defect"], r["label"], f"{s:.6g}"])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "category", "defect", "label", "score"])
+    for i, s in zip(rec, scores):
+        r = records[i]
+        w.writerow([r["path"], r["category"], r["defect"], r["label"], f"{s:.6g}"])
+    write_text(path, buf.getvalue())
     return len(rec)
 
 

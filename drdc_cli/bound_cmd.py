@@ -1,0 +1,75 @@
+"""`drdc bound`: the paper's Table 1 (pixel AUROC of ground-truth masks down- and upsampled) for any dataset."""
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from stages import bound as bnd
+from stages import report as rep
+from stages.cache import RunStore
+from stages.errors import ConfigError
+
+from .app import app, guarded, out
+from .pipeline import QuietOpt, _ints
+
+
+def render(table: list[dict], p: bnd.BoundParams, title: str) -> Table:
+    t = Table(title=title, title_justify="left", header_style="bold")
+    t.add_column("Category", style="bold")
+    t.add_column("Test images", justify="right")
+    for s in p.scales:
+        t.add_column(f"{bnd.column(s)}\n[dim]{p.image_size // s} px[/]", justify="right")
+    for r in table:
+        if r["category"] == "mean":
+            t.add_section()
+        t.add_row("Mean" if r["category"] == "mean" else r["category"], str(r["images"]),
+                  *["-" if r[bnd.column(s)] is None else f"{100 * r[bnd.column(s)]:.2f}" for s in p.scales])
+    return t
+
+
+@app.command(rich_help_panel="Results")
+@guarded
+def bound(
+    data: Annotated[Optional[Path], typer.Option(help="Dataset root (MVTec-AD or BTAD layout) to read masks from.")] = None,
+    run: Annotated[Optional[Path], typer.Option("--run", "-r", help="Or: use the masks already in this run store's index.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Masks are resized to this square size first (default 224; with --run: the index's size).")] = None,
+    scales: Annotated[str, typer.Option(help="Downscaling factors s (the map is S/s pixels wide); each must divide the image size.")] = "2,4,8,16",
+    category: Annotated[Optional[str], typer.Option(help="Comma-separated subset of categories.")] = None,
+    down: Annotated[str, typer.Option(help="Downsampling: nearest-exact (block centre, mask stays binary), nearest (block corner) or area (block mean).")] = "nearest-exact",
+    up: Annotated[str, typer.Option(help="Upsampling back: bilinear (as every heatmap here) or nearest.")] = "bilinear",
+    csv: Annotated[Optional[Path], typer.Option(help="Also write the table as CSV.")] = None,
+    json: Annotated[Optional[Path], typer.Option(help="Also write the table and its settings as JSON.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """The paper's Table 1: pixel AUROC of the ground-truth masks after downscaling by 1/s and upsampling back."""
+    if (data is None) == (run is None):
+        raise ConfigError("--data / --run: give exactly one (a dataset root, or a run store whose index to use)")
+    cats = tuple(c.strip() for c in category.split(",") if c.strip()) if category else None
+    scale_list = _ints(scales, "--scales")
+    if run is not None:
+        index = RunStore(run).current("index")
+        size = index.params["image_size"]
+        if image_size is not None and image_size != size:
+            raise ConfigError(f"--image-size: the run's index is at {size} px (got {image_size}); drop --image-size "
+                              f"or index the data again at that size")
+        p = bnd.BoundParams(scales=scale_list, image_size=size, down=down, up=up)
+        masks = bnd.masks_from_index(index, cats)
+        source = f"{run} (index {index.key})"
+    else:
+        p = bnd.BoundParams(scales=scale_list, image_size=image_size or 224, down=down, up=up)
+        masks = bnd.masks_from_data(data, p.image_size, cats, progress=not quiet)
+        source = str(data)
+    table = bnd.bound_table(masks, p, progress=not quiet)
+    out.print(render(table, p, f"Pixel AUROC (%) of ground-truth masks at 1/s resolution, {p.image_size} px "
+                               f"(down {p.down}, up {p.up}): {source}"))
+    if csv:
+        rep.write_csv(table, csv)
+        out.print(f"wrote {csv}")
+    if json:
+        rep.write_text(json, jsonlib.dumps({"source": source, "image_size": p.image_size, "scales": list(p.scales),
+                                            "down": p.down, "up": p.up, "rows": table}, indent=1))
+        out.print(f"wrote {json}")
