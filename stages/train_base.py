@@ -3,6 +3,11 @@
 Recipe (UniAD's MVTec config, the `paper` preset): AdamW lr 1e-4, wd 1e-4, StepLR(800, 0.1), 1000 epochs, batch 8,
 grad-norm clip 0.1, feature jitter. The checkpoint (model, optimiser, scheduler, RNG state) is saved atomically
 after every epoch, so a killed run resumes from its last epoch and ends with the same weights.
+
+Under torchrun (DDP): each rank trains on its DistributedSampler shard with --batch-size images a step (effective
+batch = batch x world size, lr as given); rank 0 alone writes the store (entry, checkpoints, history) and decides
+cached/resume for all ranks; each rank reseeds the global RNG (jitter, dropout) from (seed, epoch, rank) every epoch,
+so a resumed run matches an uninterrupted one. Without torchrun the code path is the single-process one, unchanged.
 """
 from __future__ import annotations
 
@@ -16,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from .cache import Entry, RunStore, atomic_save
+from . import dist
+from .cache import Entry, RunStore, atomic_save, load_weights
 from .common import StageResult, check, keyed, resolve_device, seed_everything
 from .models.reconstruction import ReconstructionConfig, UniADReconstruction
 
@@ -114,8 +121,30 @@ def load_model(entry: Entry, device: torch.device) -> UniADReconstruction:
     """The trained model of a complete train-base entry (weights_only load: no pickle from the store)."""
     cfg = ReconstructionConfig.from_dict(json.loads((entry.files / "config.json").read_text()))
     model = UniADReconstruction(cfg)
-    model.load_state_dict(torch.load(entry.files / "model.pt", map_location="cpu", weights_only=True))
+    load_weights(model, entry.files / "model.pt")
     return model.to(device).eval()
+
+
+def _resume(ckpt_path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+            sched: torch.optim.lr_scheduler.LRScheduler, dev: torch.device) -> tuple[int, list[dict]]:
+    """Load last.pt into model/optimiser/scheduler (and the RNG): the first epoch to run and the history so far."""
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    torch.set_rng_state(ck["rng"])
+    if dev.type == "cuda" and "cuda_rng" in ck:
+        torch.cuda.set_rng_state(ck["cuda_rng"], dev)
+    return ck["epoch"] + 1, json.loads(ck["history"])
+
+
+def _order(n: int, p: TrainBaseParams, epoch: int, sampler: DistributedSampler | None) -> torch.Tensor:
+    """This rank's sample order for an epoch: one seeded permutation of all n (single process), or this rank's
+    DistributedSampler shard (ceil(n / world) indices, padded by repetition so every rank takes as many steps)."""
+    if sampler is None:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(p.seed * 100003 + epoch))
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler), dtype=torch.long)
 
 
 def run(store: RunStore, p: TrainBaseParams, device: str = "auto", progress: bool = True) -> StageResult:
@@ -125,69 +154,91 @@ def run(store: RunStore, p: TrainBaseParams, device: str = "auto", progress: boo
     dev = resolve_device(device)
     all_feats = extract.array("features")
     cfg = p.model_config(all_feats.shape[1], all_feats.shape[-1])  # validates against the features before any write
-    entry, cached = store.begin(STAGE, keyed(p), {"extract": extract.key}, seed=p.seed)
+    dist.setup(dev)
+    world, main = dist.world_size(), dist.is_main()
+    entry: Entry | None = None  # rank 0's handle; the other ranks never write to the store
+
+    def decide() -> tuple[str, bool, bool, str]:  # rank 0: (key, cached, resume, summary if cached)
+        nonlocal entry
+        entry, cached = store.begin(STAGE, dist.ddp_params(keyed(p), p.batch_size), {"extract": extract.key},
+                                    seed=p.seed)
+        if cached:
+            h = entry.attrs.get("history", [])
+            return entry.key, True, False, f"{p.epochs} epochs, final loss {h[-1]['loss']:.4g}" if h else ""
+        (entry.files / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        return entry.key, False, (entry.files / "last.pt").exists(), ""
+
+    key, cached, resume, summary = dist.main_decides(decide)
     if cached:
-        h = entry.attrs.get("history", [])
-        return StageResult(STAGE, entry.key, True, time.perf_counter() - t0,
-                           f"{p.epochs} epochs, final loss {h[-1]['loss']:.4g}" if h else "")
-    fit_idx, val_idx = split_train(index.attrs["records"], p.holdout, p.seed)
+        return StageResult(STAGE, key, True, time.perf_counter() - t0, summary)
+    fit_idx, val_idx = split_train(index.attrs["records"], p.holdout, p.seed)  # the same split on every rank
     fit = torch.from_numpy(all_feats.get_orthogonal_selection((fit_idx,))).to(dev)
-    val = torch.from_numpy(all_feats.get_orthogonal_selection((val_idx,))).to(dev) if val_idx else None
-    (entry.files / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    val = torch.from_numpy(all_feats.get_orthogonal_selection((val_idx,))).to(dev) if val_idx and main else None
 
     seed_everything(p.seed)
     model = UniADReconstruction(cfg).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     sched = _scheduler(opt, p)
-    ckpt_path = entry.files / "last.pt"
+    ckpt_path = store.path / STAGE / key / "files" / "last.pt"
     start, history = 0, []
-    if ckpt_path.exists():  # resume: everything that shapes the remaining epochs comes back
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["rng"])
-        if dev.type == "cuda" and "cuda_rng" in ck:
-            torch.cuda.set_rng_state(ck["cuda_rng"], dev)
-        start, history = ck["epoch"] + 1, json.loads(ck["history"])
-    entry.update(n_fit=len(fit_idx), n_val=len(val_idx), device=str(dev),
-                 n_params=sum(q.numel() for q in model.parameters()))
+    if resume:  # every rank loads the checkpoint rank 0 found: everything that shapes the remaining epochs
+        dist.seen_by_this_rank(ckpt_path)
+        start, history = _resume(ckpt_path, model, opt, sched, dev)
+    net = dist.wrap_ddp(model, dev)  # a collective: no rank goes on before all have loaded the checkpoint
+    if entry is not None:
+        entry.update(n_fit=len(fit_idx), n_val=len(val_idx), device=str(dev),
+                     n_params=sum(q.numel() for q in model.parameters()),
+                     **({"backend": "nccl" if dev.type == "cuda" else "gloo"} if world > 1 else {}))
 
     n = len(fit)
-    steps = math.ceil(n / p.batch_size)
-    bar = tqdm(total=p.epochs * steps, initial=start * steps, desc="train-base", unit="step", disable=not progress)
+    sampler = (DistributedSampler(range(n), num_replicas=world, rank=dist.rank(), shuffle=True, seed=p.seed,
+                                  drop_last=False) if world > 1 else None)
+    steps = math.ceil((n if sampler is None else sampler.num_samples) / p.batch_size)
+    bar = tqdm(total=p.epochs * steps, initial=start * steps, desc="train-base", unit="step",
+               disable=not (progress and main))
     for epoch in range(start, p.epochs):
         te = time.perf_counter()
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(p.seed * 100003 + epoch)).to(dev)
-        total = 0.0
-        for i in range(0, n, p.batch_size):
+        if world > 1:  # per-rank jitter/dropout draws that do not depend on where a run resumed
+            torch.manual_seed(dist.rank_seed(p.seed, epoch))
+        perm = _order(n, p, epoch, sampler).to(dev)
+        total, count = 0.0, 0
+        for i in range(0, len(perm), p.batch_size):
             x = fit[perm[i : i + p.batch_size]]
-            loss = nn.functional.mse_loss(model(x), x)  # Eq 1 (mean over C, H, W and the batch)
+            loss = nn.functional.mse_loss(net(x), x)  # Eq 1 (mean over C, H, W and the batch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # under DDP the gradients are averaged over ranks here
             if p.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
             opt.step()
-            total += loss.item() * len(x)
+            total, count = total + loss.item() * len(x), count + len(x)
             bar.update(1)
+        total, count = dist.all_reduce_sum(total, count)  # the epoch's mean loss over every rank's samples
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        rec = {"epoch": epoch, "loss": total / n, "lr": lr, "seconds": round(time.perf_counter() - te, 3)}
-        if val is not None:
+        rec = {"epoch": epoch, "loss": total / count, "lr": lr, "seconds": round(time.perf_counter() - te, 3)}
+        if val is not None:  # rank 0 only, on the unwrapped model (no collective)
             rec["val_loss"] = _val_loss(model, val, p.batch_size)
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.4g}", **({"val": f"{rec['val_loss']:.4g}"} if val is not None else {}))
-        ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-              "rng": torch.get_rng_state(), "epoch": epoch, "history": json.dumps(history)}
-        if dev.type == "cuda":
-            ck["cuda_rng"] = torch.cuda.get_rng_state(dev)
-        atomic_save(lambda tmp: torch.save(ck, tmp), ckpt_path)
-        entry.update(history=history)
+        if entry is not None:
+            ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                  "rng": torch.get_rng_state(), "epoch": epoch, "history": json.dumps(history)}
+            if dev.type == "cuda":
+                ck["cuda_rng"] = torch.cuda.get_rng_state(dev)
+            atomic_save(lambda tmp: torch.save(ck, tmp), ckpt_path)
+            entry.update(history=history)
     bar.close()
-    atomic_save(lambda tmp: torch.save(model.state_dict(), tmp), entry.files / "model.pt")
-    entry.complete(history=history)
-    store.set_current(entry)
-    last = history[-1]
-    val_txt = f", val loss {last['val_loss']:.4g}" if "val_loss" in last else ""
-    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0,
-                       f"{p.epochs} epochs on {n} images, final loss {last['loss']:.4g}{val_txt}")
+
+    def finish() -> StageResult:  # rank 0, once every rank has left the loop
+        assert entry is not None
+        atomic_save(lambda tmp: torch.save(model.state_dict(), tmp), entry.files / "model.pt")
+        entry.complete(history=history)
+        store.set_current(entry)
+        last = history[-1]
+        val_txt = f", val loss {last['val_loss']:.4g}" if "val_loss" in last else ""
+        on = f" x {world} ranks" if world > 1 else ""
+        return StageResult(STAGE, entry.key, False, time.perf_counter() - t0,
+                           f"{p.epochs} epochs on {n} images{on}, final loss {last['loss']:.4g}{val_txt}")
+
+    dist.barrier()
+    return dist.main_decides(finish)

@@ -4,6 +4,11 @@ Each sample: a grid size c from --grid and one of its n_s mask sets, drawn like 
 concat(x_t, I_in) with I_in = M * I_ori + (1 - M) * N(0, 1), and regresses the noise added to I_ori (Eq 12).
 `--no-model-condition` trains the ablation that sees x_t only. All randomness of step k comes from a generator
 seeded by (seed, k), so a resumed run draws exactly what an uninterrupted one would.
+
+Under torchrun (DDP): every rank draws its own --batch-size samples a step (effective batch = batch x world size, lr
+as given) from a generator seeded by (seed, k, rank stream); rank 0's stream is the single-process one. Sampling is
+with replacement, so per-rank streams are the step-based equivalent of a DistributedSampler. Rank 0 alone writes the
+store and decides cached/resume for all ranks; the loss in the history is the mean over all ranks.
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .cache import Entry, RunStore, atomic_save
+from . import dist
+from .cache import Entry, RunStore, atomic_save, load_weights
 from .data import split_indices
 from .common import StageResult, check, keyed, resolve_device, seed_everything
 from .diffusion import linear_schedule, q_sample
@@ -27,6 +33,8 @@ from .masks import check_grid, grid_masks, image_generator
 from .models.unet import ConditionalUNet, UNetConfig
 
 STAGE = "train_diff"
+STREAM = 7  # training draws, apart from inference's streams
+RANK_STRIDE = 1000  # rank r of a DDP run draws from stream STREAM + r * RANK_STRIDE (rank 0: the single-process one)
 
 
 @dataclass(frozen=True)
@@ -75,13 +83,13 @@ def load_unet(entry: Entry, device: torch.device) -> ConditionalUNet:
     """The EMA weights of a complete train-diff entry (weights_only load)."""
     cfg = UNetConfig.from_dict(json.loads((entry.files / "config.json").read_text()))
     model = ConditionalUNet(cfg)
-    model.load_state_dict(torch.load(entry.files / "model.pt", map_location="cpu", weights_only=True))
+    load_weights(model, entry.files / "model.pt")
     return model.to(device).eval()
 
 
-def _batch(p: TrainDiffParams, images: torch.Tensor, step: int) -> tuple[torch.Tensor, ...]:
-    """Step `step`'s samples, from its own generator: x0, I_in, t, eps (CPU)."""
-    g = image_generator(p.seed, step, stream=7)  # stream 7: training draws, apart from inference's streams
+def _batch(p: TrainDiffParams, images: torch.Tensor, step: int, rank: int = 0) -> tuple[torch.Tensor, ...]:
+    """Step `step`'s samples for a rank, from their own generator: x0, I_in, t, eps (CPU)."""
+    g = image_generator(p.seed, step, stream=STREAM + rank * RANK_STRIDE)
     b, n = p.batch_size, images.shape[0]
     x0 = images[torch.randint(n, (b,), generator=g)].float().div(127.5).sub(1.0)
     which_c = torch.randint(len(p.grid), (b,), generator=g)
@@ -98,40 +106,57 @@ def run(store: RunStore, p: TrainDiffParams, device: str = "auto", progress: boo
     index = store.current("index")
     dev = resolve_device(device)
     cfg = p.unet_config()
-    entry, cached = store.begin(STAGE, keyed(p), {"index": index.key}, seed=p.seed)
+    dist.setup(dev)
+    world, rank, main = dist.world_size(), dist.rank(), dist.is_main()
+    entry: Entry | None = None  # rank 0's handle; the other ranks never write to the store
+
+    def decide() -> tuple[str, bool, bool, str]:  # rank 0: (key, cached, resume, summary if cached)
+        nonlocal entry
+        entry, cached = store.begin(STAGE, dist.ddp_params(keyed(p), p.batch_size), {"index": index.key},
+                                    seed=p.seed)
+        if cached:
+            h = entry.attrs.get("history", [])
+            return entry.key, True, False, f"{p.steps} steps, final loss {h[-1]['loss']:.4g}" if h else ""
+        (entry.files / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        return entry.key, False, (entry.files / "last.pt").exists(), ""
+
+    key, cached, resume, summary = dist.main_decides(decide)
     if cached:
-        h = entry.attrs.get("history", [])
-        return StageResult(STAGE, entry.key, True, time.perf_counter() - t0,
-                           f"{p.steps} steps, final loss {h[-1]['loss']:.4g}" if h else "")
+        return StageResult(STAGE, key, True, time.perf_counter() - t0, summary)
     records = index.attrs["records"]
     train_idx = split_indices(records, "train")
     images = to_model_space(index.array("images").get_orthogonal_selection((train_idx,)), p.size, as_uint8=True)
-    (entry.files / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
     seed_everything(p.seed)
     model = ConditionalUNet(cfg).to(dev).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     sched = linear_schedule()
-    ckpt_path = entry.files / "last.pt"
+    ckpt_path = store.path / STAGE / key / "files" / "last.pt"
     start, history = 0, []
-    if ckpt_path.exists():
+    if resume:  # every rank loads the checkpoint rank 0 found
+        dist.seen_by_this_rank(ckpt_path)
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["rng"])
         start, history = ck["step"], json.loads(ck["history"])
-    entry.update(n_train=len(train_idx), device=str(dev), n_params=sum(q.numel() for q in model.parameters()))
+    net = dist.wrap_ddp(model, dev)  # a collective: no rank goes on before all have loaded the checkpoint
+    if entry is not None:
+        entry.update(n_train=len(train_idx), device=str(dev), n_params=sum(q.numel() for q in model.parameters()),
+                     **({"backend": "nccl" if dev.type == "cuda" else "gloo"} if world > 1 else {}))
 
-    bar = tqdm(total=p.steps, initial=start, desc="train-diff", unit="step", disable=not progress)
+    bar = tqdm(total=p.steps, initial=start, desc="train-diff", unit="step", disable=not (progress and main))
     running, count, tw = 0.0, 0, time.perf_counter()
     for step in range(start, p.steps):
-        x0, I_in, t, eps = (v.to(dev) for v in _batch(p, images, step))  # noqa: N806
+        if world > 1:  # per-rank dropout draws that do not depend on where a run resumed
+            torch.manual_seed(dist.rank_seed(p.seed, step))
+        x0, I_in, t, eps = (v.to(dev) for v in _batch(p, images, step, rank))  # noqa: N806
         x_t = q_sample(x0, t, eps, sched)  # Eq 4
-        loss = nn.functional.mse_loss(model(x_t, I_in if p.model_condition else None, t), eps)  # Eq 12
+        loss = nn.functional.mse_loss(net(x_t, I_in if p.model_condition else None, t), eps)  # Eq 12
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP the gradients are averaged over ranks here
         opt.step()
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
@@ -139,16 +164,26 @@ def run(store: RunStore, p: TrainDiffParams, device: str = "auto", progress: boo
         running, count = running + loss.item(), count + 1
         bar.update(1)
         if (step + 1) % p.ckpt_every == 0 or step + 1 == p.steps:
+            running, count = dist.all_reduce_sum(running, count)  # mean over every rank's steps
             history.append({"step": step + 1, "loss": running / count, "seconds": round(time.perf_counter() - tw, 2)})
             bar.set_postfix(loss=f"{running / count:.4g}")
             running, count, tw = 0.0, 0, time.perf_counter()
-            ck = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                  "rng": torch.get_rng_state(), "step": step + 1, "history": json.dumps(history)}
-            atomic_save(lambda tmp: torch.save(ck, tmp), ckpt_path)
-            entry.update(history=history)
+            if entry is not None:
+                ck = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                      "rng": torch.get_rng_state(), "step": step + 1, "history": json.dumps(history)}
+                atomic_save(lambda tmp: torch.save(ck, tmp), ckpt_path)
+                entry.update(history=history)
     bar.close()
-    atomic_save(lambda tmp: torch.save(ema.state_dict(), tmp), entry.files / "model.pt")
-    entry.complete(history=history)
-    store.set_current(entry)
-    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0,
-                       f"{p.steps} steps on {len(train_idx)} images at {p.size} px, final loss {history[-1]['loss']:.4g}")
+
+    def finish() -> StageResult:  # rank 0, once every rank has left the loop
+        assert entry is not None
+        atomic_save(lambda tmp: torch.save(ema.state_dict(), tmp), entry.files / "model.pt")
+        entry.complete(history=history)
+        store.set_current(entry)
+        on = f" x {world} ranks" if world > 1 else ""
+        return StageResult(STAGE, entry.key, False, time.perf_counter() - t0,
+                           f"{p.steps} steps on {len(train_idx)} images at {p.size} px{on}, "
+                           f"final loss {history[-1]['loss']:.4g}")
+
+    dist.barrier()
+    return dist.main_decides(finish)
