@@ -67,15 +67,18 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from stages.cache import active_summary, forget_active
+        from stages.cache import active_summary, forget_active, roll_back
+        from stages.errors import DataError
         from stages.locks import release_all
 
         try:
             return fn(*args, **kwargs)
         except DrdcError as e:
+            roll_back(dataset_error=isinstance(e, DataError))
             err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # the environment, not a bug: name the file and the reason
+            roll_back(dataset_error=False)
             where = f"{e.filename}: " if e.filename else ""
             err.print(f"[bold red]error:[/] {where}{e.strerror or e}; nothing complete was changed, "
                       "rerun the command once this is fixed", soft_wrap=True)

@@ -189,6 +189,7 @@ class Entry:
 
 
 _ACTIVE: dict[str, Entry] = {}  # entries this process began and has not completed (for the Ctrl-C message)
+_CREATED: set[str] = set()  # stores and entries this process created (what a failed command may roll back)
 LOCK_NAME = ".drdc.lock"
 
 
@@ -231,6 +232,7 @@ class RunStore:
                 self.root.attrs.update(
                     drdc_schema=SCHEMA_VERSION, drdc_version=__version__, created=_now(), current={}
                 )
+                _CREATED.add(str(self.path))
         except OSError as e:
             raise StoreError(f"{self.path}: cannot create run store ({e.strerror or e})") from None
 
@@ -279,6 +281,7 @@ class RunStore:
                     created=_now(), drdc_version=__version__,
                 )
                 e = Entry(self, g)
+                _CREATED.add(str(e.path))
         _ACTIVE[str(e.path)] = e
         return e, False
 
@@ -391,6 +394,28 @@ def atomic_save(write, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def load_weights(model: "torch.nn.Module", path: Path) -> "torch.nn.Module":
+    """Load a state dict saved in the store into model. weights_only=True: a store is data, and unpickling it
+    could run code. A corrupt file, a non-tensor payload or weights of another configuration is a StoreError
+    naming the file, not a traceback."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: checkpoint missing; rerun the stage that trains it") from None
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError (zip), EOFError: all mean unusable
+        raise StoreError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}); "
+                         "rerun the stage that trains it") from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).splitlines()[1 if len(str(e).splitlines()) > 1 else 0].strip()[:160]
+        raise StoreError(f"{path}: weights do not match the model configuration ({first}); "
+                         "rerun the stage that trains it") from None
+    return model
+
+
 def active_summary() -> str:
     """What the entries this process was writing have saved so far (for the Ctrl-C message)."""
     parts = []
@@ -411,3 +436,30 @@ def active_summary() -> str:
 
 def forget_active() -> None:
     _ACTIVE.clear()
+    _CREATED.clear()
+
+
+def roll_back(dataset_error: bool) -> None:
+    """After a failed command, remove what it created and cannot be resumed: an entry it created with no image
+    done yet, and a failed `index` entry when the data was at fault (fixing the data changes the fingerprint,
+    so that key never comes back); then a store it created that holds no entry. Entries with finished chunks
+    stay, to be resumed; nothing complete is touched."""
+    import shutil
+
+    for path, e in list(_ACTIVE.items()):
+        if path not in _CREATED or e.is_busy():
+            continue
+        try:
+            e.reload()
+            if e.is_complete:
+                continue
+            prog = e.progress()
+            if (prog is None or prog[0] == 0) or (dataset_error and e.stage == "index"):
+                with e.store.locked():
+                    shutil.rmtree(e.path, ignore_errors=True)
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            continue
+    for path in [p for p in _CREATED if (Path(p) / "zarr.json").is_file() and Path(p).name != "zarr.json"]:
+        root = Path(path)
+        if (root / LOCK_NAME).exists() and not any(d.is_dir() for d in root.iterdir()):
+            shutil.rmtree(root, ignore_errors=True)

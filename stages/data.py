@@ -43,6 +43,7 @@ class Dataset:
     layout: str
     records: tuple[Record, ...]
     masked_categories: tuple[str, ...]  # categories with pixel ground truth
+    orphan_masks: tuple[str, ...] = ()  # ground-truth files no test image uses (reported, not fatal)
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -88,6 +89,15 @@ def _category_dirs(root: Path) -> list[Path]:
     if not dirs:
         raise DataError(f"{root}: no category folders found (expected <root>/<category>/train, test)")
     return dirs
+
+
+def _orphans(root: Path, gt_root: Path, used: set[str]) -> list[str]:
+    """Mask files under ground_truth/ that belong to no test image: often a renamed or deleted image."""
+    if not gt_root.is_dir():
+        return []
+    files = (p for p in gt_root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return sorted(r for p in files if (r := p.relative_to(root).as_posix()) not in used
+                  and p.name.lower() not in _JUNK)
 
 
 def _scan_category(root: Path, cat_dir: Path, layout: str) -> tuple[list[Record], bool]:
@@ -143,12 +153,14 @@ def discover(root: Path, layout: str = "auto", categories: tuple[str, ...] | Non
         raise DataError(f"{root}: categories mix MVTec-AD and BTAD layouts; pass --layout or split the root")
     records: list[Record] = []
     masked: list[str] = []
+    orphans: list[str] = []
     for d in dirs:
         recs, has_gt = _scan_category(root, d, found_layouts[d])
         records.extend(recs)
+        orphans.extend(_orphans(root, d / "ground_truth", {r.mask for r in recs if r.mask}))
         if has_gt:
             masked.append(d.name)
-    return Dataset(root, next(iter(found_layouts.values())), tuple(records), tuple(masked))
+    return Dataset(root, next(iter(found_layouts.values())), tuple(records), tuple(masked), tuple(orphans))
 
 
 def resolve_recorded(root: Path, rel: str) -> Path:
@@ -176,6 +188,9 @@ def fingerprint(root: Path, records: tuple[Record, ...]) -> str:
     h = hashlib.sha256()
     paths = sorted({r.path for r in records} | {r.mask for r in records if r.mask})
     for p in paths:
-        st = os.stat(resolve_recorded(root, p))
+        try:
+            st = os.stat(resolve_recorded(root, p))
+        except OSError as e:  # vanished since discovery, a symlink loop, no permission
+            raise DataError(f"{root / p}: cannot read ({e.strerror})") from None
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]

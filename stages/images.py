@@ -34,7 +34,9 @@ def _open(path: Path) -> Image.Image:
         raise DataError(f"{path}: file not found") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image (PIL cannot identify it)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # PIL's own check fires first
+        raise DataError(f"{path}: image is larger than the {MAX_PIXELS:,}-pixel limit") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from None
     if w == 0 or h == 0:
         raise DataError(f"{path}: image has zero size")

@@ -72,4 +72,6 @@ def run(store: RunStore, p: IndexParams, progress: bool = True, workers: int = 2
     entry.complete(empty_masks=empty)
     store.set_attr(data_root=str(ds.root))
     note = f"; {len(empty)} defect masks are empty" if empty else ""
+    if ds.orphan_masks:
+        note += f"; {len(ds.orphan_masks)} masks belong to no image (ignored), e.g. {ds.orphan_masks[0]}"
     return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, summary + note)
