@@ -96,6 +96,10 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def report_stage(r: StageResult) -> None:
+    from stages import dist
+
+    if not dist.is_main():  # under torchrun every rank finishes the stage; one line is enough
+        return
     what = "[dim]cached[/]" if r.cached else f"done in {r.seconds:.1f} s"
     out.print(f"[green]✓[/] {r.stage.replace('_', '-')} [cyan]{r.key}[/] {what}: {r.summary}", soft_wrap=True)
 

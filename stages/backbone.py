@@ -20,7 +20,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -96,6 +95,8 @@ def load_backbone(
         raise ConfigError(f"unknown backbone {name!r}; supported: {', '.join(SUPPORTED)}")
     if not isinstance(feature_size, int) or feature_size < 1:
         raise ConfigError(f"feature_size must be a positive integer, got {feature_size!r}")
+    import timm  # imported here: it pulls in torchvision and dynamo, seconds that commands without a backbone skip
+
     body = timm.create_model(name, pretrained=False, features_only=True, out_indices=OUT_INDICES)
     _drop_unused_blocks(body)
     expected = body.state_dict()
@@ -125,6 +126,8 @@ def _drop_unused_blocks(body: nn.Module) -> None:
 
 def _full_model_shapes(name: str) -> dict[str, tuple[int, ...]]:
     """Key -> shape of the full timm model's state dict, in module order (EfficientNet-PyTorch files line up)."""
+    import timm
+
     return {k: tuple(v.shape) for k, v in timm.create_model(name, pretrained=False).state_dict().items()}
 
 
@@ -163,6 +166,8 @@ def _hub_cache_dir() -> Path:
 
 def _hub_cache_file(name: str, looked: list[str]) -> Path | None:
     """The model file for timm's ``hf_hub_id`` in the local hub cache, if present; never downloads."""
+    import timm
+
     repo_id = timm.models.get_pretrained_cfg(name).hf_hub_id
     if not repo_id:
         looked.append(f"HF hub cache (timm has no hf_hub_id for {name})")

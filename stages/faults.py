@@ -2,7 +2,8 @@
 
 `DRDC_KILL_AT=k` kills the process (SIGKILL, no cleanup, like an OOM kill or a pre-emption) at the k-th save point
 it reaches; `DRDC_FAULT_LOG=FILE` appends each point reached ("k site"), so a test can count the points of an
-uninterrupted run and pick kill points at random among them. Without either variable a point costs one dict lookup.
+uninterrupted run and pick kill points at random among them. `DRDC_KILL_RANK=r` limits the kill to torchrun rank r
+(the other ranks only count). Without these variables a point costs one dict lookup.
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ def point(site: str) -> None:
     _count += 1
     if log:
         with open(log, "a") as f:
-            f.write(f"{_count} {site}\n")
-    if at and _count == int(at):
+            f.write(f"{_count} {site} {os.environ.get('RANK', '0')}\n")
+    rank_ok = os.environ.get("DRDC_KILL_RANK", os.environ.get("RANK", "0")) == os.environ.get("RANK", "0")
+    if at and _count == int(at) and rank_ok:
         os.kill(os.getpid(), signal.SIGKILL)
 
 

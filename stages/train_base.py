@@ -233,7 +233,6 @@ def run(store: RunStore, p: TrainBaseParams, device: str = "auto", progress: boo
         assert entry is not None
         atomic_save(lambda tmp: torch.save(model.state_dict(), tmp), entry.files / "model.pt")
         entry.complete(history=history)
-        store.set_current(entry)
         last = history[-1]
         val_txt = f", val loss {last['val_loss']:.4g}" if "val_loss" in last else ""
         on = f" x {world} ranks" if world > 1 else ""

@@ -179,7 +179,6 @@ def run(store: RunStore, p: TrainDiffParams, device: str = "auto", progress: boo
         assert entry is not None
         atomic_save(lambda tmp: torch.save(ema.state_dict(), tmp), entry.files / "model.pt")
         entry.complete(history=history)
-        store.set_current(entry)
         on = f" x {world} ranks" if world > 1 else ""
         return StageResult(STAGE, entry.key, False, time.perf_counter() - t0,
                            f"{p.steps} steps on {len(train_idx)} images at {p.size} px{on}, "
