@@ -184,6 +184,8 @@ def infer_diff(
     ns: Annotated[Optional[int], typer.Option("--ns", help="Disjoint mask sets per grid size (n_s).")] = None,
     test_time_condition: Annotated[bool, typer.Option("--test-time-condition/--no-test-time-condition", help="Known region from q_sample of the original each step (Eq 13-15).")] = True,
     seed: Annotated[Optional[int], typer.Option()] = None,
+    bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast (CUDA only); a separate cache entry.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (pays off on long GPU runs).")] = False,  # noqa: A002
     device: DeviceOpt = "auto",
     preset: PresetOpt = None,
     quiet: QuietOpt = False,
@@ -191,8 +193,9 @@ def infer_diff(
     """Diffusion heatmaps per (t, c, l) of every test image; cached (t-list, c) are not recomputed."""
     store = RunStore(run)
     p = build(infer_diff_stage.InferDiffParams, "infer_diff", preset_of(store, preset), t=_ints(t, "--t"),
-              c=_ints(c, "--c"), l=_ints(l, "--l"), n_s=ns, test_time_condition=test_time_condition, seed=seed)
-    report_stage(infer_diff_stage.run(store, p, device=device, progress=not quiet))
+              c=_ints(c, "--c"), l=_ints(l, "--l"), n_s=ns, test_time_condition=test_time_condition, seed=seed,
+              bf16=bf16)
+    report_stage(infer_diff_stage.run(store, p, device=device, progress=not quiet, compile=compile))
 
 
 @app.command(rich_help_panel="Stages")

@@ -24,6 +24,7 @@ from .fusion import diff_heatmap
 from .images import to_model_space
 from .inpaint import assemble, inpaint
 from .masks import check_grid, grid_masks, image_generator
+from .models.unet import InferenceUNet
 from .train_diff import load_unet
 
 STAGE = "infer_diff"
@@ -37,6 +38,7 @@ class InferDiffParams:
     n_s: int = 2
     test_time_condition: bool = True
     seed: int = 0
+    bf16: bool = False  # CUDA only: bfloat16 autocast changes the heatmaps beyond float16 storage, so it is keyed
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "t", check_timesteps(self.t))
@@ -46,8 +48,9 @@ class InferDiffParams:
         check(self.n_s >= 2, "--ns", "must be >= 2", self.n_s)
 
     def entry_params(self, c: int, size: int) -> dict:
+        extra = {"precision": "bf16"} if self.bf16 else {}  # fp32 keys stay as they always were
         return {"t": list(self.t), "c": c, "l": list(self.l), "n_s": self.n_s,
-                "test_time_condition": self.test_time_condition, "seed": self.seed, "size": size}
+                "test_time_condition": self.test_time_condition, "seed": self.seed, "size": size, **extra}
 
 
 
@@ -73,7 +76,9 @@ def _image_heatmaps(model, p: InferDiffParams, images: torch.Tensor, rec: np.nda
     return {c: maps[:, i] for i, c in enumerate(cs)}
 
 
-def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: bool = True) -> StageResult:
+def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: bool = True,
+        compile: bool = False) -> StageResult:  # noqa: A002
+    """compile: torch.compile the UNet (inductor); not part of the key, it changes results by ~1e-6 at most."""
     t0 = time.perf_counter()
     index = store.current("index")
     unet_entry = store.current("train_diff")
@@ -99,6 +104,8 @@ def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: boo
     if not entries:
         return StageResult(STAGE, ",".join(keys), True, time.perf_counter() - t0, summary)
     model = load_unet(unet_entry, dev)
+    if dev.type == "cuda" or p.bf16 or compile:  # on the CPU plain fp32 NCHW is fastest (benchmarks/RESULTS.md)
+        model = InferenceUNet(model, channels_last=dev.type == "cuda", bf16=p.bf16, compile=compile)
     arrays = {}
     todo: set[tuple[int, int]] = set()
     for c, e in entries.items():

@@ -1,0 +1,116 @@
+"""Benchmark: fuse + score from the cache against infer-diff, per image; fuse's read throughput against a plain read.
+
+A real run store is built in a temp dir (synthetic data, every stage through its production function, the
+preset's UNet shape and t / c / l lists). Then, alternating, each repeat times:
+  infer-diff   stages.infer_diff.run on every test image (a new seed each repeat, so nothing is cached)
+  fuse+score   stages.fuse.run + stages.score.run (source fuse) (a new gamma each repeat: a new entry)
+  plain read   the same zarr arrays fuse reads (heatmaps of every c, h_base), chunk by chunk, into numpy
+fuse's MB/s counts the bytes of the maps it reads (float16 heatmaps + float32 h_base).
+
+    python benchmarks/bench_fuse.py                 # cpu preset, 224 px images, 64 px diffusion, 8 test images
+    python benchmarks/bench_fuse.py --images 24 --repeats 5
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import alternate, fmt, machine, median, save_json, show
+
+import torch
+
+from runstore import StoreSpec, build, n_test
+from stages import fuse, infer_diff, score
+from stages.cache import CHUNK, RunStore
+from stages.infer_diff import InferDiffParams
+from stages.presets import build as preset_build
+from stages.train_diff import TrainDiffParams
+
+
+def plain_read(store: RunStore, diffs: dict) -> int:
+    """Read what fuse reads (every chunk of every c's heatmaps, and h_base) into numpy; returns the bytes."""
+    base = store.current("infer_base").array("h_base")
+    arrays = [e.array("heatmaps") for e in diffs.values()]
+    n, total = base.shape[0], 0
+    for a in range(0, n, CHUNK):
+        total += np.asarray(base[a : a + CHUNK]).nbytes
+        for arr in arrays:
+            total += np.asarray(arr[a : a + CHUNK]).nbytes
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    ap.add_argument("--images", type=int, default=8, help="test images in the run store")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating infer-diff / fuse+score rounds")
+    ap.add_argument("--reads", type=int, default=5, help="fuse / plain-read pairs per repeat (they are fast)")
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--quick", action="store_true", help="toy sizes: a smoke run, < 20 s")
+    ap.add_argument("--json")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    diff = preset_build(TrainDiffParams, "train_diff", a.preset)
+    inf = preset_build(InferDiffParams, "infer_diff", a.preset)
+    spec = StoreSpec(image_size=224, n_test=a.images, diff=diff, infer=inf)
+    if a.quick:
+        diff = TrainDiffParams(size=32, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                               attention_resolutions=(16,), num_head_channels=8, grid=(1, 8))
+        inf = InferDiffParams(t=(50, 0), c=(1, 8), l=(1, 2))
+        spec = StoreSpec(image_size=64, n_test=4, feature_size=8, categories=("weave",), diff=diff, infer=inf)
+        a.repeats, a.reads = 1, 2
+    with tempfile.TemporaryDirectory(prefix="drdc-bench-fuse-") as tmp:
+        t0 = time.perf_counter()
+        store = build(Path(tmp), spec)
+        build_s = time.perf_counter() - t0
+        n = n_test(store)
+        fp = fuse.FuseParams(t=inf.t, c=inf.c, l=inf.l, n_s=inf.n_s, seed=inf.seed)
+        diffs = fuse.diff_entries(store, fp)
+        rounds = {"k": 0}
+
+        def run_diff() -> None:
+            rounds["k"] += 1
+            infer_diff.run(store, dataclasses.replace(inf, seed=1000 + rounds["k"]), device="cpu", progress=False)
+
+        def run_fuse() -> None:
+            rounds["k"] += 1
+            fuse.run(store, dataclasses.replace(fp, gamma=0.9 - 1e-6 * rounds["k"]), progress=False)
+
+        def run_fuse_score() -> None:
+            run_fuse()
+            score.run(store, score.ScoreParams(source="fuse"), progress=False)
+
+        nbytes = plain_read(store, diffs)
+        heavy = alternate({"infer-diff": run_diff, "fuse+score": run_fuse_score}, a.repeats, torch.device("cpu"),
+                          warmup=False)
+        light = alternate({"fuse": run_fuse, "plain read": lambda: plain_read(store, diffs)},
+                          a.repeats * a.reads, torch.device("cpu"))
+    d_img = median(heavy["infer-diff"]) / n
+    fs_img = median(heavy["fuse+score"]) / n
+    f_mbs = nbytes / median(light["fuse"]) / 2**20
+    r_mbs = nbytes / median(light["plain read"]) / 2**20
+    info = machine(torch.device("cpu"))
+    config = {"preset": a.preset, "test images": n, "image size": spec.image_size, "diffusion size": diff.size,
+              "t": list(inf.t), "c": list(inf.c), "l": list(inf.l), "maps read/image":
+              f"{nbytes / n / 2**10:.0f} KiB", "repeats": a.repeats, "store build (s)": f"{build_s:.0f}"}
+    rows = [["infer-diff (stage)", fmt(1e3 * d_img, 4), "1", "-"],
+            ["fuse+score (stages)", fmt(1e3 * fs_img, 4), fmt(d_img / fs_img), "-"],
+            ["fuse (stage)", fmt(1e3 * median(light["fuse"]) / n, 4), fmt(d_img * n / median(light["fuse"])),
+             f"{f_mbs:.0f} ({100 * f_mbs / r_mbs:.0f}% of plain read)"],
+            ["plain read of the same arrays", fmt(1e3 * median(light["plain read"]) / n, 4), "-", f"{r_mbs:.0f}"]]
+    show("fuse + score from the cache vs infer-diff", info, config,
+         ["what", "ms/image", "x cheaper than infer-diff", "MB/s of maps read"], rows)
+    save_json(a.json, {"machine": info, "config": config, "heavy": heavy, "light": light, "bytes": nbytes,
+                       "images": n})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

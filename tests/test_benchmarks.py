@@ -1,0 +1,52 @@
+"""Each benchmark script's --quick mode runs end to end in a subprocess, prints its table and writes its JSON.
+
+Not a timing test: the numbers are only checked where they are exact (the production heatmaps equal the naive
+reference loop's within the stated tolerance, bytes read are counted, throughputs are positive).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, tmp_path: Path) -> dict:
+    out = tmp_path / f"{script}.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--json", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "machine: cpu=" in proc.stdout and "┃" in proc.stdout, proc.stdout  # the header and a rich table
+    return json.loads(out.read_text())
+
+
+def test_bench_infer_diff_quick(tmp_path: Path) -> None:
+    r = _run("bench_infer_diff.py", tmp_path)
+    # the production path (batched over every (image, c, i) sequence) gives the naive batch-1 loop's heatmaps
+    assert r["max_abs_diff"]["B production"] <= r["tolerance"]
+    assert r["flops_per_pass"] > 0 and r["matmul_gflops"] > 0
+    assert len(r["seconds"]["A naive"]) == len(r["seconds"]["B production"]) == r["config"]["repeats"]
+
+
+def test_bench_fuse_quick(tmp_path: Path) -> None:
+    r = _run("bench_fuse.py", tmp_path)
+    # 4 images x (2 t x 2 c x 2 l) float16 32x32 maps + float32 8x8 h_base
+    assert r["bytes"] == 4 * (8 * 32 * 32 * 2 + 8 * 8 * 4)
+    assert all(v > 0 for v in r["heavy"]["fuse+score"] + r["light"]["plain read"])
+
+
+def test_bench_base_quick(tmp_path: Path) -> None:
+    r = _run("bench_base.py", tmp_path)
+    assert r["config"]["steps/run"] == 2 and all(v > 0 for v in r["train"]["plain fp32 loop"])
+
+
+@pytest.mark.slow
+def test_bench_memory_quick(tmp_path: Path) -> None:
+    r = _run("bench_memory.py", tmp_path)
+    assert set(r["results"]) == {"8", "24"} and all(v["peak_rss_mb"] > 0 for v in r["results"].values())
