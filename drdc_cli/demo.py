@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from stages import synthetic
+from stages import calibrate, synthetic
 from stages.cache import RunStore
+from stages.predict import Predictor
 
-from .app import app, guarded, out
+from .app import app, guarded, out, report_stage
 from .pipeline import DeviceOpt, QuietOpt
+from .predict_cmd import run_predict
 from .workflow import run_all
 
 
@@ -55,5 +57,26 @@ def demo(
         out.print(f"[green]✓[/] synthetic data: {', '.join(spec.categories)} in {data}")
     store = RunStore(run, create=True)
     run_all(store, data, "cpu", device, progress, base_epochs=epochs, diff_steps=diff_steps)
+    pictures = demo_pictures(store, dest, device, progress)
     out.print(f"demo finished in {time.perf_counter() - t0:.0f} s; run store: {run} "
               f"(inspect with `drdc cache ls --run {run}`)")
+    out.print(f"[bold]pictures:[/] {pictures} (input | base heatmap | diffusion heatmap | fused overlay | ground "
+              f"truth); predict your own images with `drdc predict --run {run} IMAGE... --out DIR`", soft_wrap=True)
+
+
+def demo_pictures(store: RunStore, dest: Path, device: str, progress: bool) -> Path:
+    """Calibrate thresholds on the held-out normal images (with a pixel threshold), then `predict` one normal
+    and one defective test image per category into <dest>/pictures/."""
+    index = store.current("index")
+    root = Path(index.params["root"])
+    chosen: list[Path] = []
+    for cat in index.attrs["categories"]:
+        tests = [r for r in index.attrs["records"] if r["category"] == cat and r["split"] == "test"]
+        for want in (0, 1):
+            r = next((r for r in tests if r["label"] == want), None)
+            if r is not None:
+                chosen.append(root / r["path"])
+    pred = Predictor(store, device)
+    report_stage(calibrate.run(store, pred, fpr=0.01, pixel=True, progress=progress)[0])
+    run_predict(store, chosen, dest, device=device, progress=progress, pred=pred)
+    return dest / "pictures"

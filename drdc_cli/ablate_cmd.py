@@ -1,0 +1,112 @@
+"""`drdc ablate`: the paper's Table 5 from the run store, with the commands that fill the rows it cannot answer."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from stages import ablate as abl
+from stages.cache import RunStore
+from stages.metrics import METRIC_NAMES
+
+from .app import app, guarded, out
+from .pipeline import QuietOpt, RunOpt, _ints
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _mark(v: bool | None) -> str:
+    return "" if v is None else ("✓" if v else "×")
+
+
+def render(rows: list[abl.Row], title: str) -> Table:
+    t = Table(title=title, title_justify="left", header_style="bold")
+    t.add_column("variant", style="bold", no_wrap=True)
+    for name in ("MS", "STF", "MC", "TTC"):
+        t.add_column(name, justify="center")
+    for name in ("I-AUROC", "P-AUROC", "AUPRO"):
+        t.add_column(name, justify="right", no_wrap=True)
+    for r in rows:
+        v = r.variant
+        switches = ["", "", "", ""] if v is None else [_mark(v.multiscale_base), _mark(v.spatio_temporal),
+                                                       _mark(v.model_condition), _mark(v.test_time_condition)]
+        m = r.metrics["mean"] if r.metrics else {}
+        vals = [_pct(m.get(k)) for k in ("i_auroc", "p_auroc", "p_aupro")] if r.metrics else ["[dim]-[/]", "[dim]-[/]", "[dim]-[/]"]
+        t.add_row(r.name, *switches, *vals)
+    return t
+
+
+def write_csv(rows: list[abl.Row], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["variant", "multiscale_base", "spatio_temporal", "model_condition", "test_time_condition",
+                    "category", *METRIC_NAMES])
+        for r in rows:
+            v = r.variant
+            sw = ["", "", "", ""] if v is None else [int(v.multiscale_base), int(v.spatio_temporal),
+                                                     int(v.model_condition), int(v.test_time_condition)]
+            if r.metrics is None:
+                w.writerow([r.name, *sw, "", *[""] * len(METRIC_NAMES)])
+                continue
+            for cat, m in r.metrics.items():
+                w.writerow([r.name, *sw, cat, *["" if m[k] is None else f"{m[k]:.6f}" for k in METRIC_NAMES]])
+
+
+def write_json(rows: list[abl.Row], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = [{"variant": r.name, "switches": None if r.variant is None else {
+        k: getattr(r.variant, k) for k in ("multiscale_base", "spatio_temporal", "model_condition",
+                                           "test_time_condition")},
+            "metrics": r.metrics, "fusion": r.fusion, "entries": r.entries, "commands": r.commands} for r in rows]
+    path.write_text(json.dumps(doc, indent=1))
+
+
+@app.command(rich_help_panel="Results")
+@guarded
+def ablate(
+    run: RunOpt,
+    gamma: Annotated[float, typer.Option(help="Weight of the diffusion heatmap (Eq 19).")] = 0.9,
+    filter_: Annotated[int, typer.Option("--filter", help="Mean filter size m (Eq 18), odd.")] = 41,
+    t: Annotated[Optional[str], typer.Option("--t", help="Subset of cached timesteps (default: all).")] = None,
+    c: Annotated[Optional[str], typer.Option("--c", help="Subset of cached grid sizes (default: all).")] = None,
+    l: Annotated[Optional[str], typer.Option("--l", help="Subset of cached scales (default: all).")] = None,  # noqa: E741
+    ns: Annotated[int, typer.Option("--ns", help="Which infer-diff variant: its n_s.")] = 2,
+    seed: Annotated[int, typer.Option(help="Which infer-diff variant: its seed.")] = 0,
+    pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = 16,
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-category metrics of every row as CSV.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Rows, switches, settings and commands as JSON.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """The paper's Table 5 (ablations) from cached heatmaps: fusion switches computed in memory, without the UNet;
+    rows that need another diffusion model or other heatmaps name the commands that make them."""
+    from stages.common import check
+    from stages.fusion import check_fusion
+
+    check_fusion(gamma, filter_)
+    check(ns >= 2, "--ns", "must be >= 2", ns)
+    check(1 <= pool <= 256, "--pool", "must be in [1, 256]", pool)
+    sel = abl.Selection(gamma=gamma, filter=filter_, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
+                        l=_ints(l, "--l") or (), n_s=ns, seed=seed, pool=pool)
+    store = RunStore(run)
+    rows = abl.run(store, sel, progress=not quiet)
+    out.print(render(rows, f"{store.name}: Table 5, mean over categories, in %"))
+    out.print("[dim]MS: multi-scale base heatmap, STF: spatio-temporal fusion, MC: model condition, "
+              "TTC: test-time condition[/]", soft_wrap=True)
+    missing = [r for r in rows if r.metrics is None]
+    for r in missing:
+        out.print(f"[yellow]{r.name}[/] needs:", soft_wrap=True)
+        for cmd in r.commands:
+            out.print(f"  {cmd}", soft_wrap=True)
+    if csv_path:
+        write_csv(rows, csv_path)
+        out.print(f"wrote {csv_path}")
+    if json_path:
+        write_json(rows, json_path)
+        out.print(f"wrote {json_path}")

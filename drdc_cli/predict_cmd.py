@@ -1,0 +1,174 @@
+"""`drdc predict`: score new images with a run's trained models; a table, CSV/JSON and one picture per image."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich import box
+from rich.table import Table
+
+from stages import calibrate as cal
+from stages.cache import RunStore
+from stages.errors import ConfigError
+from stages.figures import save_mask, save_prediction
+from stages.predict import (FuseOverrides, Prediction, Predictor, collect_images, display_names, picture_names,
+                            predict)
+
+from .app import app, err, guarded, out
+from .pipeline import DeviceOpt, QuietOpt, RunOpt, _ints
+
+_FUSION = "Fusion (default: the run's current fuse settings)"
+GammaOpt = Annotated[Optional[float], typer.Option(help="Weight of the diffusion heatmap (Eq 19).", rich_help_panel=_FUSION)]
+FilterOpt = Annotated[Optional[int], typer.Option("--filter", help="Mean filter size m (Eq 18), odd.", rich_help_panel=_FUSION)]
+TOpt = Annotated[Optional[str], typer.Option("--t", help="Timesteps to fuse, e.g. 250,200,150,100,50,0.", rich_help_panel=_FUSION)]
+COpt = Annotated[Optional[str], typer.Option("--c", help="Grid sizes, e.g. 1,16,32.", rich_help_panel=_FUSION)]
+LOpt = Annotated[Optional[str], typer.Option("--l", help="Heatmap scales, e.g. 1,2,4,8.", rich_help_panel=_FUSION)]
+BaseOnlyOpt = Annotated[bool, typer.Option("--base-only", help="Skip the diffusion branch: score H_base alone.", rich_help_panel=_FUSION)]
+WeightsOpt = Annotated[Optional[Path], typer.Option(help="Backbone weight file, if `drdc extract` was given one.")]
+MAX_ROWS = 40  # terminal rows; the CSV has all
+
+
+def overrides(gamma, filter_, t, c, l) -> FuseOverrides:  # noqa: E741
+    return FuseOverrides(gamma=gamma, filter=filter_, t=_ints(t, "--t") or None, c=_ints(c, "--c") or None,
+                         l=_ints(l, "--l") or None)
+
+
+def describe(pred: Predictor) -> str:
+    if pred.fusion is None:
+        return "base heatmap H_base only"
+    f = pred.fusion
+    return (f"DRDC fusion from {f.source}: gamma {f.gamma}, m {f.filter}, t={_j(f.t)}, c={_j(f.c)}, l={_j(f.l)}"
+            + ("" if f.spatio_temporal else ", spatio-temporal fusion off")
+            + (", multi-scale base" if f.multiscale_base else "")
+            + ("" if f.test_time_condition else ", test-time condition off"))
+
+
+def _j(v) -> str:
+    return ",".join(map(str, v))
+
+
+def _table(rows: list[Prediction], shown: int, names: dict[Path, str], common: str) -> Table:
+    t = Table(header_style="bold", title_justify="left", title=common, box=box.SIMPLE_HEAD)
+    for name, just in (("image", "left"), ("category", "left"), ("score", "right"), ("threshold", "right"),
+                       ("verdict", "left"), ("truth", "left")):
+        t.add_column(name, justify=just, no_wrap=True, overflow="ellipsis" if name == "truth" else "fold")
+    style = {"anomalous": "bold red", "normal": "green", "uncalibrated": "dim"}
+    for p in rows[:shown]:
+        t.add_row(names[p.path], p.category or "[dim]unknown[/]", f"{p.score:.5g}",
+                  "-" if p.threshold is None else f"{p.threshold:.5g}", f"[{style[p.verdict]}]{p.verdict}[/]",
+                  p.truth or "")
+    return t
+
+
+def write_results(rows: list[Prediction], dest: Path, meta: dict) -> tuple[Path, Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = dest / "predictions.csv", dest / "predictions.json"
+    recs = [p.row() for p in rows]
+    with csv_path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(recs[0]))
+        w.writeheader()
+        w.writerows(recs)
+    json_path.write_text(json.dumps({**meta, "predictions": recs}, indent=1))
+    return csv_path, json_path
+
+
+def picture_writer(dest: Path, names: dict[Path, str], shown: dict[Path, str], masks: bool):
+    """on_batch callback: one figure per image (and a binary mask when a pixel threshold exists and masks)."""
+    def write(batch: list[Prediction]) -> None:
+        for p in batch:
+            cat = p.category or "unknown category"
+            thr = "" if p.threshold is None else f" (threshold {p.threshold:.4g})"
+            truth = f" · truth: {p.truth}" if p.truth else ""
+            title = f"{shown[p.path]} · {cat} · score {p.score:.4g}{thr} · {p.verdict}{truth}"
+            p.picture = save_prediction(dest / names[p.path], image=p.image, h_base=p.h_base, h_st=p.h_st,
+                                        h_out=p.h_out, title=title, verdict=p.verdict,
+                                        pixel_threshold=p.pixel_threshold, pixel_normal=p.pixel_normal,
+                                        gt_mask=p.gt_mask)
+            if masks and p.pixel_threshold is not None:
+                save_mask(p.picture.with_name(p.picture.stem + "_mask.png"), p.h_out, p.pixel_threshold)
+    return write
+
+
+def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category: str | None = None,
+                fuse: FuseOverrides = FuseOverrides(), base_only: bool = False, pictures: bool = True,
+                masks: bool = True, device: str = "auto", weights: Path | None = None,
+                progress: bool = True, show: int = MAX_ROWS, pred: Predictor | None = None) -> list[Prediction]:
+    """The predict command's body (also used by `drdc demo`, which passes its loaded `pred`)."""
+    paths = collect_images(inputs)  # bad paths and options fail before any model loads
+    if category is not None:
+        cats = store.current("index").attrs["categories"]
+        if category not in cats:
+            raise ConfigError(f"--category: '{category}' is not a category of this run ({', '.join(cats)})")
+    t0 = time.perf_counter()
+    loaded = ""
+    if pred is None:
+        pred = Predictor(store, device, fuse, base_only=base_only, weights=weights)
+        loaded = f"; models loaded in {time.perf_counter() - t0:.1f} s"
+    thresholds, note = cal.current(store, pred)
+    for n in pred.notes:
+        err.print(f"[yellow]note:[/] {n}", soft_wrap=True)
+    if note:
+        err.print(f"[bold red]{note}[/]" if thresholds is not None else f"[yellow]note:[/] {note}", soft_wrap=True)
+    shown = dict(zip(paths, display_names(paths)))
+    writer = None
+    if dest is not None and pictures:
+        names = dict(zip(paths, picture_names(paths)))
+        writer = picture_writer(dest / "pictures", names, shown, masks)
+    t1 = time.perf_counter()
+    rows = predict(pred, paths, thresholds, category, progress=progress, on_batch=writer)
+    per_image = (time.perf_counter() - t1) / len(rows)
+    common = "" if len(paths) == 1 else f"images under {os.path.commonpath([str(p.resolve().parent) for p in paths])}"
+    out.print(_table(rows, show, shown, common))
+    if len(rows) > show:
+        out.print(f"[dim]... {len(rows) - show} more rows{' in the CSV' if dest else ' (pass --out DIR for a CSV)'}[/]")
+    out.print(f"{describe(pred)}; thresholds: {'none' if thresholds is None else thresholds.rule}", soft_wrap=True)
+    scoring = sum(p.seconds for p in rows) / len(rows)
+    out.print(f"{len(rows)} images in {per_image * len(rows):.1f} s: {scoring:.2f} s/image scoring"
+              f"{f', {per_image - scoring:.2f} s/image pictures' if writer else ''} (device {pred.dev}{loaded})",
+              soft_wrap=True)
+    if dest is None:
+        out.print("[dim]pass --out DIR for predictions.csv/.json and a picture per image[/]")
+    else:
+        meta = {"run": str(store.path), "settings": pred.settings(), "describe": describe(pred),
+                "thresholds": None if thresholds is None else {"key": thresholds.key, "rule": thresholds.rule,
+                                                               "on_test_labels": thresholds.on_test_labels},
+                "notes": pred.notes + ([note] if note else []), "seconds_per_image": per_image}
+        c, j = write_results(rows, dest, meta)
+        where = f"; pictures in {dest / 'pictures'}" if pictures else ""
+        out.print(f"wrote {c} and {j}{where}", soft_wrap=True)
+    return rows
+
+
+@app.command("predict", rich_help_panel="Results")
+@guarded
+def predict_cmd(
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).", metavar="IMAGE_OR_FOLDER", show_default=False)],
+    run: RunOpt,
+    dest: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for predictions.csv/.json and pictures/.")] = None,
+    category: Annotated[Optional[str], typer.Option(help="Category of every image (default: from an MVTec-like path <cat>/test/<defect>/x.png, else unknown).")] = None,
+    gamma: GammaOpt = None,
+    filter_: FilterOpt = None,
+    t: TOpt = None,
+    c: COpt = None,
+    l: LOpt = None,  # noqa: E741
+    base_only: BaseOnlyOpt = False,
+    pictures: Annotated[bool, typer.Option("--pictures/--no-pictures", help="One PNG per image: input | base | diffusion | fused overlay.")] = True,
+    masks: Annotated[bool, typer.Option("--masks/--no-masks", help="Binary defect mask PNGs (needs `drdc calibrate --pixel`).")] = True,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Score new images with the run's trained models: table, CSV/JSON and a picture per image.
+
+    Images of any size or mode are decoded and resized to the run's image size exactly as `drdc index` does.
+    """
+    store = RunStore(run)
+    if dest is not None and dest.exists() and not dest.is_dir():
+        raise ConfigError(f"--out: {dest} exists and is not a folder")
+    run_predict(store, images, dest, category, overrides(gamma, filter_, t, c, l), base_only, pictures, masks,
+                device, weights, progress=not quiet)

@@ -1,0 +1,220 @@
+"""The paper's Table 5 (ablations) from the run store: every row the cache can answer, without the UNet.
+
+Rows (switches as in the paper: multi-scale base heatmap, spatio-temporal fusion, model condition, test-time
+condition) plus the base model alone (UniAD, the reference). Fusion-only switches are computed in memory from
+the cached infer-base and infer-diff heatmaps with the same code as `fuse` (`predict.fuse_maps`) and scored as
+`score` does; a row that needs another diffusion model (model condition off) or other diffusion heatmaps
+(test-time condition off) is computed when matching entries are cached, else it names the commands that make
+them. Nothing is written to the store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .anomaly_map import image_score, upsample
+from .cache import Entry, RunStore
+from .errors import CacheMissError
+from .metrics import METRIC_NAMES, compute_metrics
+from .predict import FusionSettings, fuse_maps
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    multiscale_base: bool
+    spatio_temporal: bool
+    model_condition: bool
+    test_time_condition: bool
+
+
+BASE = "base only (UniAD)"
+# Table 5's columns, in the paper's order; the last one is the full method.
+TABLE5: tuple[Variant, ...] = (
+    Variant("w/o model condition", False, True, False, True),
+    Variant("w/o test-time condition", False, True, True, False),
+    Variant("w/o spatio-temporal fusion", False, False, True, True),
+    Variant("+ multi-scale base heatmap", True, True, True, True),
+    Variant("DRDC (full)", False, True, True, True),
+)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which cached maps the full method fuses: `drdc fuse`'s options and defaults (empty = all cached)."""
+
+    gamma: float = 0.9
+    filter: int = 41
+    t: tuple[int, ...] = ()
+    c: tuple[int, ...] = ()
+    l: tuple[int, ...] = ()  # noqa: E741
+    n_s: int = 2
+    seed: int = 0
+    pool: int = 16
+
+
+@dataclass
+class Row:
+    name: str
+    variant: Variant | None  # None: the base model alone
+    metrics: dict[str, dict] | None = None  # {category | "mean": {metric: value or None}}
+    commands: list[str] = field(default_factory=list)  # what makes a missing row computable
+    fusion: dict | None = None  # the resolved fuse settings of a computed row
+    entries: dict[str, str] = field(default_factory=dict)  # store entries it read
+
+
+def _fmt(v) -> str:
+    return ",".join(map(str, v))
+
+
+_TRAIN_DIFF_FLAGS = {"size": "--size", "model_channels": "--model-channels", "channel_mult": "--channel-mult",
+                     "num_res_blocks": "--res-blocks", "attention_resolutions": "--attention",
+                     "num_head_channels": "--head-channels", "steps": "--steps", "batch_size": "--batch-size",
+                     "lr": "--lr", "ema": "--ema", "grid": "--grid", "n_s": "--ns", "t_max": "--t-max",
+                     "ckpt_every": "--ckpt-every", "seed": "--seed"}
+
+
+def train_diff_command(store: RunStore, params: dict, model_condition: bool) -> str:
+    """The `drdc train-diff` line that makes an entry with these params (every CLI-settable one spelled out)."""
+    parts = [f"drdc train-diff --run {store.name}"]
+    for k, flag in _TRAIN_DIFF_FLAGS.items():
+        v = params[k]
+        parts.append(f"{flag} {_fmt(v) if isinstance(v, list) else v}")
+    parts.append("--model-condition" if model_condition else "--no-model-condition")
+    return " ".join(parts)
+
+
+def infer_diff_command(store: RunStore, t, c, l, n_s: int, seed: int, ttc: bool) -> str:  # noqa: E741
+    return (f"drdc infer-diff --run {store.name} --t {_fmt(t)} --c {_fmt(c)} --l {_fmt(l)} --ns {n_s} --seed {seed}"
+            + ("" if ttc else " --no-test-time-condition"))
+
+
+def _train_diff_entry(store: RunStore, current: Entry, model_condition: bool) -> Entry | None:
+    """The complete train-diff entry with the current one's params but this model condition (newest)."""
+    want = {**current.params, "model_condition": model_condition}
+    if want == current.params:
+        return current
+    found = None
+    for e in store.entries():
+        if e.stage == "train_diff" and e.is_complete and e.params == want and e.inputs == current.inputs:
+            found = e
+    return found
+
+
+def _diff_entries(store: RunStore, unet_key: str, sel: Selection, ttc: bool) -> dict[int, Entry]:
+    """Complete infer-diff entries of this UNet and variant holding the selected t and l, one per c (newest),
+    filtered exactly like `fuse.diff_entries` but for any train-diff entry."""
+    index = store.current("index")
+    found: dict[int, Entry] = {}
+    for e in store.entries():
+        q = e.params
+        if (e.stage == "infer_diff" and e.is_complete and e.inputs == {"index": index.key, "train_diff": unet_key}
+                and q["n_s"] == sel.n_s and q["test_time_condition"] == ttc and q["seed"] == sel.seed
+                and (not sel.c or q["c"] in sel.c) and set(sel.t) <= set(q["t"]) and set(sel.l) <= set(q["l"])):
+            found[q["c"]] = e
+    return dict(sorted(found.items()))
+
+
+def _resolve(diffs: dict[int, Entry], sel: Selection, v: Variant) -> FusionSettings | None:
+    """fuse.run's selection: given or common t and l; spatio-temporal fusion off keeps the last t at l = 1."""
+    ts = sorted(sel.t or set.intersection(*(set(e.params["t"]) for e in diffs.values())), reverse=True)
+    ls = sorted(sel.l or set.intersection(*(set(e.params["l"]) for e in diffs.values())))
+    if not ts or not ls or (not v.spatio_temporal and 1 not in ls):
+        return None
+    if not v.spatio_temporal:
+        ts, ls = [min(ts)], [1]
+    chains = tuple((c, tuple(e.params["t"])) for c, e in diffs.items())
+    return FusionSettings(sel.gamma, sel.filter, tuple(ts), tuple(diffs), tuple(ls), v.spatio_temporal,
+                          v.multiscale_base, sel.n_s, v.test_time_condition, sel.seed, chains)
+
+
+def _category_metrics(index: Entry, base: Entry, c_feat: int, sel: Selection, fusion: FusionSettings | None,
+                      diffs: dict[int, Entry], progress: bool, name: str) -> dict[str, dict]:
+    """score.run's metrics for maps computed in memory, one category at a time (memory: one category's maps)."""
+    records, masked = index.attrs["records"], set(index.attrs["masked_categories"])
+    rec = base.array("record")[:]
+    size = int(index.params["image_size"])
+    metrics: dict[str, dict] = {}
+    for cat in tqdm(index.attrs["categories"], desc=name, unit="category", disable=not progress):
+        pos = np.array([k for k, i in enumerate(rec) if records[i]["category"] == cat], dtype=np.int64)
+        labels = np.array([records[rec[k]]["label"] for k in pos], dtype=np.int64)
+        masks = index.array("masks").get_orthogonal_selection((rec[pos],))
+        hb = torch.from_numpy(base.array("h_base").get_orthogonal_selection((pos,)))
+        h_diff = None
+        if fusion is not None:
+            parts = []
+            for c, e in diffs.items():
+                ti = [e.params["t"].index(t) for t in fusion.t]
+                li = [e.params["l"].index(v) for v in fusion.l]
+                h = e.array("heatmaps").get_orthogonal_selection((pos,))[:, ti][:, :, li]
+                parts.append(torch.from_numpy(h.astype(np.float32)).flatten(1, 2))
+            h_diff = torch.cat(parts, 1)
+        with torch.no_grad():
+            maps = upsample(fuse_maps(hb, h_diff, size, fusion, c_feat)[2], masks.shape[-1])
+            scores = image_score(maps, sel.pool).numpy()
+        maps = maps.numpy()
+        metrics[cat] = compute_metrics(labels, scores, masks if cat in masked else None,
+                                       maps if cat in masked else None)
+    metrics["mean"] = {m: (float(np.mean(v)) if (v := [metrics[c][m] for c in metrics if metrics[c][m] is not None])
+                           else None) for m in METRIC_NAMES}
+    return metrics
+
+
+def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) -> list[Row]:
+    """Every Table 5 row plus the base model's, in display order. Rows the cache cannot answer carry commands."""
+    base = store.current("infer_base")
+    extract = store.get("extract", base.inputs["extract"])
+    index = store.current("index")
+    c_feat = int(extract.attrs["channels"])
+    rows = [Row(BASE, None, _category_metrics(index, base, c_feat, sel, None, {}, progress, "base"),
+                entries={"infer_base": base.key})]
+    if "train_diff" not in store.current_keys:
+        cmd = f"drdc train-diff --run {store.name}"
+        return rows + [Row(v.name, v, commands=[cmd, "then `drdc ablate` again"]) for v in TABLE5]
+    unet = store.current("train_diff")
+    if not unet.params["model_condition"]:
+        raise CacheMissError(f"the current diffusion model {unet.key} was trained with --no-model-condition; make "
+                             f"the full model current with `{train_diff_command(store, unet.params, True)}`")
+    t_want = sel.t or (250, 200, 150, 100, 50, 0)
+    ref = _diff_entries(store, unet.key, sel, True)
+    c_want = list(sel.c) or list(ref) or [1, 16, 32]
+    if ref:
+        common_t = set.intersection(*(set(e.params["t"]) for e in ref.values()))
+        common_l = set.intersection(*(set(e.params["l"]) for e in ref.values()))
+        t_want = sel.t or tuple(sorted(common_t, reverse=True))
+        l_want = sel.l or tuple(sorted(common_l))
+    else:
+        l_want = sel.l or (1, 2, 4, 8)
+    for v in TABLE5:
+        row = Row(v.name, v)
+        rows.append(row)
+        td = _train_diff_entry(store, unet, v.model_condition)
+        if td is None:
+            row.commands = [train_diff_command(store, unet.params, False),
+                            infer_diff_command(store, t_want, c_want, l_want, sel.n_s, sel.seed, True),
+                            train_diff_command(store, unet.params, True) + "   (makes the full model current again)"]
+            continue
+        diffs = _diff_entries(store, td.key, sel, v.test_time_condition)
+        missing = [c for c in c_want if c not in diffs]
+        if missing or not diffs:
+            cmd = infer_diff_command(store, t_want, missing or c_want, l_want, sel.n_s, sel.seed,
+                                     v.test_time_condition)
+            if td.key != unet.key:  # infer-diff reads the current UNet: make the ablated one current around it
+                row.commands = [train_diff_command(store, td.params, v.model_condition), cmd,
+                                train_diff_command(store, unet.params, True) + "   (makes the full model current again)"]
+            else:
+                row.commands = [cmd]
+            continue
+        fusion = _resolve(diffs, sel, v)
+        if fusion is None:
+            row.commands = [infer_diff_command(store, t_want, c_want, sorted({1, *l_want}), sel.n_s, sel.seed,
+                                               v.test_time_condition)]
+            continue
+        row.fusion = fusion.as_dict()
+        row.entries = {"infer_base": base.key, "train_diff": td.key,
+                       **{f"infer_diff@c={c}": e.key for c, e in diffs.items()}}
+        row.metrics = _category_metrics(index, base, c_feat, sel, fusion, diffs, progress, v.name)
+    return rows

@@ -1,0 +1,111 @@
+"""`drdc ablate` (Table 5): every computed row equals `drdc fuse` with the same switch then `drdc score --source
+fuse`; rows the cache cannot answer name commands, and running those commands fills them."""
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+
+import pytest
+
+from stages.cache import RunStore
+from stages.metrics import METRIC_NAMES
+
+from conftest import copy_run
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for cat in a:
+        for m in METRIC_NAMES:
+            if b[cat][m] is None:
+                assert a[cat][m] is None, (cat, m)
+            else:
+                assert a[cat][m] == pytest.approx(b[cat][m], abs=1e-6), (cat, m)
+
+
+def _rows(path) -> dict[str, dict]:
+    return {r["variant"]: r for r in json.loads(path.read_text())}
+
+
+def _fuse_and_score(cli, run, *flags) -> dict:
+    cli("fuse", "--run", run, "--c", "1,8", *flags, "-q")
+    cli("score", "--run", run, "--source", "fuse", "-q")
+    return RunStore(run).current("score").attrs["metrics"]
+
+
+def _run_commands(cli, commands: list[str]) -> None:
+    for line in commands:
+        args = shlex.split(line.split("   (")[0])
+        assert args[0] == "drdc"
+        cli(*args[1:], "-q")
+
+
+@pytest.fixture(scope="module")
+def ablated(full_run_pristine, tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from drdc_cli.app import app, register_commands
+
+    register_commands()
+    tmp = tmp_path_factory.mktemp("abl")
+    run = copy_run(full_run_pristine, tmp / "r.zarr")
+    res = CliRunner().invoke(app, ["ablate", "--run", str(run), "--csv", str(tmp / "t5.csv"),
+                                   "--json", str(tmp / "t5.json"), "-q"])
+    assert res.exit_code == 0, res.output
+    return run, tmp, res.output
+
+
+def test_fusion_rows_equal_fuse_then_score(ablated, cli):
+    run, tmp, output = ablated
+    rows = _rows(tmp / "t5.json")
+    s = RunStore(run)
+    stored = {e.params["source"]: e.attrs["metrics"] for e in s.entries() if e.stage == "score"}
+    _same(rows["base only (UniAD)"]["metrics"], stored["base"])
+    _same(rows["DRDC (full)"]["metrics"], stored["fuse"])  # the fixture ran `fuse --c 1,8` then score
+    _same(rows["w/o spatio-temporal fusion"]["metrics"], _fuse_and_score(cli, run, "--no-spatio-temporal"))
+    _same(rows["+ multi-scale base heatmap"]["metrics"], _fuse_and_score(cli, run, "--multiscale-base"))
+    assert rows["w/o spatio-temporal fusion"]["fusion"]["t"] == [0] and rows["DRDC (full)"]["fusion"]["l"] == [1, 2]
+    for name in ("Table 5", "DRDC (full)", "I-AUROC"):
+        assert name in output
+
+
+def test_csv_has_every_category_of_computed_rows(ablated):
+    run, tmp, _ = ablated
+    rows = list(csv.DictReader((tmp / "t5.csv").open()))
+    full = [r for r in rows if r["variant"] == "DRDC (full)"]
+    assert [r["category"] for r in full] == [*RunStore(run).current("index").attrs["categories"], "mean"]
+    assert set(METRIC_NAMES) <= set(rows[0])
+    missing = [r for r in rows if r["variant"] == "w/o test-time condition"]
+    assert len(missing) == 1 and missing[0]["i_auroc"] == ""
+
+
+def test_missing_rows_name_commands_that_fill_them(ablated, cli, tmp_path):
+    run, tmp, output = ablated
+    rows = _rows(tmp / "t5.json")
+    ttc, mc = rows["w/o test-time condition"], rows["w/o model condition"]
+    assert ttc["metrics"] is None and mc["metrics"] is None
+    assert "--no-test-time-condition" in ttc["commands"][0] and ttc["commands"][0] in output
+    assert "--no-model-condition" in mc["commands"][0] and len(mc["commands"]) == 3
+    run2 = copy_run(run, tmp_path / "r2.zarr")
+    _run_commands(cli, [c.replace(str(run), str(run2)) for c in ttc["commands"] + mc["commands"]])
+    assert RunStore(run2).current("train_diff").params["model_condition"] is True  # restored
+    cli("ablate", "--run", run2, "--json", tmp_path / "t.json", "-q")
+    after = _rows(tmp_path / "t.json")
+    assert all(r["metrics"] is not None for r in after.values())
+    _same(after["w/o test-time condition"]["metrics"], _fuse_and_score(cli, run2, "--no-test-time-condition"))
+    _same(after["DRDC (full)"]["metrics"], rows["DRDC (full)"]["metrics"])
+    # model condition off: make the ablated UNet current (cached, instant), fuse + score, compare
+    _run_commands(cli, [mc["commands"][0].replace(str(run), str(run2))])
+    _same(after["w/o model condition"]["metrics"], _fuse_and_score(cli, run2))
+
+
+@pytest.mark.parametrize("args,code,needle", [(["--filter", "4"], 2, "--filter"), (["--gamma", "1.5"], 2, "--gamma"),
+                                              (["--c", "3"], 0, "--c 3 ")])
+def test_bad_options(full_run_pristine, cli, args, code, needle):
+    res = cli("ablate", "--run", full_run_pristine, *args, "-q", code=code)
+    assert needle in res.output and "Traceback" not in res.output
+
+
+def test_unknown_run(cli, tmp_path):
+    assert "no run store" in cli("ablate", "--run", tmp_path / "x.zarr", code=1).output
