@@ -2,7 +2,7 @@
 
 A: kept here on purpose: one UNet call per (c, i) sequence and DDIM step, batch 1, fp32, contiguous tensors, the
    same noise and masks as production (drawn from the same per-(image, c) generators in the same order).
-B: the production code, ``stages.infer_diff._image_heatmaps`` over chunks of ``stages.cache.CHUNK`` images (every
+B: the production code, ``stages.infer_diff.image_heatmaps`` over chunks of ``stages.cache.CHUNK`` images (every
    (image, c, i) sequence of a chunk in one UNet batch per step), with the UNet wrapped by
    ``stages.models.unet.InferenceUNet`` when --channels-last / --bf16 / --compile are given.
 B0 (only when B has options): production with the plain fp32 contiguous model, to show what the options add.
@@ -32,7 +32,7 @@ from stages.cache import CHUNK
 from stages.diffusion import ddim_step, linear_schedule, predict_x0, q_sample
 from stages.fusion import diff_heatmap
 from stages.images import to_model_space
-from stages.infer_diff import InferDiffParams, _image_heatmaps
+from stages.infer_diff import InferDiffParams, image_heatmaps
 from stages.masks import grid_masks, image_generator
 from stages.models.unet import ConditionalUNet, InferenceUNet, UNetConfig
 from stages.presets import build
@@ -115,7 +115,7 @@ def production_heatmaps(model, p: InferDiffParams, images: torch.Tensor, size: i
     cs = list(p.c)
     for a in range(0, images.shape[0], CHUNK):
         x = images[a : a + CHUNK]
-        maps = _image_heatmaps(model, p, x, np.arange(a, a + x.shape[0]), cs, size, dev)
+        maps = image_heatmaps(model, p, x, np.arange(a, a + x.shape[0]), cs, size, dev)
         out.append(torch.stack([maps[c] for c in cs], 1).float().cpu())
     return torch.cat(out)
 

@@ -54,7 +54,7 @@ class InferDiffParams:
 
 
 
-def _image_heatmaps(model, p: InferDiffParams, images: torch.Tensor, rec: np.ndarray, cs: list[int],
+def image_heatmaps(model, p: InferDiffParams, images: torch.Tensor, rec: np.ndarray, cs: list[int],
                     size: int, dev: torch.device) -> dict[int, torch.Tensor]:
     """All (image, c, i) sequences of a chunk as one batch per step -> {c: (k, n_t, n_l, S, S)}."""
     sched = linear_schedule()
@@ -122,7 +122,7 @@ def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: boo
                                       unit="img", disable=not progress) as bar:
         for a, b in claim_chunks(list(entries.values()), n, rank=dist.rank(), world=dist.world_size()):
             x = to_model_space(images.get_orthogonal_selection((idx[a:b],)), size)
-            maps = _image_heatmaps(model, p, x, idx[a:b], cs, size, dev)
+            maps = image_heatmaps(model, p, x, idx[a:b], cs, size, dev)
             todo_c = [c for c in cs if not arrays[c][1][a:b].all()]
             for c in todo_c:
                 arrays[c][0][a:b] = maps[c].cpu().numpy().astype(np.float16)

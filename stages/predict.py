@@ -3,7 +3,7 @@ infer-diff -> fuse -> score, applied to images that are not in the run store.
 
 Every step calls the functions the stages use: `images.load_rgb` (decode + resize exactly as `index`),
 `extract.images_to_tensor` + `backbone.load_backbone` (as `extract`), `train_base.load_model` + `base_heatmap`
-(as `infer-base`), `infer_diff._image_heatmaps` with per-(image, c) generators (as `infer-diff`, heatmaps rounded
+(as `infer-base`), `infer_diff.image_heatmaps` with per-(image, c) generators (as `infer-diff`, heatmaps rounded
 to float16 as the store keeps them) and `fusion`'s Eq 17-19 with the run's current `fuse` settings.
 
 Image ids seed the diffusion noise: an image that is a record of the run's dataset gets its record index (so it
@@ -30,7 +30,7 @@ from .errors import CacheMissError, ConfigError, DataError
 from .extract import images_to_tensor
 from .fusion import check_fusion, drdc_map, multiscale_base, spatio_temporal
 from .images import IMAGE_SUFFIXES, load_mask, load_rgb, to_model_space
-from .infer_diff import InferDiffParams, _image_heatmaps
+from .infer_diff import InferDiffParams, image_heatmaps
 from .masks import check_grid
 from .models.reconstruction import base_heatmap
 from .presets import DEFAULT_PRESET, build
@@ -294,7 +294,7 @@ class Predictor:
             p = InferDiffParams(t=chain, c=tuple(cs), l=s.l, n_s=s.n_s, test_time_condition=s.test_time_condition,
                                 seed=s.seed)
             ti = [p.t.index(t) for t in s.t]
-            maps = _image_heatmaps(self.unet, p, x, ids, sorted(cs), self.diff_size, self.dev)
+            maps = image_heatmaps(self.unet, p, x, ids, sorted(cs), self.diff_size, self.dev)
             for c, m in maps.items():
                 per_c[c] = m[:, ti].cpu().half().float().flatten(1, 2)  # (k, n_t * n_l, S_d, S_d)
         return torch.cat([per_c[c] for c in sorted(per_c)], 1)
