@@ -42,6 +42,9 @@ def demo(
     size: Annotated[int, typer.Option(help="Side of the generated images.")] = 224,
     epochs: Annotated[int, typer.Option(help="train-base epochs (shorter than the cpu preset, to fit ~10 minutes).")] = 15,
     diff_steps: Annotated[int, typer.Option(help="train-diff steps (far fewer than the cpu preset: a demonstration, not a trained model).")] = 150,
+    n_train: Annotated[int, typer.Option(help="train/good images per category.")] = 40,
+    n_test_good: Annotated[int, typer.Option(help="test/good images per category.")] = 10,
+    n_test_defect: Annotated[int, typer.Option(help="Defect test images per category.")] = 12,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
@@ -49,7 +52,7 @@ def demo(
     t0 = time.perf_counter()
     progress = not quiet
     data, run = dest / "data", dest / "run.zarr"
-    spec = synthetic.SyntheticSpec(size=size)
+    spec = synthetic.SyntheticSpec(size=size, n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect)
     if synthetic.is_complete(data, spec):
         out.print(f"[green]✓[/] synthetic data in {data} [dim](cached)[/]")
     else:

@@ -139,3 +139,11 @@ def seen_by_this_rank(path: Path) -> None:
     if not path.exists():
         raise StoreError(f"{path}: rank 0 wrote it but rank {rank()} on {socket.gethostname()} cannot see it; put "
                          "the run store on a filesystem every node mounts at the same path")
+
+
+def start_together(device: torch.device) -> None:
+    """Under torchrun, wait until every rank is ready before claiming chunks: otherwise the first rank up
+    (the others still loading models) would claim every chunk. A no-op without torchrun."""
+    if is_distributed():
+        setup(device)
+        barrier()

@@ -48,6 +48,7 @@ def run(store: RunStore, p: ExtractParams, weights: Path | None = None, device: 
     if cached:
         return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, summary)
     entry.update(channels=net.out_channels, backbone_channels=list(net.channels), device=str(dev))
+    dist.start_together(dev)  # torchrun: ranks begin claiming at once, so each takes its own share
     feats = entry.require_array("features", (n, net.out_channels, fs, fs), "float32")
     done = entry.require_done(n)
     todo = entry.pending(n)

@@ -34,6 +34,7 @@ def run(store: RunStore, device: str = "auto", progress: bool = True) -> StageRe
     fs = feats.shape[-1]
     if cached:
         return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, f"{n} test heatmaps")
+    dist.start_together(dev)  # torchrun: ranks begin claiming at once, so each takes its own share
     model = load_model(trained, dev)
     entry.require_array("record", (n,), "int64")[:] = idx
     maps = entry.require_array("h_base", (n, fs, fs), "float32")

@@ -103,6 +103,7 @@ def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: boo
     summary = f"{n} test images x {n_t} t x {len(p.c)} c x {n_l} l heatmaps at {size} px"
     if not entries:
         return StageResult(STAGE, ",".join(keys), True, time.perf_counter() - t0, summary)
+    dist.start_together(dev)  # torchrun: ranks begin claiming at once, so each takes its own share
     model = load_unet(unet_entry, dev)
     if dev.type == "cuda" or p.bf16 or compile:  # on the CPU plain fp32 NCHW is fastest (benchmarks/RESULTS.md)
         model = InferenceUNet(model, channels_last=dev.type == "cuda", bf16=p.bf16, compile=compile)

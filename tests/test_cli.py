@@ -112,11 +112,13 @@ def test_category_without_masks_gets_a_dash(tiny_data, cli, tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_reuses_its_cache(cli, tmp_path):
-    args = ("demo", "--out", tmp_path / "demo", "--size", "64", "--epochs", "1", "--diff-steps", "2", "-q")
+    args = ("demo", "--out", tmp_path / "demo", "--size", "64", "--epochs", "1", "--diff-steps", "2", "-q",
+            "--n-train", "12", "--n-test-good", "2", "--n-test-defect", "3")
     res = cli(*args)
     for stage in ("index", "extract", "train-base", "infer-base", "train-diff", "infer-diff", "fuse", "score"):
         assert f"✓ {stage}" in res.output
     assert "Mean" in res.output and "demo finished" in res.output
+    assert "pictures:" in res.output and len(list((tmp_path / "demo" / "pictures").glob("*.png"))) >= 6
     assert "base = score" in res.output and "fuse = score" in res.output  # base-only and DRDC side by side
     again = cli(*args)
     assert again.output.count("cached") >= 10  # data + every stage

@@ -103,7 +103,9 @@ def test_killed_anywhere_resumes_bit_identical(reference, cmd, cli, tmp_path):
         run = tmp_path / f"k{k}.zarr"
         if cmd in snapshots:
             copy_run(snapshots[cmd], run)
-        env = {**os.environ, "DRDC_KILL_AT": str(k), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+        # the same thread count as the reference: CPU kernels split reductions by thread, so bits follow threads
+        env = {**os.environ, "DRDC_KILL_AT": str(k), "OMP_NUM_THREADS": str(torch.get_num_threads()),
+               "TQDM_DISABLE": "1"}
         env.pop("DRDC_FAULT_LOG", None)
         proc = subprocess.run([sys.executable, "-m", "drdc_cli", cmd, "--run", str(run), "-q", *extra, *map(str, args)],
                               env=env, capture_output=True, text=True, timeout=300)

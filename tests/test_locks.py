@@ -74,7 +74,9 @@ def test_two_infer_diff_processes_share_the_chunks(full_run_pristine, tmp_path, 
     args = [*TINY_INFER, "--c", "1,4", "--seed", "5"]
     cli("infer-diff", "--run", ref, *args)
     logs = [tmp_path / f"p{i}.log" for i in range(2)]
-    env = {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    import torch
+
+    env = {"OMP_NUM_THREADS": str(torch.get_num_threads()), "TQDM_DISABLE": "1"}  # bits follow thread counts
     procs = [subprocess.Popen([sys.executable, "-m", "drdc_cli", "infer-diff", "--run", str(shared), "-q", *args],
                               cwd=ROOT, env={**os.environ, **env, "DRDC_FAULT_LOG": str(log)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for log in logs]

@@ -22,8 +22,12 @@ INFER = [*TINY_INFER, "--c", "1,8"]
 def _torchrun(run: Path, *args: str, log: Path, **env: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "drdc_cli", "--", args[0], "--run", str(run), "-q", *map(str, args[1:])]
+    import torch
+
+    # each rank gets the reference's thread count: CPU kernels split reductions by thread, so bits follow threads
+    threads = str(torch.get_num_threads())
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "DRDC_FAULT_LOG": str(log), **env})
+                          env={**os.environ, "OMP_NUM_THREADS": threads, "DRDC_FAULT_LOG": str(log), **env})
 
 
 def _entries(run: Path, stage: str) -> dict:
