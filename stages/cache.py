@@ -31,7 +31,7 @@ import time
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import warnings
 
@@ -46,6 +46,9 @@ from .errors import CacheMissError, StoreError
 from .faults import point
 from .locks import FileLock, describe
 from .registry import STAGES, hint
+
+if TYPE_CHECKING:
+    import torch
 
 SCHEMA_VERSION = 1
 CHUNK = 8  # images per chunk: the unit of work, resume and (later) sharding

@@ -9,11 +9,14 @@ import hashlib
 import os
 import socket
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import torch
 
 from .errors import DrdcError, StoreError
+
+if TYPE_CHECKING:
+    from .cache import Entry, RunStore
 
 T = TypeVar("T")
 
@@ -147,3 +150,24 @@ def start_together(device: torch.device) -> None:
     if is_distributed():
         setup(device)
         barrier()
+
+
+def begin_training(store: "RunStore", stage: str, params: dict, inputs: dict[str, str], seed: int, config: dict,
+                   unit: str, total: int) -> tuple["Entry | None", str, bool, bool, str]:
+    """Rank 0 begins the training entry (writer lock, config.json) and every rank learns what it decided:
+    (rank 0's entry or None elsewhere, key, cached, resume from last.pt, summary when cached)."""
+    import json
+
+    entry = None
+
+    def decide() -> tuple[str, bool, bool, str]:
+        nonlocal entry
+        entry, cached = store.begin(stage, params, inputs, seed=seed)
+        if cached:
+            h = entry.attrs.get("history", [])
+            return entry.key, True, False, f"{total} {unit}, final loss {h[-1]['loss']:.4g}" if h else ""
+        (entry.files / "config.json").write_text(json.dumps(config, indent=1))
+        return entry.key, False, (entry.files / "last.pt").exists(), ""
+
+    key, cached, resume, summary = main_decides(decide)
+    return entry, key, cached, resume, summary

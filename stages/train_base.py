@@ -156,19 +156,10 @@ def run(store: RunStore, p: TrainBaseParams, device: str = "auto", progress: boo
     cfg = p.model_config(all_feats.shape[1], all_feats.shape[-1])  # validates against the features before any write
     dist.setup(dev)
     world, main = dist.world_size(), dist.is_main()
-    entry: Entry | None = None  # rank 0's handle; the other ranks never write to the store
-
-    def decide() -> tuple[str, bool, bool, str]:  # rank 0: (key, cached, resume, summary if cached)
-        nonlocal entry
-        entry, cached = store.begin(STAGE, dist.ddp_params(keyed(p), p.batch_size), {"extract": extract.key},
-                                    seed=p.seed)
-        if cached:
-            h = entry.attrs.get("history", [])
-            return entry.key, True, False, f"{p.epochs} epochs, final loss {h[-1]['loss']:.4g}" if h else ""
-        (entry.files / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-        return entry.key, False, (entry.files / "last.pt").exists(), ""
-
-    key, cached, resume, summary = dist.main_decides(decide)
+    # rank 0's entry (None on the other ranks, which never write to the store)
+    entry, key, cached, resume, summary = dist.begin_training(
+        store, STAGE, dist.ddp_params(keyed(p), p.batch_size), {"extract": extract.key}, p.seed,
+        cfg.to_dict(), "epochs", p.epochs)
     if cached:
         return StageResult(STAGE, key, True, time.perf_counter() - t0, summary)
     fit_idx, val_idx = split_train(index.attrs["records"], p.holdout, p.seed)  # the same split on every rank

@@ -108,19 +108,10 @@ def run(store: RunStore, p: TrainDiffParams, device: str = "auto", progress: boo
     cfg = p.unet_config()
     dist.setup(dev)
     world, rank, main = dist.world_size(), dist.rank(), dist.is_main()
-    entry: Entry | None = None  # rank 0's handle; the other ranks never write to the store
-
-    def decide() -> tuple[str, bool, bool, str]:  # rank 0: (key, cached, resume, summary if cached)
-        nonlocal entry
-        entry, cached = store.begin(STAGE, dist.ddp_params(keyed(p), p.batch_size), {"index": index.key},
-                                    seed=p.seed)
-        if cached:
-            h = entry.attrs.get("history", [])
-            return entry.key, True, False, f"{p.steps} steps, final loss {h[-1]['loss']:.4g}" if h else ""
-        (entry.files / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-        return entry.key, False, (entry.files / "last.pt").exists(), ""
-
-    key, cached, resume, summary = dist.main_decides(decide)
+    # rank 0's entry (None on the other ranks, which never write to the store)
+    entry, key, cached, resume, summary = dist.begin_training(
+        store, STAGE, dist.ddp_params(keyed(p), p.batch_size), {"index": index.key}, p.seed,
+        cfg.to_dict(), "steps", p.steps)
     if cached:
         return StageResult(STAGE, key, True, time.perf_counter() - t0, summary)
     records = index.attrs["records"]

@@ -3,7 +3,6 @@ and never an entry another process is writing."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from stages.cache import RunStore
 
@@ -58,7 +57,6 @@ def test_gc_never_removes_an_entry_being_written(full_run, cli):
     import sys
     import textwrap
 
-    store = RunStore(full_run)
     code = textwrap.dedent(f"""
         import time
         from stages.cache import RunStore
