@@ -192,7 +192,9 @@ class Entry:
 
 
 _ACTIVE: dict[str, Entry] = {}  # entries this process began and has not completed (for the Ctrl-C message)
-_CREATED: set[str] = set()  # stores and entries this process created (what a failed command may roll back)
+# what this process created, so that a failed command may roll it back
+_CREATED: set[str] = set()  # entry paths
+_CREATED_STORES: set[str] = set()  # store paths
 LOCK_NAME = ".drdc.lock"
 
 
@@ -235,7 +237,7 @@ class RunStore:
                 self.root.attrs.update(
                     drdc_schema=SCHEMA_VERSION, drdc_version=__version__, created=_now(), current={}
                 )
-                _CREATED.add(str(self.path))
+                _CREATED_STORES.add(str(self.path))
         except OSError as e:
             raise StoreError(f"{self.path}: cannot create run store ({e.strerror or e})") from None
 
@@ -440,6 +442,7 @@ def active_summary() -> str:
 def forget_active() -> None:
     _ACTIVE.clear()
     _CREATED.clear()
+    _CREATED_STORES.clear()
 
 
 def roll_back(dataset_error: bool) -> None:
@@ -462,7 +465,8 @@ def roll_back(dataset_error: bool) -> None:
                     shutil.rmtree(e.path, ignore_errors=True)
         except Exception:  # noqa: BLE001 - best effort on the way out
             continue
-    for path in [p for p in _CREATED if (Path(p) / "zarr.json").is_file() and Path(p).name != "zarr.json"]:
+    for path in _CREATED_STORES:
         root = Path(path)
-        if (root / LOCK_NAME).exists() and not any(d.is_dir() for d in root.iterdir()):
+        entries = (e for d in root.iterdir() if d.is_dir() for e in d.iterdir() if e.is_dir()) if root.is_dir() else ()
+        if root.is_dir() and not any(entries):  # stage groups without entries hold nothing to keep
             shutil.rmtree(root, ignore_errors=True)

@@ -350,3 +350,11 @@ def test_unsorted_t_is_the_same_request(existing, tmp_path, cli):
     run = copy_run(existing, tmp_path / "r.zarr")
     res = cli("infer-diff", "--run", run, "--t", "0,100,50", "--l", "1,2", "--ns", "2", "--c", "1,8")
     assert "cached" in res.output
+
+
+def test_failed_index_leaves_no_new_store_behind(tiny_data, tmp_path, cli):
+    root = _copy(tiny_data, tmp_path / "data")
+    needle = fake_png(root)
+    res = cli("index", "--data", root, "--run", tmp_path / "new.zarr", *TINY_INDEX, code=1)
+    assert needle in _one_line(res)
+    assert not (tmp_path / "new.zarr").exists()
