@@ -14,7 +14,8 @@ from stages.cache import RunStore
 from stages.metrics import METRIC_NAMES
 
 from .app import app, guarded, out
-from .pipeline import QuietOpt, RunOpt, _ints
+from .pipeline import QuietOpt, RunOpt, _ints, NormOpt
+from stages.fusion import FILTER, GAMMA
 
 
 def _pct(v) -> str:
@@ -72,14 +73,15 @@ def write_json(rows: list[abl.Row], path: Path) -> None:
 @guarded
 def ablate(
     run: RunOpt,
-    gamma: Annotated[float, typer.Option(help="Weight of the diffusion heatmap (Eq 19).")] = 0.9,
-    filter_: Annotated[int, typer.Option("--filter", help="Mean filter size m (Eq 18), odd.")] = 41,
+    gamma: Annotated[float, typer.Option(help="Weight of the diffusion heatmap (Eq 19).")] = GAMMA,
+    filter_: Annotated[int, typer.Option("--filter", help="Mean filter size m (Eq 18), odd.")] = FILTER,
     t: Annotated[Optional[str], typer.Option("--t", help="Subset of cached timesteps (default: all).")] = None,
     c: Annotated[Optional[str], typer.Option("--c", help="Subset of cached grid sizes (default: all).")] = None,
     l: Annotated[Optional[str], typer.Option("--l", help="Subset of cached scales (default: all).")] = None,  # noqa: E741
     ns: Annotated[int, typer.Option("--ns", help="Which infer-diff variant: its n_s.")] = 2,
     seed: Annotated[int, typer.Option(help="Which infer-diff variant: its seed.")] = 0,
     pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = 16,
+    norm: NormOpt = "none",
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-category metrics of every row as CSV.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Rows, switches, settings and commands as JSON.")] = None,
     quiet: QuietOpt = False,
@@ -87,13 +89,14 @@ def ablate(
     """The paper's Table 5 (ablations) from cached heatmaps: fusion switches computed in memory, without the UNet;
     rows that need another diffusion model or other heatmaps name the commands that make them."""
     from stages.common import check
-    from stages.fusion import check_fusion
+    from stages.fusion import check_fusion, check_norm
 
     check_fusion(gamma, filter_)
+    check_norm(norm)
     check(ns >= 2, "--ns", "must be >= 2", ns)
     check(1 <= pool <= 256, "--pool", "must be in [1, 256]", pool)
     sel = abl.Selection(gamma=gamma, filter=filter_, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
-                        l=_ints(l, "--l") or (), n_s=ns, seed=seed, pool=pool)
+                        l=_ints(l, "--l") or (), n_s=ns, seed=seed, pool=pool, norm=norm)
     store = RunStore(run)
     rows = abl.run(store, sel, progress=not quiet)
     out.print(render(rows, f"{store.name}: Table 5, mean over categories, in %"))

@@ -15,6 +15,7 @@ from stages import infer_base as infer_base_stage
 from stages import score as score_stage
 from stages import train_base as train_base_stage
 from stages.cache import RunStore
+from stages.fusion import FILTER, GAMMA
 from stages.presets import DEFAULT_PRESET, PRESETS, build
 
 from .app import app, guarded, report_stage
@@ -25,6 +26,8 @@ PresetOpt = Annotated[Optional[str], typer.Option(help=f"Defaults to fill: {', '
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 _MODEL = "Model"
 _TRAIN = "Training"
+_VAL = "Validation split"
+NormOpt = Annotated[str, typer.Option(help="Scale of each map before Eq 19: none (the paper), pixel (per-position mean/std of the validation normals) or quantile ((map - q0.9) / (q0.995 - q0.9)).")]
 
 
 def preset_of(store: RunStore, preset: str | None) -> str:
@@ -39,15 +42,20 @@ def index(
     layout: Annotated[str, typer.Option(help="auto, mvtec or btad.")] = "auto",
     categories: Annotated[Optional[str], typer.Option(help="Comma-separated subset of categories.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square size.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of train/good per category held out from every trainer as validation normals (0: none).", rich_help_panel=_VAL)] = None,
+    val_min: Annotated[Optional[int], typer.Option(help="At least this many validation normals per category (at most half of train/good).", rich_help_panel=_VAL)] = None,
+    val_defects: Annotated[Optional[int], typer.Option(help="Copies of each validation normal with a synthetic defect (scratch, spot, Perlin region, cut-paste, in turn).", rich_help_panel=_VAL)] = None,
+    val_seed: Annotated[Optional[int], typer.Option(help="Seed of the validation split and its defects.", rich_help_panel=_VAL)] = None,
     preset: PresetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Scan and validate a dataset; decode every image and mask once into the run store."""
+    """Scan and validate a dataset; decode every image and mask once into the run store; make the validation split."""
     store = RunStore(run, create=True)
     name = preset_of(store, preset)
     cats = tuple(c.strip() for c in categories.split(",") if c.strip()) if categories else ()
     p = build(index_stage.IndexParams, "index", name, root=str(data), layout=layout, categories=cats,
-              image_size=image_size)
+              image_size=image_size, val_fraction=val_fraction, val_min=val_min, val_defects=val_defects,
+              val_seed=val_seed)
     store.set_attr(preset=name)
     report_stage(index_stage.run(store, p, progress=not quiet))
 
@@ -202,8 +210,8 @@ def infer_diff(
 @guarded
 def fuse(
     run: RunOpt,
-    gamma: Annotated[float, typer.Option(help="Weight of the diffusion heatmap (Eq 19).")] = 0.9,
-    filter: Annotated[int, typer.Option("--filter", help="Mean filter size m (Eq 18), odd.")] = 41,  # noqa: A002
+    gamma: Annotated[float, typer.Option(help="Weight of the diffusion heatmap (Eq 19); 0: base only.")] = GAMMA,
+    filter: Annotated[int, typer.Option("--filter", help="Mean filter size m (Eq 18), odd.")] = FILTER,  # noqa: A002
     t: Annotated[Optional[str], typer.Option("--t", help="Subset of cached timesteps (default: all).")] = None,
     c: Annotated[Optional[str], typer.Option("--c", help="Subset of cached grid sizes (default: all).")] = None,
     l: Annotated[Optional[str], typer.Option("--l", help="Subset of cached scales (default: all).")] = None,  # noqa: E741
@@ -212,11 +220,12 @@ def fuse(
     ns: Annotated[int, typer.Option("--ns", help="Which infer-diff variant: its n_s.")] = 2,
     test_time_condition: Annotated[bool, typer.Option("--test-time-condition/--no-test-time-condition", help="Which infer-diff variant.")] = True,
     seed: Annotated[int, typer.Option(help="Which infer-diff variant: its seed.")] = 0,
+    norm: NormOpt = "none",
     quiet: QuietOpt = False,
 ) -> None:
-    """Fuse cached base and diffusion heatmaps (Eq 17-19) on the CPU, without the UNet."""
+    """Fuse cached base and diffusion heatmaps (Eq 17-19) on the CPU, without the UNet (--gamma 0: base only)."""
     p = fuse_stage.FuseParams(gamma=gamma, filter=filter, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
                               l=_ints(l, "--l") or (), spatio_temporal=spatio_temporal,
                               multiscale_base=multiscale_base, n_s=ns, test_time_condition=test_time_condition,
-                              seed=seed)
+                              seed=seed, norm=norm)
     report_stage(fuse_stage.run(RunStore(run), p, progress=not quiet))

@@ -36,7 +36,11 @@ def render(table: list[dict], entries: list, title: str) -> Table:
 def print_report(store: RunStore, variants: list[str] | None = None) -> list[dict]:
     entries = rep.variants(store, variants)
     table = rep.rows(entries)
-    out.print(render(table, entries, f"{store.name}: metrics in % (categories without masks: pixel metrics '-')"))
+    val, kinds = rep.rows(entries, "val_metrics"), rep.by_kind_rows(entries)
+    if val:
+        out.print(render(val + kinds, entries, f"{store.name}: VALIDATION (held-out normals + synthetic defects, "
+                                                "what settings are chosen on), in %"))
+    out.print(render(table, entries, f"{store.name}: TEST metrics in % (categories without masks: pixel metrics '-')"))
     if len(entries) > 1:
         out.print("[dim]" + "; ".join(f"{tag} = score {e.key}" for tag, e in zip(rep.labels(entries), entries)) + "[/]",
                   soft_wrap=True)
@@ -64,7 +68,7 @@ def report(
         prepare(plots, worst)
     table = print_report(store, variant)
     if csv:
-        rep.write_csv(table, csv)
+        rep.write_csv(rep.with_validation(table, rep.rows(entries, "val_metrics"), rep.by_kind_rows(entries)), csv)
         out.print(f"wrote {csv}")
     if json:
         rep.write_json(table, entries, json)

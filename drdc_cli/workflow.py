@@ -6,19 +6,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from stages import extract, fuse, index, infer_base, infer_diff, score, train_base, train_diff
+from stages import extract, fuse, index, infer_base, infer_diff, score, train_base, train_diff, tune
 from stages.cache import RunStore
 from stages.presets import build
 
 from .app import app, guarded, report_stage
 from .pipeline import DeviceOpt, PresetOpt, QuietOpt, RunOpt, preset_of
 from .report import print_report
+from .tune_cmd import tune_and_apply
 
 
 def run_all(store: RunStore, data: Path, preset: str, device: str, progress: bool,
             base_epochs: int | None = None, diff_steps: int | None = None, image_size: int | None = None) -> None:
     """index -> extract -> train-base -> infer-base -> train-diff -> infer-diff -> fuse -> score (base and fused)
-    -> report with base-only and DRDC side by side."""
+    -> (all presets but paper) tune on validation, fuse + score the chosen settings -> report with base-only,
+    the paper's DRDC and the validation-chosen fusion side by side."""
     store.set_attr(preset=preset)
     report_stage(index.run(store, build(index.IndexParams, "index", preset, root=str(data), image_size=image_size),
                            progress))
@@ -35,7 +37,10 @@ def run_all(store: RunStore, data: Path, preset: str, device: str, progress: boo
     report_stage(fuse.run(store, fuse.FuseParams(c=diff_params.c, t=diff_params.t, l=diff_params.l), progress))
     fused_score = score.run(store, score.ScoreParams(source="fuse"), progress=progress)
     report_stage(fused_score)
-    print_report(store, [base_score.key, fused_score.key])
+    keys = [base_score.key, fused_score.key]
+    if preset != "paper":  # the paper preset keeps the paper's fusion; others end with what validation chose
+        keys.append(tune_and_apply(store, tune.TuneParams(), progress).key)
+    print_report(store, keys)
 
 
 @app.command("run", rich_help_panel="Stages")

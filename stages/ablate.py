@@ -2,7 +2,7 @@
 
 Rows (switches as in the paper: multi-scale base heatmap, spatio-temporal fusion, model condition, test-time
 condition) plus the base model alone (UniAD, the reference). Fusion-only switches are computed in memory from
-the cached infer-base and infer-diff heatmaps with the same code as `fuse` (`predict.fuse_maps`) and scored as
+the cached infer-base and infer-diff heatmaps with the same code as `fuse` (`heatmaps.fuse_maps`) and scored as
 `score` does; a row that needs another diffusion model (model condition off) or other diffusion heatmaps
 (test-time condition off) is computed when matching entries are cached, else it names the commands that make
 them. Nothing is written to the store.
@@ -18,8 +18,11 @@ from tqdm import tqdm
 from .anomaly_map import image_score, upsample
 from .cache import Entry, RunStore
 from .errors import CacheMissError
-from .metrics import METRIC_NAMES, compute_metrics
-from .predict import FusionSettings, fuse_maps
+from .metrics import compute_metrics
+from .score import mean_over_categories
+from .fuse import normal_stats
+from .fusion import FILTER, GAMMA
+from .heatmaps import FusionSettings, fuse_maps, read_diff
 
 
 @dataclass(frozen=True)
@@ -46,14 +49,15 @@ TABLE5: tuple[Variant, ...] = (
 class Selection:
     """Which cached maps the full method fuses: `drdc fuse`'s options and defaults (empty = all cached)."""
 
-    gamma: float = 0.9
-    filter: int = 41
+    gamma: float = GAMMA
+    filter: int = FILTER
     t: tuple[int, ...] = ()
     c: tuple[int, ...] = ()
     l: tuple[int, ...] = ()  # noqa: E741
     n_s: int = 2
     seed: int = 0
     pool: int = 16
+    norm: str = "none"  # stages.fusion.NORMS: every row is normalised the same way, with its own statistics
 
 
 @dataclass
@@ -128,38 +132,35 @@ def _resolve(diffs: dict[int, Entry], sel: Selection, v: Variant) -> FusionSetti
         ts, ls = [min(ts)], [1]
     chains = tuple((c, tuple(e.params["t"])) for c, e in diffs.items())
     return FusionSettings(sel.gamma, sel.filter, tuple(ts), tuple(diffs), tuple(ls), v.spatio_temporal,
-                          v.multiscale_base, sel.n_s, v.test_time_condition, sel.seed, chains)
+                          v.multiscale_base, sel.n_s, v.test_time_condition, sel.seed, chains, sel.norm)
 
 
 def _category_metrics(index: Entry, base: Entry, c_feat: int, sel: Selection, fusion: FusionSettings | None,
                       diffs: dict[int, Entry], progress: bool, name: str) -> dict[str, dict]:
-    """score.run's metrics for maps computed in memory, one category at a time (memory: one category's maps)."""
+    """score.run's test metrics for maps computed in memory, one category at a time (memory: one category's
+    maps). With sel.norm, each row's statistics come from its own maps of the validation normals."""
     records, masked = index.attrs["records"], set(index.attrs["masked_categories"])
     rec = base.array("record")[:]
     size = int(index.params["image_size"])
+    if fusion is None and sel.norm != "none":  # the base row, normalised like the others
+        fusion = FusionSettings(0.0, sel.filter, (), (), (), True, False, sel.n_s, True, sel.seed, (), sel.norm)
+    stats = normal_stats(index, base, diffs, fusion) if fusion is not None and fusion.norm != "none" else None
     metrics: dict[str, dict] = {}
     for cat in tqdm(index.attrs["categories"], desc=name, unit="category", disable=not progress):
-        pos = np.array([k for k, i in enumerate(rec) if records[i]["category"] == cat], dtype=np.int64)
+        pos = np.array([k for k, i in enumerate(rec) if records[i]["category"] == cat
+                        and records[i]["split"] == "test"], dtype=np.int64)
         labels = np.array([records[rec[k]]["label"] for k in pos], dtype=np.int64)
         masks = index.array("masks").get_orthogonal_selection((rec[pos],))
         hb = torch.from_numpy(base.array("h_base").get_orthogonal_selection((pos,)))
-        h_diff = None
-        if fusion is not None:
-            parts = []
-            for c, e in diffs.items():
-                ti = [e.params["t"].index(t) for t in fusion.t]
-                li = [e.params["l"].index(v) for v in fusion.l]
-                h = e.array("heatmaps").get_orthogonal_selection((pos,))[:, ti][:, :, li]
-                parts.append(torch.from_numpy(h.astype(np.float32)).flatten(1, 2))
-            h_diff = torch.cat(parts, 1)
+        h_diff = read_diff(diffs, fusion, pos) if fusion is not None and fusion.uses_diffusion else None
+        st = stats.per_image([cat] * len(pos)) if stats is not None else None
         with torch.no_grad():
-            maps = upsample(fuse_maps(hb, h_diff, size, fusion, c_feat)[2], masks.shape[-1])
+            maps = upsample(fuse_maps(hb, h_diff, size, fusion, c_feat, st)[2], masks.shape[-1])
             scores = image_score(maps, sel.pool).numpy()
         maps = maps.numpy()
         metrics[cat] = compute_metrics(labels, scores, masks if cat in masked else None,
                                        maps if cat in masked else None)
-    metrics["mean"] = {m: (float(np.mean(v)) if (v := [metrics[c][m] for c in metrics if metrics[c][m] is not None])
-                           else None) for m in METRIC_NAMES}
+    metrics["mean"] = mean_over_categories(metrics)
     return metrics
 
 

@@ -1,10 +1,9 @@
 """Stage `calibrate`: image (and pixel) thresholds per category from normal images only.
 
-The normal images are the train/good images that `train-base` held out (its `holdout` fraction, chosen per
-category by `train_base.split_train`); they are scored through exactly the predict pipeline (base + diffusion +
-fusion) and cached in the entry (`scores`, `maps`), so changing --fpr/--percentile only recomputes quantiles.
-The diffusion model trains on every train/good image, held-out ones included: for the diffusion half of the
-score these normals are training images, so a threshold from them can be slightly low (more false alarms).
+The normal images are the index's validation normals (train/good images no trainer sees, stages.validation) and
+any train images `train-base` held out (--holdout); they are scored through exactly the predict pipeline (base +
+diffusion + fusion) and cached in the entry (`scores`, `maps`), so changing --fpr/--percentile only recomputes
+quantiles.
 
 Threshold = the (1 - fpr) quantile (numpy's linear interpolation) of the held-out normal scores of the category;
 an image is anomalous when its score is above it, so at most a fraction fpr of those normals would be. A global
@@ -26,7 +25,7 @@ from .common import StageResult, check
 from .errors import CacheMissError, ConfigError
 from .predict import Predictor
 from .score import category_maps
-from .train_base import split_train
+from .train_base import split_train, validation_normals
 
 STAGE = "calibrate"
 
@@ -86,15 +85,17 @@ def f1max_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def holdout_records(store: RunStore) -> np.ndarray:
-    """Record indices of the train/good images the current train-base entry did not train on."""
+    """Record indices of the normal images no trainer saw: the index's validation normals, and the train
+    images the current train-base entry held out (--holdout)."""
     tb = store.current("train_base")
     index = store.current("index")
     q = tb.params
-    _, val = split_train(index.attrs["records"], q["holdout"], q["seed"])
+    _, held = split_train(index.attrs["records"], q["holdout"], q["seed"])
+    val = sorted(set(held) | set(validation_normals(index.attrs["records"])))
     if not val:
-        raise ConfigError(f"--holdout: the base model trained on every train/good image (holdout "
-                          f"{q['holdout']}), so no normal image is left to calibrate on; retrain with "
-                          f"`drdc train-base --run {store.name} --holdout 0.1`")
+        raise ConfigError(f"--val-fraction: the run has no validation normals and the base model trained on every "
+                          f"train/good image (holdout {q['holdout']}), so no normal image is left to calibrate on; "
+                          f"index again with `drdc index --data ROOT --run {store.name} --val-fraction 0.1`")
     return np.asarray(val, dtype=np.int64)
 
 
@@ -125,7 +126,8 @@ def run(store: RunStore, pred: Predictor, fpr: float | None = None, percentile: 
         with tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="calibrate", unit="img",
                   disable=not progress) as bar:
             for a, b in todo:
-                out = pred.run(images.get_orthogonal_selection((rec[a:b],)), rec[a:b])
+                out = pred.run(images.get_orthogonal_selection((rec[a:b],)), rec[a:b],
+                               [index.attrs["records"][i]["category"] for i in rec[a:b]])
                 scores[a:b] = out.scores
                 maps[a:b] = out.h_out
                 entry.mark_done(done, a, b)

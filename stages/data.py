@@ -174,12 +174,16 @@ def resolve_recorded(root: Path, rel: str) -> Path:
     return Path(root) / p
 
 
-def split_indices(records: list[dict], split: str) -> "np.ndarray":
-    """Positions of the records of one split ("train" or "test"), in index order: the row order of every
-    per-test-image array in the store."""
+EVAL_SPLITS: tuple[str, ...] = ("val", "test")  # the splits every inference stage maps and `score` measures
+
+
+def split_indices(records: list[dict], split: str | tuple[str, ...]) -> "np.ndarray":
+    """Positions of the records of one split ("train", "val" or "test") or of several, in index order: the row
+    order of every per-image array of the inference stages (which cover EVAL_SPLITS)."""
     import numpy as np
 
-    return np.array([i for i, r in enumerate(records) if r["split"] == split], dtype=np.int64)
+    splits = (split,) if isinstance(split, str) else split
+    return np.array([i for i, r in enumerate(records) if r["split"] in splits], dtype=np.int64)
 
 
 def fingerprint(root: Path, records: tuple[Record, ...]) -> str:

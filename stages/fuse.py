@@ -2,6 +2,8 @@
 
 Any cached subset of (t, c, l) can be selected; a missing one is named with the infer-diff command that makes it.
 Table 5's switches: spatio-temporal fusion off (only the last step, l = 1) and the multi-scale base heatmap.
+--norm pixel|quantile fuses maps normalised with statistics of the validation normals (stored in the entry);
+--gamma 0 is base only and needs no diffusion maps.
 """
 from __future__ import annotations
 
@@ -12,19 +14,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .anomaly_map import upsample
 from .cache import Entry, RunStore
 from .common import StageResult, check
-from .errors import CacheMissError
-from .fusion import check_fusion, drdc_map, multiscale_base, spatio_temporal
+from .errors import CacheMissError, ConfigError
+from .fusion import FILTER, GAMMA, check_fusion, check_norm
+from .heatmaps import FusionSettings, NormStats, fuse_maps, read_diff, source_maps
 
 STAGE = "fuse"
 
 
 @dataclass(frozen=True)
 class FuseParams:
-    gamma: float = 0.9
-    filter: int = 41
+    gamma: float = GAMMA
+    filter: int = FILTER
     t: tuple[int, ...] = ()  # empty: every t of the cached entries
     c: tuple[int, ...] = ()  # empty: every cached c
     l: tuple[int, ...] = ()  # noqa: E741  empty: every cached l
@@ -33,9 +35,11 @@ class FuseParams:
     n_s: int = 2  # these three pick which infer-diff variant to fuse
     test_time_condition: bool = True
     seed: int = 0
+    norm: str = "none"  # stages.fusion.NORMS; statistics from the validation normals
 
     def __post_init__(self) -> None:
         check_fusion(self.gamma, self.filter)
+        check_norm(self.norm)
         check(self.n_s >= 2, "--ns", "must be >= 2", self.n_s)
 
 
@@ -66,13 +70,14 @@ def diff_entries(store: RunStore, p: FuseParams) -> dict[int, Entry]:
     return dict(sorted(found.items()))
 
 
-def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
-    t0 = time.perf_counter()
-    base = store.current("infer_base")
-    extract = store.get("extract", base.inputs["extract"])
-    index = store.get("index", extract.inputs["index"])
+def resolve(store: RunStore, p: FuseParams) -> tuple[FusionSettings, dict[int, Entry]]:
+    """The settings fuse applies (given or common t and l; spatio-temporal fusion off keeps the last t at l = 1)
+    and the infer-diff entries {c: entry} they read. gamma = 0 is base only and needs no diffusion maps."""
+    if p.gamma == 0:
+        ls = tuple(sorted(p.l or (1, 2, 4, 8))) if p.multiscale_base else ()
+        return FusionSettings(0.0, p.filter, (), (), ls, p.spatio_temporal, p.multiscale_base, p.n_s,
+                              p.test_time_condition, p.seed, (), p.norm), {}
     diffs = diff_entries(store, p)
-    first = next(iter(diffs.values())).params
     ts = sorted(p.t or set.intersection(*(set(e.params["t"]) for e in diffs.values())), reverse=True)
     ls = sorted(p.l or set.intersection(*(set(e.params["l"]) for e in diffs.values())))
     if not ts or not ls:
@@ -80,44 +85,79 @@ def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
     if not p.spatio_temporal:  # Table 5: only the last reverse step, l = 1
         check(1 in ls, "--l", "spatio-temporal fusion off uses the l = 1 maps; include 1", tuple(ls))
         ts, ls = [min(ts)], [1]
-    size_img, size_diff = index.params["image_size"], first["size"]
-    resolved = {"gamma": p.gamma, "filter": p.filter, "t": ts, "c": list(diffs), "l": ls,
+    chains = tuple((c, tuple(e.params["t"])) for c, e in diffs.items())
+    return FusionSettings(p.gamma, p.filter, tuple(ts), tuple(diffs), tuple(ls), p.spatio_temporal,
+                          p.multiscale_base, p.n_s, p.test_time_condition, p.seed, chains, p.norm), diffs
+
+
+def validation_normals(index: Entry, rec: np.ndarray) -> dict[str, np.ndarray]:
+    """{category: positions in the per-image arrays of its validation normals}."""
+    records = index.attrs["records"]
+    out: dict[str, list[int]] = {}
+    for k, i in enumerate(rec):
+        r = records[i]
+        if r["split"] == "val" and r["label"] == 0:
+            out.setdefault(r["category"], []).append(k)
+    return {c: np.asarray(v, dtype=np.int64) for c, v in out.items()}
+
+
+def normal_stats(index: Entry, base: Entry, diffs: dict[int, Entry], s: FusionSettings) -> NormStats:
+    """The normalisation statistics of settings s, from the cached maps of the validation normals only."""
+    rec = base.array("record")[:]
+    size = int(index.params["image_size"])
+    by_cat = {}
+    for cat, pos in validation_normals(index, rec).items():
+        hb = torch.from_numpy(base.array("h_base").get_orthogonal_selection((pos,)))
+        by_cat[cat] = source_maps(hb, read_diff(diffs, s, pos) if s.uses_diffusion else None, size, s)
+    if not by_cat:
+        raise ConfigError(f"--norm {s.norm}: the run has no validation normals to take statistics from; index "
+                          "again with `drdc index --data ROOT --run RUN --val-fraction 0.1`")
+    return NormStats.compute(by_cat, s)
+
+
+def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
+    t0 = time.perf_counter()
+    base = store.current("infer_base")
+    extract = store.get("extract", base.inputs["extract"])
+    index = store.get("index", extract.inputs["index"])
+    s, diffs = resolve(store, p)
+    size_img = index.params["image_size"]
+    resolved = {"gamma": p.gamma, "filter": p.filter, "t": list(s.t), "c": list(s.c), "l": list(s.l),
                 "spatio_temporal": p.spatio_temporal, "multiscale_base": p.multiscale_base, "n_s": p.n_s,
-                "test_time_condition": p.test_time_condition, "seed": p.seed}
+                "test_time_condition": p.test_time_condition, "seed": p.seed,
+                **({"norm": p.norm} if p.norm != "none" else {})}  # keys made before --norm stay valid
     inputs = {"infer_base": base.key, **{f"infer_diff@c={c}": e.key for c, e in diffs.items()}}
     entry, cached = store.begin(STAGE, resolved, inputs)
-    k_maps = len(ts) * len(diffs) * len(ls)
-    summary = f"{k_maps} diffusion heatmaps (t={ts}, c={list(diffs)}, l={ls}) + H_base, gamma={p.gamma}, m={p.filter}"
+    k_maps = len(s.t) * len(s.c) * len(s.l)
+    what = (f"{k_maps} diffusion heatmaps (t={list(s.t)}, c={list(s.c)}, l={list(s.l)}) + H_base" if diffs
+            else "H_base only")
+    summary = f"{what}, gamma={p.gamma}, m={p.filter}, norm={p.norm}"
     if cached:
         return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, summary)
     rec = base.array("record")[:]
     n = len(rec)
     for e in diffs.values():
         if not np.array_equal(e.array("record")[:], rec):
-            raise CacheMissError(f"infer-diff entry {e.key} covers other test images than infer-base {base.key}")
+            raise CacheMissError(f"infer-diff entry {e.key} covers other images than infer-base {base.key}")
     c_feat = int(extract.attrs["channels"])
+    stats = None
+    if p.norm != "none":
+        stats = normal_stats(index, base, diffs, s)
+        stats.save(entry)
+    records = index.attrs["records"]
     h_base_all = base.array("h_base")
     maps = entry.require_array("maps", (n, size_img, size_img), "float32")
     entry.require_array("record", (n,), "int64")[:] = rec
     done = entry.require_done(n)
     todo = entry.pending(n)
-    sel = {c: ([e.params["t"].index(t) for t in ts], [e.params["l"].index(l) for l in ls]) for c, e in diffs.items()}
     with torch.no_grad(), tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="fuse", unit="img",
                                disable=not progress) as bar:
         for a, b in todo:
-            hb = torch.from_numpy(h_base_all[a:b])
-            hb = multiscale_base(hb, size_img, ls) if p.multiscale_base else upsample(hb, size_img)
-            parts = []
-            for c, e in diffs.items():
-                ti, li = sel[c]
-                h = e.array("heatmaps")[a:b][:, ti][:, :, li]  # (k, n_t, n_l, S_d, S_d)
-                parts.append(torch.from_numpy(h.astype(np.float32)).flatten(1, 2))
-            # Eq 17 at the diffusion resolution, then one bilinear upsampling: both are linear, so this equals
-            # averaging the upsampled maps, at a fraction of the cost.
-            h_st = upsample(spatio_temporal(torch.cat(parts, 1)), size_img)
-            maps[a:b] = drdc_map(hb, h_st[:, None], p.gamma, p.filter, c_feat, 3).numpy()  # Eq 18-19
+            hd = read_diff(diffs, s, slice(a, b)) if s.uses_diffusion else None
+            st = stats.per_image([records[i]["category"] for i in rec[a:b]]) if stats is not None else None
+            maps[a:b] = fuse_maps(torch.from_numpy(h_base_all[a:b]), hd, size_img, s, c_feat, st)[2].numpy()
             entry.mark_done(done, a, b)
             bar.update(b - a)
+    size_diff = next(iter(diffs.values())).params["size"] if diffs else None
     entry.complete(c_feat=c_feat, diffusion_size=size_diff)
     return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, summary)
-

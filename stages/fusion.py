@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -16,6 +18,12 @@ from torch import Tensor
 from .anomaly_map import upsample
 from .common import check
 from .errors import ConfigError
+
+GAMMA, FILTER = 0.9, 41  # the paper's gamma and m (Sec 5): every default of every command comes from here
+# How each source map is put on a common scale before Eq 19 (stats from validation normals, never test images):
+# none: Eq 19 as printed (the paper); pixel: per-position mean/std (removes position bias, e.g. hot corners);
+# quantile: EfficientAD's (map - q_0.9) / (q_0.995 - q_0.9) over all normal pixels (anomalib map_norm_quantiles).
+NORMS = ("none", "pixel", "quantile")
 
 
 def _check_l(l: int, H: int, W: int) -> None:
@@ -122,3 +130,47 @@ def multiscale_base(h_base_feat: Tensor, size: int, scales: Sequence[int] = (1, 
     for l in scales:
         _check_l(l, size, size)
     return torch.stack([_U(_D(full, l), size, size)[:, 0] for l in scales], dim=1).mean(dim=1)
+
+
+def check_norm(norm: str) -> None:
+    check(norm in NORMS, "--norm", f"must be one of {', '.join(NORMS)}", norm)
+
+
+def norm_stats(maps: Tensor, norm: str) -> Tensor:
+    """(shift, scale) of one source map over N normal images: (N, H, W) -> (2, H, W), so that
+    (map - shift) / scale is ~0 on a typical normal pixel and ~1 one normal spread above it.
+
+    pixel: per-position mean and std; the std is floored at a tenth of its median so that a position where the
+    normals happen to agree (a flat background) does not turn tiny deviations into huge scores.
+    quantile: q_0.9 and q_0.995 - q_0.9 of every pixel (EfficientAD), broadcast to (H, W).
+    """
+    check_norm(norm)
+    x = maps.double()
+    if norm == "pixel":
+        shift, sd = x.mean(0), x.std(0, unbiased=False)
+        scale = sd.clamp_min(float(0.1 * sd.median()) + 1e-12)
+    elif norm == "quantile":
+        q = np.quantile(x.flatten().numpy(), [0.9, 0.995])
+        shift, scale = torch.full(x.shape[1:], float(q[0])), torch.full(x.shape[1:], max(float(q[1] - q[0]), 1e-12))
+    else:
+        shift, scale = torch.zeros(x.shape[1:]), torch.ones(x.shape[1:])
+    return torch.stack([shift, scale]).float()
+
+
+def normalise(maps: Tensor, stats: Tensor) -> Tensor:
+    """(map - shift) / scale with per-image stats: maps (B, H, W), stats (B, 2, H, W) -> (B, H, W)."""
+    return (maps.float() - stats[:, 0]) / stats[:, 1]
+
+
+def fuse_normalised(h_base: Tensor, h_sst: Tensor | None, gamma: float, base_stats: Tensor,
+                    diff_stats: Tensor | None) -> Tensor:
+    """Eq 19 on normalised maps: H_out = (1 - gamma) N_base(H_base) + gamma N_diff(H^SST); the channel counts
+    drop out, since each map is already on its normals' scale. gamma = 0 (base only) needs no diffusion map.
+    h_base, h_sst (B, H, W); stats (B, 2, H, W)."""
+    check_fusion(gamma, 1)
+    out = (1.0 - gamma) * normalise(h_base, base_stats)
+    if gamma > 0:
+        if h_sst is None or diff_stats is None:
+            raise ValueError("fuse_normalised: gamma > 0 needs the diffusion map and its statistics")
+        out = out + gamma * normalise(h_sst, diff_stats)
+    return out

@@ -1,4 +1,4 @@
-"""Stage `infer-base`: the base heatmap H_base = ||F_in - F_out||_2 (Eq 2) of every test image.
+"""Stage `infer-base`: the base heatmap H_base = ||F_in - F_out||_2 (Eq 2) of every validation and test image.
 
 Stored at feature resolution (test, h_feat, w_feat) exactly as Eq 2 defines it; consumers upsample it to the
 image with `stages.anomaly_map.upsample` so every consumer sees the same interpolation.
@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from . import dist
 from .cache import RunStore, claim_chunks
-from .data import split_indices
+from .data import EVAL_SPLITS, split_indices
 from .common import StageResult, resolve_device
 from .models.reconstruction import base_heatmap
 from .train_base import load_model
@@ -28,12 +28,12 @@ def run(store: RunStore, device: str = "auto", progress: bool = True) -> StageRe
     dev = resolve_device(device)
     entry, cached = store.begin(STAGE, {}, {"extract": extract.key, "train_base": trained.key},
                                  exclusive=False)
-    idx = split_indices(index.attrs["records"], "test")
+    idx = split_indices(index.attrs["records"], EVAL_SPLITS)
     n = len(idx)
     feats = extract.array("features")
     fs = feats.shape[-1]
     if cached:
-        return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, f"{n} test heatmaps")
+        return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, f"{n} validation + test heatmaps")
     dist.start_together(dev)  # torchrun: ranks begin claiming at once, so each takes its own share
     model = load_model(trained, dev)
     entry.require_array("record", (n,), "int64")[:] = idx
@@ -48,4 +48,4 @@ def run(store: RunStore, device: str = "auto", progress: bool = True) -> StageRe
             entry.mark_done(done, a, b)
             bar.update(b - a)
     entry.complete(device=str(dev))
-    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, f"{n} test heatmaps ({fs}x{fs})")
+    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, f"{n} validation + test heatmaps ({fs}x{fs})")

@@ -1,4 +1,4 @@
-"""Stage `infer-diff`: diffusion heatmaps H^{t,c,l} (Eq 9-16) of every test image, one cache entry per grid size c.
+"""Stage `infer-diff`: diffusion heatmaps H^{t,c,l} (Eq 9-16) of every validation and test image, one cache entry per grid size c.
 
 For each test image, every (c, i) sequence (n_c grid sizes x n_s mask sets) goes through the UNet as one batch per
 timestep. Masks and noise come from per-(image, c) generators, so an entry's numbers do not depend on which other
@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from . import dist
 from .cache import Entry, RunStore, claim_chunks
-from .data import split_indices
+from .data import EVAL_SPLITS, split_indices
 from .common import StageResult, check, resolve_device
 from .diffusion import check_timesteps, linear_schedule
 from .fusion import diff_heatmap
@@ -88,7 +88,7 @@ def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: boo
     for l in p.l:  # noqa: E741
         check(size % l == 0, "--l", f"must divide the diffusion size {size}", l)
     dev = resolve_device(device)
-    idx = split_indices(index.attrs["records"], "test")
+    idx = split_indices(index.attrs["records"], EVAL_SPLITS)
     n, n_t, n_l = len(idx), len(p.t), len(p.l)
     inputs = {"index": index.key, "train_diff": unet_entry.key}
     entries: dict[int, Entry] = {}  # the c still to compute
@@ -100,7 +100,7 @@ def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: boo
             cached.append(c)
         else:
             entries[c] = e
-    summary = f"{n} test images x {n_t} t x {len(p.c)} c x {n_l} l heatmaps at {size} px"
+    summary = f"{n} validation + test images x {n_t} t x {len(p.c)} c x {n_l} l heatmaps at {size} px"
     if not entries:
         return StageResult(STAGE, ",".join(keys), True, time.perf_counter() - t0, summary)
     dist.start_together(dev)  # torchrun: ranks begin claiming at once, so each takes its own share

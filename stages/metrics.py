@@ -176,6 +176,15 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
     return _aupro(_Ranked(m, a), fpr_limit)
 
 
+def localisation(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> tuple[float, float]:
+    """(pixel AUROC, AUPRO) sharing one sort of all pixels (what `drdc tune` evaluates many times)."""
+    _check_fpr_limit(fpr_limit)
+    m, a = _pixel_inputs(masks, maps)
+    _require_both("masks", m, "pixels")
+    r = _Ranked(m, a)
+    return float(roc_auc_score(r.regions != 0, r.scores)), _aupro(r, fpr_limit)
+
+
 def _aupro(r: _Ranked, fpr_limit: float) -> float:
     fpr, pro = _pro_curve(r)
     return float(_partial_trapezoid(fpr, pro, fpr_limit) / fpr_limit)

@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .anomaly_map import image_score, upsample
+from .anomaly_map import image_score
 from .backbone import load_backbone
 from .cache import CHUNK, Entry, RunStore
 from .common import check, resolve_device
 from .errors import CacheMissError, ConfigError, DataError
 from .extract import images_to_tensor
-from .fusion import check_fusion, drdc_map, multiscale_base, spatio_temporal
+from .fusion import check_fusion
+from .heatmaps import FusionSettings, NormStats, fuse_maps, default_settings
 from .images import IMAGE_SUFFIXES, load_mask, load_rgb, to_model_space
 from .infer_diff import InferDiffParams, image_heatmaps
 from .masks import check_grid
@@ -106,30 +107,6 @@ def identify(path: Path, index: Entry, category: str | None) -> Known:
 
 # ------------------------------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
-class FusionSettings:
-    """What the diffusion branch and Eq 17-19 use. chains: (c, t-list its reverse process runs over); every x0_t
-    depends on the whole t-list (the chain starts at its max), so it is the infer-diff entry's, not the fused t."""
-
-    gamma: float
-    filter: int
-    t: tuple[int, ...]  # fused timesteps, descending
-    c: tuple[int, ...]  # ascending
-    l: tuple[int, ...]  # noqa: E741  ascending
-    spatio_temporal: bool
-    multiscale_base: bool
-    n_s: int
-    test_time_condition: bool
-    seed: int
-    chains: tuple[tuple[int, tuple[int, ...]], ...]
-    source: str = field(default="", compare=False)  # where the settings came from (shown to the user)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("source")
-        return json.loads(json.dumps(d))  # tuples -> lists: equal to what the store's JSON attrs give back
-
-
-@dataclass(frozen=True)
 class FuseOverrides:
     """Options that replace the run's fuse settings (None: keep)."""
 
@@ -158,11 +135,10 @@ def _fuse_settings(store: RunStore, preset: str) -> FusionSettings:
                 chains.append((int(name.split("=")[1]), tuple(d.params["t"]) if d is not None else tuple(q["t"])))
         return FusionSettings(q["gamma"], q["filter"], tuple(q["t"]), tuple(sorted(q["c"])), tuple(q["l"]),
                               q["spatio_temporal"], q["multiscale_base"], q["n_s"], q["test_time_condition"],
-                              q["seed"], tuple(sorted(chains)), source=f"fuse {e.key}{stale}")
+                              q["seed"], tuple(sorted(chains)), q.get("norm", "none"), source=f"fuse {e.key}{stale}")
     d = build(InferDiffParams, "infer_diff", preset)
-    chains = tuple((c, d.t) for c in sorted(d.c))
-    return FusionSettings(0.9, 41, d.t, tuple(sorted(d.c)), tuple(sorted(d.l)), True, False, d.n_s,
-                          d.test_time_condition, d.seed, chains, source=f"preset {preset} (no fuse result in the run)")
+    return default_settings(d.t, d.c, d.l, d.n_s, d.test_time_condition, d.seed,
+                            source=f"preset {preset} (no fuse result in the run)")
 
 
 def apply_overrides(s: FusionSettings, o: FuseOverrides) -> FusionSettings:
@@ -170,6 +146,10 @@ def apply_overrides(s: FusionSettings, o: FuseOverrides) -> FusionSettings:
     A c keeps its infer-diff t-list as its chain unless --t is given (then every chain runs over --t)."""
     if o == FuseOverrides():
         return s
+    if s.norm != "none":
+        raise ConfigError(f"--gamma/--filter/--t/--c/--l: the run fuses normalised maps (norm {s.norm}) whose "
+                          "statistics belong to its fuse settings; run `drdc fuse` (or `drdc tune`) with these "
+                          "options first, then predict without them")
     known = dict(s.chains)
     t = tuple(sorted(set(o.t), reverse=True)) if o.t else s.t
     c = tuple(sorted(set(o.c))) if o.c else s.c
@@ -191,21 +171,6 @@ def validate(s: FusionSettings, size: int) -> None:
         check(set(s.t) <= set(chain), "--t", f"every fused step must be in the t-list of c={c} {list(chain)}", s.t)
     for v in s.l:
         check(isinstance(v, int) and v >= 1 and size % v == 0, "--l", f"must divide the diffusion size {size}", v)
-
-
-# ------------------------------------------------------------------------------------------------- fusion
-def fuse_maps(h_base_feat: torch.Tensor, h_diff: torch.Tensor | None, size: int, s: FusionSettings | None,
-              c_feat: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """The fuse stage's per-chunk computation. h_base_feat (k, h, w) at feature resolution; h_diff (k, K, S_d, S_d)
-    float32 with the K selected (c, t, l) maps in fuse's order (c ascending, then t descending, then l ascending)
-    or None (base only). -> (H_base (k, S, S), H_ST (k, S, S) or None, H_out (k, S, S)) at image size S."""
-    if s is None or h_diff is None:
-        hb = upsample(h_base_feat.float(), size)
-        return hb, None, hb
-    hb = multiscale_base(h_base_feat, size, s.l) if s.multiscale_base else upsample(h_base_feat, size)
-    # Eq 17 at the diffusion resolution then one upsampling, as `fuse` does (both linear: the same result)
-    h_st = upsample(spatio_temporal(h_diff), size)
-    return hb, h_st, drdc_map(hb, h_st[:, None], s.gamma, s.filter, c_feat, 3)  # Eq 18-19
 
 
 # ------------------------------------------------------------------------------------------------- predictor
@@ -257,7 +222,15 @@ class Predictor:
             self.fusion = apply_overrides(_fuse_settings(store, preset or store.attr("preset") or DEFAULT_PRESET),
                                           overrides)
             validate(self.fusion, self.diff_size)
-            self.unet = load_unet(self.train_diff, self.dev)
+            if self.fusion.uses_diffusion:
+                self.unet = load_unet(self.train_diff, self.dev)
+        self.stats = None
+        if self.fusion is not None and self.fusion.norm != "none":
+            e = store.get("fuse", store.current_keys["fuse"])
+            self.stats = NormStats.load(e)
+            if self.stats is None:
+                raise CacheMissError(f"the fuse result {e.key} has no normalisation statistics; rerun "
+                                     f"`drdc fuse --run {store.name} --norm {self.fusion.norm}`")
 
     @property
     def mode(self) -> str:
@@ -272,12 +245,15 @@ class Predictor:
         return d
 
     @torch.inference_mode()
-    def run(self, images: np.ndarray, ids: np.ndarray) -> Batch:
-        """images (k, S, S, 3) uint8 at the run's image size, ids (k,) int64 (record index or content id)."""
+    def run(self, images: np.ndarray, ids: np.ndarray, categories: list[str | None] | None = None) -> Batch:
+        """images (k, S, S, 3) uint8 at the run's image size, ids (k,) int64 (record index or content id),
+        categories (for normalised fusion: each category's own statistics; None: the mean over categories)."""
         f_in = self.backbone(images_to_tensor(images, self.dev))
         h_base = base_heatmap(f_in, self.base(f_in)).cpu()  # Eq 2, (k, fs, fs)
-        h_diff = self._diffusion(images, ids) if self.fusion is not None else None
-        hb, h_st, h_out = fuse_maps(h_base, h_diff, self.size, self.fusion, self.c_feat)
+        h_diff = self._diffusion(images, ids) if self.unet is not None else None
+        cats = list(categories) if categories is not None else [None] * len(images)
+        stats = self.stats.per_image(cats) if self.stats is not None else None
+        hb, h_st, h_out = fuse_maps(h_base, h_diff, self.size, self.fusion, self.c_feat, stats)
         scores = image_score(h_out, self.pool)
         return Batch(hb.numpy(), None if h_st is None else h_st.numpy(), h_out.numpy(), scores.numpy())
 
@@ -350,7 +326,7 @@ def predict(pred: Predictor, paths: list[Path], thresholds, category: str | None
             imgs, origs = zip(*(load_rgb(p, pred.size) for p in chunk))
             ids = np.array([k.record if k.record is not None else content_id(p) for p, k in zip(chunk, known)],
                            dtype=np.int64)
-            b = pred.run(np.stack(imgs), ids)
+            b = pred.run(np.stack(imgs), ids, [k.category for k in known])
             dt = (time.perf_counter() - t0) / len(chunk)
             root = Path(pred.index.params["root"])
             batch = []

@@ -26,11 +26,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # Measured on 2 cores (196 tokens, fwd+bwd): hidden 256 -> 117 ms/img, hidden 128 -> 52 ms/img; attention
         # dropout 0.1 alone makes hidden 128 cost 122 ms/img (Bernoulli masks of B*heads*196*196), and feature
         # jitter already regularises, so the cpu recipe drops dropout and trains a narrower model, shorter,
-        # with warmup + cosine. 10% of train/good is held out for a validation loss.
+        # with warmup + cosine. The validation loss comes from the index's validation normals.
         "train_base": {
             "hidden_dim": 128, "dim_feedforward": 512, "nhead": 8, "dropout": 0.0,
             "epochs": 25, "batch_size": 32, "lr": 1e-3, "schedule": "cosine", "warmup_epochs": 2,
-            "holdout": 0.1,
         },
         # The diffusion branch at 64 px with a 1.6M-parameter UNet: on 2 cores a training step of 16 images takes
         # a fraction of a second and one test image's 36 UNet passes about a second. The grid sizes scale with

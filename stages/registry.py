@@ -32,6 +32,7 @@ STAGES: dict[str, StageInfo] = {
         StageInfo("fuse", "fuse", ("infer_base", "infer_diff"), "",
                   ("gamma", "filter", "t", "c", "l", "spatio_temporal", "multiscale_base")),
         StageInfo("score", "score", ("index", "infer_base|fuse"), "", ("source", "pool")),
+        StageInfo("tune", "tune", ("infer_base", "infer_diff"), "", ("objective", "rounds", "eval_size")),
         StageInfo("calibrate", "calibrate", ("train_base", "train_diff"), "", ("normals",)),
     )
 }

@@ -43,19 +43,45 @@ def labels(entries: list[Entry]) -> list[str]:
     return [s if sources.count(s) == 1 else f"{s}:{e.key[:6]}" for s, e in zip(sources, entries)]
 
 
-def rows(entries: list[Entry]) -> list[dict]:
-    """One row per category then 'mean': {'category', '<variant>/<metric>': value in [0,1] or None}."""
-    cats = list(entries[0].attrs["metrics"].keys())
+def rows(entries: list[Entry], table: str = "metrics") -> list[dict]:
+    """One row per category then 'mean': {'category', '<variant>/<metric>': value in [0,1] or None}.
+    table: "metrics" (the test split) or "val_metrics" (validation images with synthetic defects); an entry
+    scored before validation existed has no validation rows (empty list)."""
+    if not all(e.attrs.get(table) for e in entries):
+        return []
+    cats = list(entries[0].attrs[table].keys())
     names = labels(entries)
     out = []
     for cat in cats:
         row: dict = {"category": cat}
         for e, tag in zip(entries, names):
-            m = e.attrs["metrics"].get(cat, {})
+            m = e.attrs[table].get(cat, {})
             for name in ORDER:
                 row[f"{tag}/{name}" if len(entries) > 1 else name] = m.get(name)
         out.append(row)
     return out
+
+
+def by_kind_rows(entries: list[Entry]) -> list[dict]:
+    """Validation metrics (mean over categories) per synthetic defect kind: one row per kind."""
+    if not all(e.attrs.get("val_by_kind") for e in entries):
+        return []
+    names = labels(entries)
+    out = []
+    for kind in entries[0].attrs["val_by_kind"]:
+        row: dict = {"category": f"synthetic-{kind}"}
+        for e, tag in zip(entries, names):
+            m = e.attrs["val_by_kind"].get(kind, {}).get("mean", {})
+            for name in ORDER:
+                row[f"{tag}/{name}" if len(entries) > 1 else name] = m.get(name)
+        out.append(row)
+    return out
+
+
+def with_validation(test: list[dict], val: list[dict], kinds: list[dict]) -> list[dict]:
+    """One table for CSV: the test rows, then the validation rows and per-kind rows, their category prefixed
+    'val:' (validation images are synthetic: never mix them with the test numbers)."""
+    return test + [{**r, "category": f"val:{r['category']}"} for r in val + kinds]
 
 
 def write_csv(table: list[dict], path: Path) -> None:
@@ -70,7 +96,9 @@ def write_csv(table: list[dict], path: Path) -> None:
 def write_json(table: list[dict], entries: list[Entry], path: Path) -> None:
     doc = {"variants": [{"label": tag, "key": e.key, "params": e.params, "inputs": e.inputs}
                         for e, tag in zip(entries, labels(entries))],
-           "rows": table}
+           "rows": table,
+           "validation_rows": rows(entries, "val_metrics"),  # held-out normals vs their synthetic-defect copies
+           "validation_by_kind": by_kind_rows(entries)}
     write_text(path, json.dumps(doc, indent=1))
 
 

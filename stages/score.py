@@ -2,6 +2,8 @@
 
 Image score = max of the 16x16 average-pooled map at image resolution. Metrics (stages.metrics) per category,
 then their mean over categories (the paper's "Avg" column). Pixel metrics only for categories with masks.
+Test metrics (`metrics`) and validation metrics (`val_metrics`: held-out normals against their synthetic-defect
+copies, every category has masks there; `val_by_kind`: the same per defect kind) are kept apart and labelled.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from .cache import Entry, RunStore
 from .common import StageResult, check
 from .faults import point
 from .metrics import METRIC_NAMES, compute_metrics
+from .validation import kind_of
 
 STAGE = "score"
 SOURCES = {"base": ("infer_base", "h_base"), "fuse": ("fuse", "maps")}  # source name -> (stage, array)
@@ -32,12 +35,14 @@ class ScoreParams:
         check(1 <= self.pool <= 256, "--pool", "must be in [1, 256]", self.pool)
 
 
-def category_maps(index: Entry, maps_entry: Entry, array: str, category: str) -> tuple[np.ndarray, np.ndarray,
-                                                                                         np.ndarray, np.ndarray]:
-    """(positions in the test arrays, labels, masks (n,S,S) uint8, maps (n,S,S) float32) of one category."""
+def category_maps(index: Entry, maps_entry: Entry, array: str, category: str, split: str = "test",
+                  keep=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(positions in the maps entry's arrays, labels, masks (n,S,S) uint8, maps (n,S,S) float32) of one category's
+    images of one split; keep(record) -> bool narrows them further."""
     records = index.attrs["records"]
     rec_idx = maps_entry.array("record")[:]
-    pos = np.array([k for k, i in enumerate(rec_idx) if records[i]["category"] == category], dtype=np.int64)
+    pos = np.array([k for k, i in enumerate(rec_idx) if records[i]["category"] == category
+                    and records[i]["split"] == split and (keep is None or keep(records[i]))], dtype=np.int64)
     labels = np.array([records[rec_idx[k]]["label"] for k in pos], dtype=np.int64)
     masks = index.array("masks").get_orthogonal_selection((rec_idx[pos],))
     size = masks.shape[-1]
@@ -52,28 +57,49 @@ def run(store: RunStore, p: ScoreParams, progress: bool = True) -> StageResult:
     index = store.current("index")
     entry, cached = store.begin(STAGE, {"source": p.source, "pool": p.pool}, {"index": index.key, src_stage: src.key})
     if cached:
-        return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, _summary(entry.attrs["metrics"]))
+        return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, _summary(entry.attrs))
     n = src.array("record").shape[0]
     scores = np.zeros(n, dtype=np.float32)
-    metrics: dict[str, dict] = {}
     masked = set(index.attrs["masked_categories"])
-    for cat in tqdm(index.attrs["categories"], desc="score", unit="category", disable=not progress):
+    cats = index.attrs["categories"]
+    records = [index.attrs["records"][i] for i in src.array("record")[:]]
+    kinds = sorted({k for r in records if (k := kind_of(r))})
+    metrics, val_metrics = {}, {}
+    by_kind: dict[str, dict] = {k: {} for k in kinds}
+    for cat in tqdm(cats, desc="score", unit="category", disable=not progress):
         pos, labels, masks, maps = category_maps(index, src, array, cat)
         s = image_score(torch.from_numpy(maps), p.pool).numpy()
         scores[pos] = s
         metrics[cat] = compute_metrics(labels, s, masks if cat in masked else None, maps if cat in masked else None)
-    metrics["mean"] = {
-        m: (float(np.mean(v)) if (v := [metrics[c][m] for c in metrics if metrics[c][m] is not None]) else None)
-        for m in METRIC_NAMES
-    }
+        pos, labels, masks, maps = category_maps(index, src, array, cat, "val")
+        if len(pos):  # validation: every image has a mask (the normals' are empty), so every category localises
+            s = image_score(torch.from_numpy(maps), p.pool).numpy()
+            scores[pos] = s
+            val_metrics[cat] = compute_metrics(labels, s, masks, maps)
+            kind = np.array([kind_of(records[k]) or "" for k in pos])
+            for k in kinds:
+                sel = (labels == 0) | (kind == k)
+                by_kind[k][cat] = compute_metrics(labels[sel], s[sel], masks[sel], maps[sel])
+    for table in (metrics, val_metrics, *by_kind.values()):
+        if table:
+            table["mean"] = mean_over_categories(table)
     entry.require_array("scores", (n,), "float32")[:] = scores
     entry.require_array("record", (n,), "int64")[:] = src.array("record")[:]
     point("score.data")  # a kill here leaves arrays without `complete`: rerun recomputes them
-    entry.complete(metrics=metrics, source_stage=src_stage)
-    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, _summary(metrics))
+    entry.complete(metrics=metrics, val_metrics=val_metrics, val_by_kind=by_kind, source_stage=src_stage)
+    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, _summary(entry.attrs))
 
 
-def _summary(metrics: dict) -> str:
-    m = metrics["mean"]
+def mean_over_categories(table: dict[str, dict]) -> dict[str, float | None]:
+    """Each metric's mean over the categories that have it (the paper's "Avg" column)."""
+    return {m: (float(np.mean(v)) if (v := [table[c][m] for c in table if c != "mean" and table[c][m] is not None])
+                else None) for m in METRIC_NAMES}
+
+
+def _summary(attrs: dict) -> str:
     fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    return f"mean I-AUROC {fmt(m['i_auroc'])}, P-AUROC {fmt(m['p_auroc'])}, AUPRO {fmt(m['p_aupro'])}"
+    line = lambda m: f"I-AUROC {fmt(m['i_auroc'])}, P-AUROC {fmt(m['p_auroc'])}, AUPRO {fmt(m['p_aupro'])}"  # noqa: E731
+    text = f"test: mean {line(attrs['metrics']['mean'])}"
+    if attrs.get("val_metrics"):
+        text += f"; validation (synthetic defects): {line(attrs['val_metrics']['mean'])}"
+    return text

@@ -53,7 +53,7 @@ class TrainBaseParams:
     lr_gamma: float = 0.1
     warmup_epochs: int = 0
     grad_clip: float = 0.1
-    holdout: float = 0.0  # fraction of train/good per category kept out of training for a validation loss
+    holdout: float = 0.0  # fraction of split "train" per category kept out of training too (the index's "val" always is)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -93,6 +93,11 @@ def split_train(records: list[dict], holdout: float, seed: int) -> tuple[list[in
         val += sorted(perm[:k])
         fit += sorted(perm[k:])
     return sorted(fit), sorted(val)
+
+
+def validation_normals(records: list[dict]) -> list[int]:
+    """Positions of the index's validation normals (split "val", label 0): no trainer sees them."""
+    return [i for i, r in enumerate(records) if r["split"] == "val" and r["label"] == 0]
 
 
 def _scheduler(opt: torch.optim.Optimizer, p: TrainBaseParams) -> torch.optim.lr_scheduler.LRScheduler:
@@ -163,6 +168,7 @@ def run(store: RunStore, p: TrainBaseParams, device: str = "auto", progress: boo
     if cached:
         return StageResult(STAGE, key, True, time.perf_counter() - t0, summary)
     fit_idx, val_idx = split_train(index.attrs["records"], p.holdout, p.seed)  # the same split on every rank
+    val_idx = sorted(val_idx + validation_normals(index.attrs["records"]))  # index's held-out normals too
     fit = torch.from_numpy(all_feats.get_orthogonal_selection((fit_idx,))).to(dev)
     val = torch.from_numpy(all_feats.get_orthogonal_selection((val_idx,))).to(dev) if val_idx and main else None
 

@@ -1,0 +1,227 @@
+"""Stage `tune`: choose the fusion settings on the validation images, from the cache, without the UNet.
+
+Only validation rows are read (held-out normals and their synthetic-defect copies, stages.validation): never a
+test label, mask or map. The search is a coordinate ascent from the paper's settings over the axes
+normalisation, gamma (0 = base only, 1 = diffusion only), m, and the t / c / l subsets of the cached maps:
+each axis in turn takes its best value with the others fixed, for `rounds` passes. Every trial is recorded
+with its metrics (mean over categories, and per defect kind, so that a ranking can be checked across kinds).
+
+Objective: p_auroc, p_aupro, i_auroc, or mean (of the three). For speed the trials are scored at `eval_size`
+(maps average-pooled, masks max-pooled: a pixel is anomalous if any pixel it covers is); the chosen settings
+are then fused and scored exactly by `fuse` and `score`. Statistics for normalisation come from the same
+validation normals that are scored, which flatters normalised settings on the normals slightly.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .anomaly_map import image_score
+from .cache import Entry, RunStore
+from .common import StageResult, check
+from .errors import CacheMissError, ConfigError
+from .fuse import FuseParams, resolve
+from .fusion import FILTER, NORMS
+from .heatmaps import FusionSettings, NormStats, combine, source_maps
+from .metrics import image_auroc, localisation
+from .validation import kind_of
+
+STAGE = "tune"
+OBJECTIVES = ("mean", "p_auroc", "p_aupro", "i_auroc")
+AXES = ("norm", "gamma", "filter", "t", "c", "l")
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    objective: str = "mean"
+    norms: tuple[str, ...] = NORMS
+    gammas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+    filters: tuple[int, ...] = (1, 11, 21, FILTER)
+    rounds: int = 2
+    eval_size: int = 112
+    pool: int = 16
+
+    def __post_init__(self) -> None:
+        check(self.objective in OBJECTIVES, "--objective", f"must be one of {', '.join(OBJECTIVES)}", self.objective)
+        check(len(self.norms) > 0 and set(self.norms) <= set(NORMS), "--norms", f"must be some of {NORMS}", self.norms)
+        check(len(self.gammas) > 0 and all(0 <= g <= 1 for g in self.gammas), "--gammas", "must be in [0, 1]",
+              self.gammas)
+        check(len(self.filters) > 0 and all(m >= 1 and m % 2 == 1 for m in self.filters), "--filters",
+              "must be odd integers >= 1", self.filters)
+        check(1 <= self.rounds <= 5, "--rounds", "must be in [1, 5]", self.rounds)
+        check(16 <= self.eval_size <= 1024, "--eval-size", "must be in [16, 1024]", self.eval_size)
+
+
+def subsets(values: tuple[int, ...], descending: bool = False) -> list[tuple[int, ...]]:
+    """Candidate subsets of cached t / c / l: all, each single value, and the two halves."""
+    v = tuple(sorted(values, reverse=descending))
+    out = [v, *[(x,) for x in v]]
+    if len(v) >= 4:
+        out += [v[: len(v) // 2], v[len(v) // 2 :]]
+    return list(dict.fromkeys(out))
+
+
+class ValidationSet:
+    """The validation rows' cached maps, labels and masks, held in memory once for every trial."""
+
+    def __init__(self, store: RunStore, p: TuneParams, progress: bool):
+        self.base = store.current("infer_base")
+        extract = store.get("extract", self.base.inputs["extract"])
+        self.index = store.get("index", extract.inputs["index"])
+        self.c_feat = int(extract.attrs["channels"])
+        self.size = int(self.index.params["image_size"])
+        records = self.index.attrs["records"]
+        rec = self.base.array("record")[:]
+        self.pos = np.array([k for k, i in enumerate(rec) if records[i]["split"] == "val"], dtype=np.int64)
+        if not (self.pos.size and any(records[rec[k]]["label"] == 1 for k in self.pos)):
+            raise ConfigError("the run has no validation images with synthetic defects to tune on; index again "
+                              f"with `drdc index --data ROOT --run {store.name} --val-fraction 0.1 --val-defects 2`")
+        recs = [records[rec[k]] for k in self.pos]  # validation records only, from here on
+        self.cats = [r["category"] for r in recs]
+        self.labels = np.array([r["label"] for r in recs], dtype=np.int64)
+        self.kinds = np.array([kind_of(r) or "" for r in recs])
+        self.normal = {c: np.flatnonzero((np.array(self.cats) == c) & (self.labels == 0)) for c in set(self.cats)}
+        masks = torch.from_numpy(self.index.array("masks").get_orthogonal_selection((rec[self.pos],))).float()
+        self.factor = max(1, self.size // p.eval_size)
+        self.masks = F.max_pool2d(masks[:, None], self.factor)[:, 0].numpy().astype(bool)
+        self.h_base = torch.from_numpy(self.base.array("h_base").get_orthogonal_selection((self.pos,)))
+        try:  # the paper's fusion of every cached map is where the search starts
+            self.start, self.diffs = resolve(store, FuseParams())
+        except CacheMissError:  # no diffusion maps: tune the base map alone
+            self.start, self.diffs = resolve(store, FuseParams(gamma=0.0))
+        self.h_diff_all = {c: torch.from_numpy(e.array("heatmaps").get_orthogonal_selection((self.pos,))
+                                               .astype(np.float32)) for c, e in self.diffs.items()}
+        self._st: dict = {}
+
+    def sources(self, s: FusionSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """source_maps of the validation rows for the (t, c, l) selection (cached per selection)."""
+        key = (s.t, s.c, s.l, s.multiscale_base, s.uses_diffusion)
+        if key not in self._st:
+            hd = None
+            if s.uses_diffusion:
+                parts = []
+                for c in s.c:
+                    e = self.diffs[c]
+                    ti = [e.params["t"].index(t) for t in s.t]
+                    li = [e.params["l"].index(v) for v in s.l]
+                    parts.append(self.h_diff_all[c][:, ti][:, :, li].flatten(1, 2))
+                hd = torch.cat(parts, 1)
+            self._st = {key: source_maps(self.h_base, hd, self.size, s)}  # one selection at a time: memory
+        return self._st[key]
+
+    def evaluate(self, s: FusionSettings, pool: int) -> dict:
+        """Validation metrics of settings s: mean over categories, and per defect kind."""
+        hb, h_st = self.sources(s)
+        stats = None
+        if s.norm != "none":
+            by_cat = {c: (hb[i], None if h_st is None else h_st[i]) for c, i in self.normal.items() if len(i)}
+            stats = NormStats.compute(by_cat, s).per_image(self.cats)
+        with torch.no_grad():
+            h_out = combine(hb, h_st, s, self.c_feat, stats)
+            scores = image_score(h_out, pool).numpy()
+            small = F.avg_pool2d(h_out[:, None], self.factor)[:, 0].numpy() if self.factor > 1 else h_out.numpy()
+        cats = np.array(self.cats)
+        per_kind: dict[str, list[dict]] = {}
+        overall = []
+        for c in dict.fromkeys(self.cats):
+            sel = cats == c
+            overall.append(_metrics(self.labels[sel], scores[sel], self.masks[sel], small[sel]))
+            for k in sorted(set(self.kinds[sel & (self.labels == 1)])):
+                ks = sel & ((self.labels == 0) | (self.kinds == k))
+                per_kind.setdefault(k, []).append(_metrics(self.labels[ks], scores[ks], self.masks[ks], small[ks]))
+        return {"metrics": _mean(overall), "by_kind": {k: _mean(v) for k, v in per_kind.items()}}
+
+
+def _metrics(labels, scores, masks, maps) -> dict:
+    p_auroc, p_aupro = localisation(masks, maps)
+    out = {"i_auroc": image_auroc(labels, scores), "p_auroc": p_auroc, "p_aupro": p_aupro}
+    out["mean"] = float(np.mean(list(out.values())))
+    return out
+
+
+def _mean(rows: list[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def _label(s: FusionSettings) -> dict:
+    return {"norm": s.norm, "gamma": s.gamma, "filter": s.filter, "t": list(s.t), "c": list(s.c), "l": list(s.l)}
+
+
+def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict]:
+    """Every trial of the coordinate ascent, in the order tried: {settings, metrics, by_kind}."""
+    start = vs.start
+    options = {"norm": list(p.norms), "gamma": list(p.gammas) if vs.diffs else [0.0],
+               "filter": list(p.filters) if vs.diffs else [start.filter],
+               "t": subsets(start.t, descending=True) if vs.diffs else [()],
+               "c": subsets(start.c) if vs.diffs else [()], "l": subsets(start.l) if vs.diffs else [()]}
+    trials: dict[str, dict] = {}
+
+    def score(s: FusionSettings) -> float:
+        key = repr(_label(s))
+        if key not in trials:
+            trials[key] = {"settings": _label(s), **vs.evaluate(s, p.pool)}
+            bar.update(1)
+        return trials[key]["metrics"][p.objective]
+
+    best = start
+    with tqdm(desc="tune", unit="trial", disable=not progress) as bar:
+        score(best)
+        for _ in range(p.rounds):
+            before = best
+            for axis in AXES:
+                if len(options[axis]) < 2:
+                    continue
+                cands = [_with(best, axis, v) for v in options[axis]]
+                best = max(cands, key=score)  # ties: the first, i.e. the order given (paper's values first)
+            if best == before:
+                break
+    return list(trials.values())
+
+
+def _with(s: FusionSettings, axis: str, v) -> FusionSettings:
+    if axis == "c":
+        return replace(s, c=tuple(v), chains=tuple(ch for ch in s.chains if ch[0] in v))
+    return replace(s, **{axis: tuple(v) if isinstance(v, (list, tuple)) else v})
+
+
+def best_trial(trials: list[dict], objective: str) -> dict:
+    return max(trials, key=lambda r: r["metrics"][objective])
+
+
+def fuse_params(trial: dict, diffs: dict[int, Entry]) -> FuseParams:
+    """The `drdc fuse` params of a trial (what becomes current)."""
+    q = trial["settings"]
+    first = next(iter(diffs.values())).params if diffs else {"n_s": 2, "test_time_condition": True, "seed": 0}
+    return FuseParams(gamma=q["gamma"], filter=q["filter"], t=tuple(q["t"]), c=tuple(q["c"]), l=tuple(q["l"]),
+                      n_s=first["n_s"], test_time_condition=first["test_time_condition"], seed=first["seed"],
+                      norm=q["norm"])
+
+
+def run(store: RunStore, p: TuneParams, progress: bool = True) -> tuple[StageResult, list[dict], FuseParams]:
+    """Search, record every trial in a `tune` entry, and return the best trial's fuse params (the caller makes
+    them current with `fuse` and `score`)."""
+    t0 = time.perf_counter()
+    vs = ValidationSet(store, p, progress)
+    inputs = {"infer_base": vs.base.key, **{f"infer_diff@c={c}": e.key for c, e in vs.diffs.items()}}
+    params = {"objective": p.objective, "norms": list(p.norms), "gammas": list(p.gammas),
+              "filters": list(p.filters), "rounds": p.rounds, "eval_size": p.eval_size, "pool": p.pool}
+    entry, cached = store.begin(STAGE, params, inputs)
+    if cached:
+        trials = entry.attrs["trials"]
+    else:
+        trials = search(vs, p, progress)
+        entry.complete(trials=trials, objective=p.objective, n_val=int(vs.pos.size),
+                       n_val_anomalous=int(vs.labels.sum()))
+    best = best_trial(trials, p.objective)
+    m = best["metrics"]
+    q = best["settings"]
+    summary = (f"{len(trials)} trials on {vs.pos.size} validation images; best {p.objective} "
+               f"{100 * m[p.objective]:.1f}: norm={q['norm']} gamma={q['gamma']} m={q['filter']} "
+               f"t={q['t']} c={q['c']} l={q['l']}")
+    return (StageResult(STAGE, entry.key, cached, time.perf_counter() - t0, summary), trials,
+            fuse_params(best, vs.diffs))
