@@ -38,7 +38,8 @@ def build(root: Path, s: StoreSpec, diffusion: bool = True, infer: bool = True) 
     ``infer`` too)."""
     data = dataset(root, s)
     store = RunStore(root / "run.zarr", create=True)
-    index.run(store, index.IndexParams(root=str(data), image_size=s.image_size), progress=False)
+    # no validation split: the benchmarks time the per-test-image work of each stage
+    index.run(store, index.IndexParams(root=str(data), image_size=s.image_size, val_fraction=0.0), progress=False)
     if s.base:
         extract.run(store, extract.ExtractParams(feature_size=s.feature_size), device="cpu", progress=False)
         train_base.run(store, train_base.TrainBaseParams(

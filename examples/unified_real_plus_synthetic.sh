@@ -15,4 +15,7 @@ drdc extract --run "$run"
 drdc train-base --run "$run"
 drdc infer-base --run "$run"
 drdc score --run "$run"
+# base only, chosen on validation (held-out normals + synthetic defects; no test label is read): the
+# normalisation of H_base (none / per-pixel / quantile). Add train-diff + infer-diff to tune the full fusion.
+drdc tune --run "$run" --objective mean
 drdc report --run "$run" --csv "$work/metrics.csv" --json "$work/metrics.json"

@@ -112,16 +112,17 @@ def write_text(path: Path, text: str) -> None:
 
 
 def per_image(store: RunStore, entry: Entry, path: Path) -> int:
-    """CSV of every test image: path, category, defect, label, score. Returns the row count."""
+    """CSV of every scored image: split (val or test), path, category, defect, label, score. Validation
+    anomalies share their normal's path; their defect names the synthetic kind. Returns the row count."""
     index = store.get("index", entry.inputs["index"])
     records = index.attrs["records"]
     scores, rec = entry.array("scores")[:], entry.array("record")[:]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "category", "defect", "label", "score"])
+    w.writerow(["split", "path", "category", "defect", "label", "score"])
     for i, s in zip(rec, scores):
         r = records[i]
-        w.writerow([r["path"], r["category"], r["defect"], r["label"], f"{s:.6g}"])
+        w.writerow([r["split"], r["path"], r["category"], r["defect"], r["label"], f"{s:.6g}"])
     write_text(path, buf.getvalue())
     return len(rec)
 

@@ -14,7 +14,7 @@ MTD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mtd"
 
 # Small enough for seconds-long end-to-end runs: 64 px images, 8x8 features, a 3x3 neighbour mask.
 TINY = SyntheticSpec(size=64, n_train=8, n_test_good=3, n_test_defect=4)
-TINY_INDEX = ["--image-size", "64"]
+TINY_INDEX = ["--image-size", "64", "--val-min", "2"]  # 2 validation normals + 4 synthetic defects a category
 TINY_EXTRACT = ["--feature-size", "8"]
 TINY_TRAIN = ["--epochs", "2", "--batch-size", "4", "--hidden-dim", "32", "--ffn-dim", "64", "--heads", "4",
               "--encoder-layers", "1", "--decoder-layers", "1", "--neighbor-size", "3", "--holdout", "0.25"]

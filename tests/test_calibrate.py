@@ -12,7 +12,7 @@ from stages.cache import RunStore
 from stages.calibrate import f1max_threshold
 from stages.train_base import split_train
 
-from conftest import TINY_TRAIN, copy_run
+from conftest import TINY_EXTRACT, TINY_INDEX, TINY_TRAIN, copy_run
 
 
 def _csv(path: Path) -> list[dict]:
@@ -43,8 +43,10 @@ def test_thresholds_match_numpy_percentiles_of_predicted_normals(calibrated, cli
     index = s.current("index")
     records, root = index.attrs["records"], Path(index.params["root"])
     tb = s.current("train_base").params
-    _, held = split_train(records, tb["holdout"], tb["seed"])
-    assert held and all(records[i]["split"] == "train" for i in held)
+    _, holdout = split_train(records, tb["holdout"], tb["seed"])
+    val = [i for i, r in enumerate(records) if r["split"] == "val" and r["label"] == 0]
+    held = sorted(set(holdout) | set(val))  # the normals no trainer saw: train-base's holdout + the index's
+    assert holdout and val and all(records[i]["label"] == 0 and records[i]["split"] in ("train", "val") for i in held)
     # oracle: the held-out normal images scored by `drdc predict` (files, not the store), then numpy percentiles
     cli("predict", "--run", run, *[root / records[i]["path"] for i in held], "--out", tmp_path / "p", "--no-pictures")
     rows = _csv(tmp_path / "p" / "predictions.csv")
@@ -141,11 +143,14 @@ def test_bad_options(full_run_pristine, cli, args, needle):
     assert needle in res.output and "Traceback" not in res.output
 
 
-def test_no_holdout_is_refused(full_run, cli):
+def test_no_holdout_is_refused(tiny_data, tmp_path, cli):
+    run = tmp_path / "r.zarr"
     train = [a if a != "0.25" else "0" for a in TINY_TRAIN]
-    cli("train-base", "--run", full_run, *train)
-    res = cli("calibrate", "--run", full_run, code=2)
-    assert "--holdout" in res.output and "drdc train-base" in res.output
+    cli("index", "--data", tiny_data, "--run", run, *TINY_INDEX, "--val-fraction", "0")
+    cli("extract", "--run", run, *TINY_EXTRACT)
+    cli("train-base", "--run", run, *train)
+    res = cli("calibrate", "--run", run, code=2)
+    assert "--val-fraction" in res.output and "drdc index" in res.output
 
 
 def test_unknown_run(cli, tmp_path):

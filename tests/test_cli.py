@@ -49,15 +49,22 @@ def test_every_stage_runs_and_reports(done_run, cli, tmp_path):
     for cat in ("weave", "disc", "grain", "Mean"):
         assert cat in res.output
     rows = list(csv.DictReader(open(tmp_path / "m.csv")))
-    assert [r["category"] for r in rows][-1] == "mean"
-    metrics = RunStore(run).current("score").attrs["metrics"]
+    test_rows = [r["category"] for r in rows if not r["category"].startswith("val:")]
+    assert test_rows[-1] == "mean" and "val:mean" in [r["category"] for r in rows]  # validation rows labelled
+    attrs = RunStore(run).current("score").attrs
+    kinds = {f"val:synthetic-{k}": v["mean"] for k, v in attrs["val_by_kind"].items()}
     for r in rows:
+        cat = r["category"]
+        want = (kinds[cat] if cat in kinds else attrs["val_metrics"][cat[4:]] if cat.startswith("val:")
+                else attrs["metrics"][cat])
         for name in ("i_auroc", "p_auroc", "p_aupro"):
-            assert float(r[name]) == pytest.approx(metrics[r["category"]][name], abs=1e-6)
+            assert float(r[name]) == pytest.approx(want[name], abs=1e-6)
     doc = json.loads((tmp_path / "m.json").read_text())
     assert doc["variants"][0]["params"] == {"source": "base", "pool": 16} and len(doc["rows"]) == 4
     images = list(csv.DictReader(open(tmp_path / "img.csv")))
-    assert len(images) == 3 * (3 + 4) and {r["label"] for r in images} == {"0", "1"}
+    test = [r for r in images if r["split"] == "test"]
+    assert len(test) == 3 * (3 + 4) and {r["label"] for r in test} == {"0", "1"}
+    assert {r["split"] for r in images} == {"val", "test"}
 
 
 def test_rerun_is_cached_and_changes_nothing(done_run, cli, tiny_data):
@@ -106,7 +113,8 @@ def test_category_without_masks_gets_a_dash(tiny_data, cli, tmp_path):
     assert metrics["grain"]["p_auroc"] is None and metrics["grain"]["i_auroc"] is not None
     assert metrics["disc"]["p_auroc"] is not None
     assert metrics["mean"]["p_auroc"] == pytest.approx(metrics["disc"]["p_auroc"])
-    row = next(ln for ln in cli("report", "--run", tmp_path / "r.zarr").output.splitlines() if "grain" in ln)
+    text = cli("report", "--run", tmp_path / "r.zarr").output
+    row = next(ln for ln in text[text.index("TEST"):].splitlines() if "grain" in ln)  # the test table
     assert row.count("-") >= 4  # P-AUROC, P-AUPRO, P-AP, P-F1max
 
 
@@ -119,6 +127,7 @@ def test_demo_runs_every_stage_and_reuses_its_cache(cli, tmp_path):
         assert f"✓ {stage}" in res.output
     assert "Mean" in res.output and "demo finished" in res.output
     assert "pictures:" in res.output and len(list((tmp_path / "demo" / "pictures").glob("*.png"))) >= 6
-    assert "base = score" in res.output and "fuse = score" in res.output  # base-only and DRDC side by side
+    assert "base = score" in res.output and "fuse:" in res.output  # base-only, DRDC and tuned side by side
+    assert "chosen on validation" in res.output and "VALIDATION" in res.output
     again = cli(*args)
     assert again.output.count("cached") >= 10  # data + every stage

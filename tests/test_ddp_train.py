@@ -111,14 +111,15 @@ def torchrun(run: Path, *args: str, wait: bool = True) -> subprocess.Popen | sub
 
 @pytest.fixture(scope="module")
 def prepared(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """index + extract of the tiny data, made in-process (never trained)."""
+    """index + extract of the tiny data, made in-process (never trained). No validation split: these tests are
+    about DDP training, and every train image keeps the tiny runs' loss curves as they were measured."""
     from typer.testing import CliRunner
 
     from drdc_cli.app import app, register_commands
 
     register_commands()
     run = tmp_path_factory.mktemp("ddp") / "prepared.zarr"
-    for args in (["index", "--data", tiny_data, *TINY_INDEX], ["extract", *TINY_EXTRACT]):
+    for args in (["index", "--data", tiny_data, *TINY_INDEX, "--val-fraction", "0"], ["extract", *TINY_EXTRACT]):
         res = CliRunner().invoke(app, [str(a) for a in [args[0], "--run", run, *args[1:]]])
         assert res.exit_code == 0, res.output
     return run
