@@ -137,14 +137,20 @@ def score(
 
 def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
     """'250,200,150' -> (250, 200, 150); a malformed list is a one-line error naming the option."""
+    return _numbers(text, option, int)
+
+
+def _numbers(text: str | None, option: str, kind: type = float) -> tuple | None:
+    """'0.5,0.9' -> (0.5, 0.9) of `kind`; a malformed list is a one-line error naming the option."""
     if text is None:
         return None
     try:
-        return tuple(int(v) for v in text.replace(" ", "").split(",") if v != "")
+        return tuple(kind(v) for v in text.replace(" ", "").split(",") if v != "")
     except ValueError:
         from stages.errors import ConfigError
 
-        raise ConfigError(f"{option}: expected comma-separated integers (got {text!r})") from None
+        what = "integers" if kind is int else "numbers"
+        raise ConfigError(f"{option}: expected comma-separated {what} (got {text!r})") from None
 
 
 @app.command("train-diff", rich_help_panel="Stages")

@@ -12,18 +12,7 @@ from stages import tune as tune_stage
 from stages.cache import RunStore
 
 from .app import app, guarded, out, report_stage
-from .pipeline import QuietOpt, RunOpt, _ints
-
-
-def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.replace(" ", "").split(",") if v != "")
-    except ValueError:
-        from stages.errors import ConfigError
-
-        raise ConfigError(f"{option}: expected comma-separated numbers (got {text!r})") from None
+from .pipeline import QuietOpt, RunOpt, _ints, _numbers
 
 
 def render(trials: list[dict], objective: str, top: int) -> Table:
@@ -77,6 +66,6 @@ def tune(
     defaults = tune_stage.TuneParams()
     p = tune_stage.TuneParams(
         objective=objective, norms=tuple(v.strip() for v in norms.split(",") if v.strip()) if norms else defaults.norms,
-        gammas=_floats(gammas, "--gammas") or defaults.gammas, filters=_ints(filters, "--filters") or defaults.filters,
+        gammas=_numbers(gammas, "--gammas") or defaults.gammas, filters=_ints(filters, "--filters") or defaults.filters,
         rounds=rounds, eval_size=eval_size, pool=pool)
     tune_and_apply(RunStore(run), p, not quiet, top)
