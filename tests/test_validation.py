@@ -141,7 +141,9 @@ def test_synthetic_defects_are_painted_where_their_masks_say(full_run_pristine: 
         grown = torch.nn.functional.max_pool2d(torch.from_numpy(m[None, None].astype(np.float32)), 3, 1, 1)[0, 0]
         outside = ~grown.numpy().astype(bool)
         assert (img[outside] == src[outside]).all()
-        assert np.abs(img[m] - src[m]).mean() >= 10
+        change = np.abs(img[m] - src[m]).mean()
+        # a cut-paste patch is the category's own texture moved: on a periodic texture it can differ little
+        assert change >= (1 if records[i]["synthetic"] == "cutpaste" else 10), (records[i]["synthetic"], change)
     for i, r in enumerate(records):
         if r["split"] == "val" and r["label"] == 0:
             assert not masks[i].any()
