@@ -19,6 +19,7 @@ from .common import StageResult, check
 from .errors import CacheMissError, ConfigError
 from .fusion import FILTER, GAMMA, check_fusion, check_norm
 from .heatmaps import FusionSettings, NormStats, fuse_maps, read_diff, source_maps
+from .validation import is_validation_normal
 
 STAGE = "fuse"
 
@@ -95,9 +96,8 @@ def validation_normals(index: Entry, rec: np.ndarray) -> dict[str, np.ndarray]:
     records = index.attrs["records"]
     out: dict[str, list[int]] = {}
     for k, i in enumerate(rec):
-        r = records[i]
-        if r["split"] == "val" and r["label"] == 0:
-            out.setdefault(r["category"], []).append(k)
+        if is_validation_normal(records[i]):
+            out.setdefault(records[i]["category"], []).append(k)
     return {c: np.asarray(v, dtype=np.int64) for c, v in out.items()}
 
 

@@ -57,27 +57,33 @@ def default_settings(t, c, l, n_s: int, test_time_condition: bool, seed: int, no
                           source=source)
 
 
+def select(h: np.ndarray | Tensor, params: dict, s: FusionSettings) -> Tensor:
+    """One infer-diff entry's heatmaps (k, n_t, n_l, S_d, S_d), its params -> the selected (k, n_t' * n_l', S_d,
+    S_d) float32, t as in the settings, then l."""
+    ti = [params["t"].index(t) for t in s.t]
+    li = [params["l"].index(v) for v in s.l]
+    h = h if isinstance(h, Tensor) else torch.from_numpy(np.asarray(h))
+    return h[:, ti][:, :, li].float().flatten(1, 2)
+
+
 def read_diff(entries: dict, s: FusionSettings, pos: np.ndarray | slice) -> Tensor:
     """The selected cached diffusion heatmaps of rows `pos` of infer-diff entries {c: entry}:
     (k, K, S_d, S_d) float32, in FusionSettings order."""
     parts = []
     for c in s.c:
-        e = entries[c]
-        ti = [e.params["t"].index(t) for t in s.t]
-        li = [e.params["l"].index(v) for v in s.l]
-        arr = e.array("heatmaps")
+        arr = entries[c].array("heatmaps")
         h = arr[pos] if isinstance(pos, slice) else arr.get_orthogonal_selection((pos,))
-        parts.append(torch.from_numpy(h[:, ti][:, :, li].astype(np.float32)).flatten(1, 2))
+        parts.append(select(h, entries[c].params, s))
     return torch.cat(parts, 1)
 
 
 def source_maps(h_base_feat: Tensor, h_diff: Tensor | None, size: int, s: FusionSettings | None
                 ) -> tuple[Tensor, Tensor | None]:
     """(H_base at image size, H^ST at image size or None) (Eq 17; Table 5's multi-scale base when asked)."""
+    ms = s is not None and s.multiscale_base
+    hb = multiscale_base(h_base_feat, size, s.l) if ms else upsample(h_base_feat.float(), size)
     if s is None or h_diff is None or not s.uses_diffusion:
-        hb = multiscale_base(h_base_feat, size, s.l) if s is not None and s.multiscale_base else None
-        return (hb if hb is not None else upsample(h_base_feat.float(), size)), None
-    hb = multiscale_base(h_base_feat, size, s.l) if s.multiscale_base else upsample(h_base_feat.float(), size)
+        return hb, None
     # Eq 17 at the diffusion resolution, then one bilinear upsampling: both are linear, so this equals averaging
     # the upsampled maps, at a fraction of the cost.
     return hb, upsample(spatio_temporal(h_diff), size)

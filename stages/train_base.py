@@ -28,6 +28,7 @@ from . import dist
 from .cache import Entry, RunStore, atomic_save, load_weights
 from .common import StageResult, check, keyed, resolve_device, seed_everything
 from .models.reconstruction import ReconstructionConfig, UniADReconstruction
+from .validation import is_validation_normal
 
 STAGE = "train_base"
 SCHEDULES = ("step", "cosine")
@@ -97,7 +98,7 @@ def split_train(records: list[dict], holdout: float, seed: int) -> tuple[list[in
 
 def validation_normals(records: list[dict]) -> list[int]:
     """Positions of the index's validation normals (split "val", label 0): no trainer sees them."""
-    return [i for i, r in enumerate(records) if r["split"] == "val" and r["label"] == 0]
+    return [i for i, r in enumerate(records) if is_validation_normal(r)]
 
 
 def _scheduler(opt: torch.optim.Optimizer, p: TrainBaseParams) -> torch.optim.lr_scheduler.LRScheduler:

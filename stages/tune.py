@@ -27,9 +27,9 @@ from .common import StageResult, check
 from .errors import CacheMissError, ConfigError
 from .fuse import FuseParams, resolve
 from .fusion import FILTER, NORMS
-from .heatmaps import FusionSettings, NormStats, combine, source_maps
+from .heatmaps import FusionSettings, NormStats, combine, select, source_maps
 from .metrics import image_auroc, localisation
-from .validation import kind_of
+from .validation import is_validation_normal, kind_of
 
 STAGE = "tune"
 OBJECTIVES = ("mean", "p_auroc", "p_aupro", "i_auroc")
@@ -69,7 +69,7 @@ def subsets(values: tuple[int, ...], descending: bool = False) -> list[tuple[int
 class ValidationSet:
     """The validation rows' cached maps, labels and masks, held in memory once for every trial."""
 
-    def __init__(self, store: RunStore, p: TuneParams, progress: bool):
+    def __init__(self, store: RunStore, p: TuneParams):
         self.base = store.current("infer_base")
         extract = store.get("extract", self.base.inputs["extract"])
         self.index = store.get("index", extract.inputs["index"])
@@ -85,7 +85,8 @@ class ValidationSet:
         self.cats = [r["category"] for r in recs]
         self.labels = np.array([r["label"] for r in recs], dtype=np.int64)
         self.kinds = np.array([kind_of(r) or "" for r in recs])
-        self.normal = {c: np.flatnonzero((np.array(self.cats) == c) & (self.labels == 0)) for c in set(self.cats)}
+        self.normal = {c: np.flatnonzero([r["category"] == c and is_validation_normal(r) for r in recs])
+                       for c in dict.fromkeys(self.cats)}
         masks = torch.from_numpy(self.index.array("masks").get_orthogonal_selection((rec[self.pos],))).float()
         self.factor = max(1, self.size // p.eval_size)
         self.masks = F.max_pool2d(masks[:, None], self.factor)[:, 0].numpy().astype(bool)
@@ -94,23 +95,16 @@ class ValidationSet:
             self.start, self.diffs = resolve(store, FuseParams())
         except CacheMissError:  # no diffusion maps: tune the base map alone
             self.start, self.diffs = resolve(store, FuseParams(gamma=0.0))
-        self.h_diff_all = {c: torch.from_numpy(e.array("heatmaps").get_orthogonal_selection((self.pos,))
-                                               .astype(np.float32)) for c, e in self.diffs.items()}
+        self.h_diff_all = {c: torch.from_numpy(e.array("heatmaps").get_orthogonal_selection((self.pos,)))
+                           for c, e in self.diffs.items()}  # float16 as stored: half the memory
         self._st: dict = {}
 
     def sources(self, s: FusionSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
         """source_maps of the validation rows for the (t, c, l) selection (cached per selection)."""
         key = (s.t, s.c, s.l, s.multiscale_base, s.uses_diffusion)
         if key not in self._st:
-            hd = None
-            if s.uses_diffusion:
-                parts = []
-                for c in s.c:
-                    e = self.diffs[c]
-                    ti = [e.params["t"].index(t) for t in s.t]
-                    li = [e.params["l"].index(v) for v in s.l]
-                    parts.append(self.h_diff_all[c][:, ti][:, :, li].flatten(1, 2))
-                hd = torch.cat(parts, 1)
+            hd = (torch.cat([select(self.h_diff_all[c], self.diffs[c].params, s) for c in s.c], 1)
+                  if s.uses_diffusion else None)
             self._st = {key: source_maps(self.h_base, hd, self.size, s)}  # one selection at a time: memory
         return self._st[key]
 
@@ -206,7 +200,7 @@ def run(store: RunStore, p: TuneParams, progress: bool = True) -> tuple[StageRes
     """Search, record every trial in a `tune` entry, and return the best trial's fuse params (the caller makes
     them current with `fuse` and `score`)."""
     t0 = time.perf_counter()
-    vs = ValidationSet(store, p, progress)
+    vs = ValidationSet(store, p)
     inputs = {"infer_base": vs.base.key, **{f"infer_diff@c={c}": e.key for c, e in vs.diffs.items()}}
     params = {"objective": p.objective, "norms": list(p.norms), "gammas": list(p.gammas),
               "filters": list(p.filters), "rounds": p.rounds, "eval_size": p.eval_size, "pool": p.pool}

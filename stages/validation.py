@@ -68,6 +68,11 @@ def paint_seed(seed: int, position: int) -> np.random.Generator:
     return np.random.default_rng([seed, 1_000_003, position])
 
 
+def is_validation_normal(record: dict) -> bool:
+    """A held-out normal (split "val", label 0): what calibration and normalisation statistics may use."""
+    return record["split"] == "val" and record["label"] == 0
+
+
 def kind_of(record: dict) -> str | None:
     """The synthetic defect kind of a validation anomaly, None for any other record."""
     return record.get("synthetic")
