@@ -153,7 +153,7 @@ def _category_metrics(index: Entry, base: Entry, c_feat: int, sel: Selection, fu
         masks = index.array("masks").get_orthogonal_selection((rec[pos],))
         hb = torch.from_numpy(base.array("h_base").get_orthogonal_selection((pos,)))
         h_diff = read_diff(diffs, fusion, pos) if fusion is not None and fusion.uses_diffusion else None
-        st = stats.per_image([cat] * len(pos)) if stats is not None else None
+        st = stats.all.per_image([cat] * len(pos)) if stats is not None else None  # test rows: every normal
         with torch.no_grad():
             maps = upsample(fuse_maps(hb, h_diff, size, fusion, c_feat, st)[2], masks.shape[-1])
             scores = image_score(maps, sel.pool).numpy()

@@ -2,7 +2,8 @@
 
 Any cached subset of (t, c, l) can be selected; a missing one is named with the infer-diff command that makes it.
 Table 5's switches: spatio-temporal fusion off (only the last step, l = 1) and the multi-scale base heatmap.
---norm pixel|quantile fuses maps normalised with statistics of the validation normals (stored in the entry);
+--norm pixel|quantile fuses maps normalised with statistics of the validation normals (stored in the entry;
+a validation row is normalised by the other fold's normals, stages.validation.folds);
 --gamma 0 is base only and needs no diffusion maps.
 """
 from __future__ import annotations
@@ -18,8 +19,8 @@ from .cache import Entry, RunStore
 from .common import StageResult, check
 from .errors import CacheMissError, ConfigError
 from .fusion import FILTER, GAMMA, check_fusion, check_norm
-from .heatmaps import FusionSettings, NormStats, fuse_maps, read_diff, source_maps
-from .validation import is_validation_normal
+from .heatmaps import CrossFitStats, FusionSettings, fuse_maps, read_diff, source_maps
+from .validation import folds, is_validation_normal
 
 STAGE = "fuse"
 
@@ -101,18 +102,27 @@ def validation_normals(index: Entry, rec: np.ndarray) -> dict[str, np.ndarray]:
     return {c: np.asarray(v, dtype=np.int64) for c, v in out.items()}
 
 
-def normal_stats(index: Entry, base: Entry, diffs: dict[int, Entry], s: FusionSettings) -> NormStats:
-    """The normalisation statistics of settings s, from the cached maps of the validation normals only."""
+def normal_stats(index: Entry, base: Entry, diffs: dict[int, Entry], s: FusionSettings) -> CrossFitStats:
+    """The normalisation statistics of settings s, from the cached maps of the validation normals only
+    (cross-fitted for validation rows)."""
     rec = base.array("record")[:]
     size = int(index.params["image_size"])
-    by_cat = {}
-    for cat, pos in validation_normals(index, rec).items():
-        hb = torch.from_numpy(base.array("h_base").get_orthogonal_selection((pos,)))
-        by_cat[cat] = source_maps(hb, read_diff(diffs, s, pos) if s.uses_diffusion else None, size, s)
-    if not by_cat:
+    normals = validation_normals(index, rec)
+    if not normals:
         raise ConfigError(f"--norm {s.norm}: the run has no validation normals to take statistics from; index "
                           "again with `drdc index --data ROOT --run RUN --val-fraction 0.1`")
-    return NormStats.compute(by_cat, s)
+
+    def maps_of(pos: np.ndarray):
+        hb = torch.from_numpy(base.array("h_base").get_orthogonal_selection((pos,)))
+        return source_maps(hb, read_diff(diffs, s, pos) if s.uses_diffusion else None, size, s)
+
+    return CrossFitStats.compute(maps_of, normals, row_folds(index, rec), s)
+
+
+def row_folds(index: Entry, rec: np.ndarray) -> dict[int, int]:
+    """{row position: fold} of the validation rows of the per-image arrays (stages.validation.folds)."""
+    of_record = folds(index.attrs["records"])
+    return {k: of_record[i] for k, i in enumerate(rec) if i in of_record}
 
 
 def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
@@ -140,10 +150,10 @@ def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
         if not np.array_equal(e.array("record")[:], rec):
             raise CacheMissError(f"infer-diff entry {e.key} covers other images than infer-base {base.key}")
     c_feat = int(extract.attrs["channels"])
-    stats = None
+    stats, fold = None, row_folds(index, rec)
     if p.norm != "none":
         stats = normal_stats(index, base, diffs, s)
-        stats.save(entry)
+        stats.all.save(entry)  # what predict and calibrate use
     records = index.attrs["records"]
     h_base_all = base.array("h_base")
     maps = entry.require_array("maps", (n, size_img, size_img), "float32")
@@ -154,7 +164,8 @@ def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
                                disable=not progress) as bar:
         for a, b in todo:
             hd = read_diff(diffs, s, slice(a, b)) if s.uses_diffusion else None
-            st = stats.per_image([records[i]["category"] for i in rec[a:b]]) if stats is not None else None
+            st = (stats.per_row([records[i]["category"] for i in rec[a:b]], [fold.get(k) for k in range(a, b)])
+                  if stats is not None else None)
             maps[a:b] = fuse_maps(torch.from_numpy(h_base_all[a:b]), hd, size_img, s, c_feat, st)[2].numpy()
             entry.mark_done(done, a, b)
             bar.update(b - a)

@@ -140,15 +140,16 @@ def norm_stats(maps: Tensor, norm: str) -> Tensor:
     """(shift, scale) of one source map over N normal images: (N, H, W) -> (2, H, W), so that
     (map - shift) / scale is ~0 on a typical normal pixel and ~1 one normal spread above it.
 
-    pixel: per-position mean and std; the std is floored at a tenth of its median so that a position where the
-    normals happen to agree (a flat background) does not turn tiny deviations into huge scores.
+    pixel: per-position mean and std; the std is floored at a tenth of its median, and at a hundredth of the
+    mean's median, so that a position where the normals happen to agree (a flat background, or a single normal)
+    does not turn tiny deviations into huge scores.
     quantile: q_0.9 and q_0.995 - q_0.9 of every pixel (EfficientAD), broadcast to (H, W).
     """
     check_norm(norm)
     x = maps.double()
     if norm == "pixel":
         shift, sd = x.mean(0), x.std(0, unbiased=False)
-        scale = sd.clamp_min(float(0.1 * sd.median()) + 1e-12)
+        scale = sd.clamp_min(max(float(0.1 * sd.median()), float(0.01 * shift.abs().median())) + 1e-12)
     elif norm == "quantile":
         q = np.quantile(x.flatten().numpy(), [0.9, 0.995])
         shift, scale = torch.full(x.shape[1:], float(q[0])), torch.full(x.shape[1:], max(float(q[1] - q[0]), 1e-12))

@@ -154,3 +154,32 @@ class NormStats:
             return None
         diff = torch.from_numpy(entry.array("norm_diff")[:]) if entry.has("norm_diff") else None
         return NormStats(list(entry.attrs["norm_categories"]), torch.from_numpy(entry.array("norm_base")[:]), diff)
+
+
+@dataclass
+class CrossFitStats:
+    """Statistics for every row: a test row (or an image outside the run) takes those of every validation
+    normal (`all`, what a fuse entry stores for predict); a validation row of fold f takes those of fold 1 - f
+    (stages.validation.folds), so no validation image is normalised by statistics it helped make."""
+
+    all: NormStats
+    fold: tuple[NormStats | None, NormStats | None]
+
+    def per_row(self, cats: list[str], row_folds: list[int | None]) -> tuple[Tensor, Tensor | None]:
+        picks = []
+        for c, f in zip(cats, row_folds):
+            other = None if f is None else self.fold[1 - f]
+            use = other if other is not None and c in other.categories else self.all  # a 1-normal category
+            picks.append(use.per_image([c]))
+        return torch.cat([b for b, _ in picks]), None if picks[0][1] is None else torch.cat([d for _, d in picks])
+
+    @staticmethod
+    def compute(maps_of, normals: dict[str, np.ndarray], fold: dict[int, int], s: FusionSettings
+                ) -> "CrossFitStats":
+        """maps_of(positions) -> source_maps of those rows; normals {category: row positions of its validation
+        normals}; fold {row position: 0 or 1}."""
+        def stats(keep) -> NormStats | None:
+            by_cat = {c: maps_of(p) for c, pos in normals.items() if len(p := pos[[keep(k) for k in pos]])}
+            return NormStats.compute(by_cat, s) if by_cat else None
+
+        return CrossFitStats(stats(lambda k: True), (stats(lambda k: fold[k] == 0), stats(lambda k: fold[k] == 1)))

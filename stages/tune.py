@@ -8,8 +8,9 @@ with its metrics (mean over categories, and per defect kind, so that a ranking c
 
 Objective: p_auroc, p_aupro, i_auroc, or mean (of the three). For speed the trials are scored at `eval_size`
 (maps average-pooled, masks max-pooled: a pixel is anomalous if any pixel it covers is); the chosen settings
-are then fused and scored exactly by `fuse` and `score`. Statistics for normalisation come from the same
-validation normals that are scored, which flatters normalised settings on the normals slightly.
+are then fused and scored exactly by `fuse` and `score`. Normalisation statistics are cross-fitted: a
+validation row is normalised with the statistics of the other fold's normals (stages.validation.folds), never
+with statistics its own image (or the normal its defect was painted on) helped make.
 """
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ from .common import StageResult, check
 from .errors import CacheMissError, ConfigError
 from .fuse import FuseParams, resolve
 from .fusion import FILTER, NORMS
-from .heatmaps import FusionSettings, NormStats, combine, select, source_maps
+from .heatmaps import CrossFitStats, FusionSettings, combine, select, source_maps
 from .metrics import image_auroc, localisation
-from .validation import is_validation_normal, kind_of
+from .validation import folds, is_validation_normal, kind_of
 
 STAGE = "tune"
 OBJECTIVES = ("mean", "p_auroc", "p_aupro", "i_auroc")
@@ -87,6 +88,8 @@ class ValidationSet:
         self.kinds = np.array([kind_of(r) or "" for r in recs])
         self.normal = {c: np.flatnonzero([r["category"] == c and is_validation_normal(r) for r in recs])
                        for c in dict.fromkeys(self.cats)}
+        of_record = folds(records)
+        self.fold = {j: of_record[rec[k]] for j, k in enumerate(self.pos)}
         masks = torch.from_numpy(self.index.array("masks").get_orthogonal_selection((rec[self.pos],))).float()
         self.factor = max(1, self.size // p.eval_size)
         self.masks = F.max_pool2d(masks[:, None], self.factor)[:, 0].numpy().astype(bool)
@@ -112,9 +115,10 @@ class ValidationSet:
         """Validation metrics of settings s: mean over categories, and per defect kind."""
         hb, h_st = self.sources(s)
         stats = None
-        if s.norm != "none":
-            by_cat = {c: (hb[i], None if h_st is None else h_st[i]) for c, i in self.normal.items() if len(i)}
-            stats = NormStats.compute(by_cat, s).per_image(self.cats)
+        if s.norm != "none":  # cross-fitted: a row is normalised by the other fold's normals
+            cf = CrossFitStats.compute(lambda i: (hb[i], None if h_st is None else h_st[i]), self.normal,
+                                       self.fold, s)
+            stats = cf.per_row(self.cats, [self.fold[k] for k in range(len(self.cats))])
         with torch.no_grad():
             h_out = combine(hb, h_st, s, self.c_feat, stats)
             scores = image_score(h_out, pool).numpy()

@@ -73,6 +73,23 @@ def is_validation_normal(record: dict) -> bool:
     return record["split"] == "val" and record["label"] == 0
 
 
+def folds(records: list[dict]) -> dict[int, int]:
+    """Fold 0 or 1 of every validation record: the normals of a category alternate in record order, a synthetic
+    copy takes its source's fold. Statistics that score a validation row come from the other fold's normals, so
+    neither the image nor the normal it was painted on ever shapes its own score (cross-fitting)."""
+    out: dict[int, int] = {}
+    turn: dict[str, int] = {}
+    for i, r in enumerate(records):
+        if is_validation_normal(r):
+            k = turn.get(r["category"], 0)
+            turn[r["category"]] = k + 1
+            out[i] = k % 2
+    for i, r in enumerate(records):
+        if r.get("synthetic"):
+            out[i] = out[r["source"]]
+    return out
+
+
 def kind_of(record: dict) -> str | None:
     """The synthetic defect kind of a validation anomaly, None for any other record."""
     return record.get("synthetic")
