@@ -153,7 +153,7 @@ def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
     stats, fold = None, row_folds(index, rec)
     if p.norm != "none":
         stats = normal_stats(index, base, diffs, s)
-        stats.all.save(entry)  # what predict and calibrate use
+        stats.save(entry)  # predict and calibrate normalise exactly as this entry does
     records = index.attrs["records"]
     h_base_all = base.array("h_base")
     maps = entry.require_array("maps", (n, size_img, size_img), "float32")

@@ -140,20 +140,20 @@ class NormStats:
             diff = torch.stack([norm_stats(mean_filter(h, s.filter), s.norm) for _, h in by_category.values()])
         return NormStats(cats, base, diff)
 
-    def save(self, entry) -> None:
-        entry.require_array("norm_base", tuple(self.base.shape), "float32", chunk=len(self.categories))[:] = \
-            self.base.numpy()
+    def save(self, entry, prefix: str = "norm") -> None:
+        n = len(self.categories)
+        entry.require_array(f"{prefix}_base", tuple(self.base.shape), "float32", chunk=n)[:] = self.base.numpy()
         if self.diff is not None:
-            entry.require_array("norm_diff", tuple(self.diff.shape), "float32", chunk=len(self.categories))[:] = \
-                self.diff.numpy()
-        entry.update(norm_categories=self.categories)
+            entry.require_array(f"{prefix}_diff", tuple(self.diff.shape), "float32", chunk=n)[:] = self.diff.numpy()
+        entry.update(**{f"{prefix}_categories": self.categories})
 
     @staticmethod
-    def load(entry) -> "NormStats | None":
-        if "norm_categories" not in entry.attrs:
+    def load(entry, prefix: str = "norm") -> "NormStats | None":
+        if f"{prefix}_categories" not in entry.attrs:
             return None
-        diff = torch.from_numpy(entry.array("norm_diff")[:]) if entry.has("norm_diff") else None
-        return NormStats(list(entry.attrs["norm_categories"]), torch.from_numpy(entry.array("norm_base")[:]), diff)
+        diff = torch.from_numpy(entry.array(f"{prefix}_diff")[:]) if entry.has(f"{prefix}_diff") else None
+        return NormStats(list(entry.attrs[f"{prefix}_categories"]), torch.from_numpy(entry.array(f"{prefix}_base")[:]),
+                         diff)
 
 
 @dataclass
@@ -183,3 +183,18 @@ class CrossFitStats:
             return NormStats.compute(by_cat, s) if by_cat else None
 
         return CrossFitStats(stats(lambda k: True), (stats(lambda k: fold[k] == 0), stats(lambda k: fold[k] == 1)))
+
+    def save(self, entry) -> None:
+        """`norm_*` arrays (every validation normal: test rows, new images) and `norm_fold{0,1}_*` (what scores
+        the other fold's validation images, e.g. calibration normals in predict)."""
+        self.all.save(entry)
+        for f, st in enumerate(self.fold):
+            if st is not None:
+                st.save(entry, f"norm_fold{f}")
+
+    @staticmethod
+    def load(entry) -> "CrossFitStats | None":
+        all_ = NormStats.load(entry)
+        if all_ is None:
+            return None
+        return CrossFitStats(all_, (NormStats.load(entry, "norm_fold0"), NormStats.load(entry, "norm_fold1")))

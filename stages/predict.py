@@ -29,7 +29,8 @@ from .common import check, resolve_device
 from .errors import CacheMissError, ConfigError, DataError
 from .extract import images_to_tensor
 from .fusion import check_fusion
-from .heatmaps import FusionSettings, NormStats, fuse_maps, default_settings
+from .heatmaps import CrossFitStats, FusionSettings, default_settings, fuse_maps
+from .validation import folds
 from .images import IMAGE_SUFFIXES, load_mask, load_rgb, to_model_space
 from .infer_diff import InferDiffParams, image_heatmaps
 from .masks import check_grid
@@ -227,7 +228,8 @@ class Predictor:
         self.stats = None
         if self.fusion is not None and self.fusion.norm != "none":
             e = store.get("fuse", store.current_keys["fuse"])
-            self.stats = NormStats.load(e)
+            self.stats = CrossFitStats.load(e)
+            self._fold = folds(self.index.attrs["records"])  # a validation image: the other fold's statistics
             if self.stats is None:
                 raise CacheMissError(f"the fuse result {e.key} has no normalisation statistics; rerun "
                                      f"`drdc fuse --run {store.name} --norm {self.fusion.norm}`")
@@ -252,7 +254,8 @@ class Predictor:
         h_base = base_heatmap(f_in, self.base(f_in)).cpu()  # Eq 2, (k, fs, fs)
         h_diff = self._diffusion(images, ids) if self.unet is not None else None
         cats = list(categories) if categories is not None else [None] * len(images)
-        stats = self.stats.per_image(cats) if self.stats is not None else None
+        stats = (self.stats.per_row(cats, [self._fold.get(int(i)) for i in ids]) if self.stats is not None
+                 else None)
         hb, h_st, h_out = fuse_maps(h_base, h_diff, self.size, self.fusion, self.c_feat, stats)
         scores = image_score(h_out, self.pool)
         return Batch(hb.numpy(), None if h_st is None else h_st.numpy(), h_out.numpy(), scores.numpy())

@@ -262,3 +262,24 @@ def test_validation_rows_are_normalised_by_the_other_fold(full_run: Path, cli):
         np.testing.assert_allclose(maps[k].numpy(), normalise(hb[k:k + 1], st[None])[0].numpy(), rtol=1e-4,
                                    atol=1e-4)
     assert {records[rec[k]]["source"] for k in fold if records[rec[k]].get("synthetic")} <= {rec[k] for k in fold}
+
+
+def test_predict_normalises_a_validation_image_as_fuse_did(full_run: Path, cli, tmp_path: Path):
+    """predict (and so calibrate, which scores the validation normals) uses the cross-fitted statistics for a
+    validation image: its score equals the one `score` stored for that row, and a test image's too."""
+    import csv
+
+    cli("fuse", "--run", full_run, "--c", "1,8", "--norm", "pixel")
+    cli("score", "--run", full_run, "--source", "fuse")
+    store = RunStore(full_run)
+    index, sc = store.current("index"), store.current("score")
+    records, rec, scores = index.attrs["records"], sc.array("record")[:], sc.array("scores")[:]
+    root = Path(index.params["root"])
+    val = next(k for k, i in enumerate(rec) if records[i]["split"] == "val" and records[i]["label"] == 0)
+    test = next(k for k, i in enumerate(rec) if records[i]["split"] == "test")
+    picks = [val, test]
+    cli("predict", "--run", full_run, *[root / records[rec[k]]["path"] for k in picks], "--out", tmp_path / "p",
+        "--no-pictures")
+    rows = list(csv.DictReader(open(tmp_path / "p" / "predictions.csv")))
+    for k, row in zip(picks, rows):
+        assert float(row["score"]) == pytest.approx(float(scores[k]), rel=1e-4, abs=1e-4)
