@@ -115,7 +115,7 @@ def production_heatmaps(model, p: InferDiffParams, images: torch.Tensor, size: i
     cs = list(p.c)
     for a in range(0, images.shape[0], CHUNK):
         x = images[a : a + CHUNK]
-        maps = image_heatmaps(model, p, x, np.arange(a, a + x.shape[0]), cs, size, dev)
+        maps = image_heatmaps(model, p, x, np.arange(a, a + x.shape[0]), cs, size, dev)["heatmaps"]
         out.append(torch.stack([maps[c] for c in cs], 1).float().cpu())
     return torch.cat(out)
 

@@ -29,14 +29,15 @@ def _mark(v: bool | None) -> str:
 def render(rows: list[abl.Row], title: str) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     t.add_column("variant", style="bold", no_wrap=True)
-    for name in ("MS", "STF", "MC", "TTC"):
+    for name in ("MS", "STF", "MC", "TTC", "train", "start", "dist"):
         t.add_column(name, justify="center")
     for name in ("I-AUROC", "P-AUROC", "AUPRO"):
         t.add_column(name, justify="right", no_wrap=True)
     for r in rows:
         v = r.variant
-        switches = ["", "", "", ""] if v is None else [_mark(v.multiscale_base), _mark(v.spatio_temporal),
-                                                       _mark(v.model_condition), _mark(v.test_time_condition)]
+        switches = [""] * 7 if v is None else [_mark(v.multiscale_base), _mark(v.spatio_temporal),
+                                               _mark(v.model_condition), _mark(v.test_time_condition),
+                                               v.task or "", v.init or "", v.distance or ""]
         m = r.metrics["mean"] if r.metrics else {}
         vals = [_pct(m.get(k)) for k in ("i_auroc", "p_auroc", "p_aupro")] if r.metrics else ["[dim]-[/]", "[dim]-[/]", "[dim]-[/]"]
         t.add_row(r.name, *switches, *vals)
@@ -48,11 +49,12 @@ def write_csv(rows: list[abl.Row], path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["variant", "multiscale_base", "spatio_temporal", "model_condition", "test_time_condition",
-                    "category", *METRIC_NAMES])
+                    "task", "init", "distance", "category", *METRIC_NAMES])
         for r in rows:
             v = r.variant
-            sw = ["", "", "", ""] if v is None else [int(v.multiscale_base), int(v.spatio_temporal),
-                                                     int(v.model_condition), int(v.test_time_condition)]
+            sw = [""] * 7 if v is None else [int(v.multiscale_base), int(v.spatio_temporal), int(v.model_condition),
+                                             int(v.test_time_condition), v.task or "", v.init or "",
+                                             v.distance or ""]
             if r.metrics is None:
                 w.writerow([r.name, *sw, "", *[""] * len(METRIC_NAMES)])
                 continue
@@ -64,7 +66,7 @@ def write_json(rows: list[abl.Row], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = [{"variant": r.name, "switches": None if r.variant is None else {
         k: getattr(r.variant, k) for k in ("multiscale_base", "spatio_temporal", "model_condition",
-                                           "test_time_condition")},
+                                           "test_time_condition", "task", "init", "distance")},
             "metrics": r.metrics, "fusion": r.fusion, "entries": r.entries, "commands": r.commands} for r in rows]
     path.write_text(json.dumps(doc, indent=1))
 
@@ -82,6 +84,8 @@ def ablate(
     seed: Annotated[int, typer.Option(help="Which infer-diff variant: its seed.")] = 0,
     pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = 16,
     norm: NormOpt = "none",
+    init: Annotated[Optional[str], typer.Option(help="Table 5's rows: which infer-diff --init (default: noise for an inpaint-trained UNet, else paper).")] = None,
+    distance: Annotated[str, typer.Option(help="Table 5's rows: pixel or feature maps.")] = "pixel",
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-category metrics of every row as CSV.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Rows, switches, settings and commands as JSON.")] = None,
     quiet: QuietOpt = False,
@@ -95,13 +99,22 @@ def ablate(
     check_norm(norm)
     check(ns >= 2, "--ns", "must be >= 2", ns)
     check(1 <= pool <= 256, "--pool", "must be in [1, 256]", pool)
+    from stages.infer_diff import DISTANCES
+    from stages.inpaint import check_init
+
+    if init is not None:
+        check_init(init)
+    check(distance in DISTANCES, "--distance", f"must be one of {', '.join(DISTANCES)}", distance)
     sel = abl.Selection(gamma=gamma, filter=filter_, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
-                        l=_ints(l, "--l") or (), n_s=ns, seed=seed, pool=pool, norm=norm)
+                        l=_ints(l, "--l") or (), n_s=ns, seed=seed, pool=pool, norm=norm, init=init,
+                        distance=distance)
     store = RunStore(run)
     rows = abl.run(store, sel, progress=not quiet)
     out.print(render(rows, f"{store.name}: Table 5, mean over categories, in %"))
     out.print("[dim]MS: multi-scale base heatmap, STF: spatio-temporal fusion, MC: model condition, "
-              "TTC: test-time condition[/]", soft_wrap=True)
+              "TTC: test-time condition; train: train-diff --task, start: infer-diff --init, dist: pixel (Eq 16) "
+              "or feature distance (blank: the current UNet's task, the run's paper start and pixel maps)[/]",
+              soft_wrap=True)
     missing = [r for r in rows if r.metrics is None]
     for r in missing:
         out.print(f"[yellow]{r.name}[/] needs:", soft_wrap=True)

@@ -27,6 +27,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.
 _MODEL = "Model"
 _TRAIN = "Training"
 _VAL = "Validation split"
+InitOpt = Annotated[Optional[str], typer.Option(help="Start of the reverse process: paper (q_sample of I_in), noise (known region q_sample(I_ori), masked region fresh noise) or ddad (q_sample of I_ori everywhere).")]
 NormOpt = Annotated[str, typer.Option(help="Scale of each map before Eq 19: none (the paper), pixel (per-position mean/std of the validation normals) or quantile ((map - q0.9) / (q0.995 - q0.9)).")]
 
 
@@ -173,6 +174,8 @@ def train_diff(
     attention: Annotated[Optional[str], typer.Option(help="Feature-map sides with self-attention, e.g. 28,14,7.", rich_help_panel=_MODEL)] = None,
     head_channels: Annotated[Optional[int], typer.Option(help="Channels per attention head.", rich_help_panel=_MODEL)] = None,
     model_condition: Annotated[Optional[bool], typer.Option("--model-condition/--no-model-condition", help="UNet sees concat(x_t, I_in) (Eq 12); off: the ablation.", rich_help_panel=_MODEL)] = None,
+    task: Annotated[Optional[str], typer.Option(help="paper: Eq 12 as printed; inpaint: train on the reverse process's own states (--chain), x0 target I_ori on the masked region.", rich_help_panel=_TRAIN)] = None,
+    chain: Annotated[Optional[str], typer.Option(help="--task inpaint: the infer-diff t-list to train along, e.g. 250,150,50.", rich_help_panel=_TRAIN)] = None,
     device: DeviceOpt = "auto",
     preset: PresetOpt = None,
     quiet: QuietOpt = False,
@@ -184,7 +187,7 @@ def train_diff(
               ckpt_every=ckpt_every, seed=seed, size=size, model_channels=model_channels,
               channel_mult=_ints(channel_mult, "--channel-mult"), num_res_blocks=res_blocks,
               attention_resolutions=_ints(attention, "--attention"), num_head_channels=head_channels,
-              model_condition=model_condition)
+              model_condition=model_condition, task=task, chain=_ints(chain, "--chain"))
     report_stage(train_diff_stage.run(store, p, device=device, progress=not quiet))
 
 
@@ -199,6 +202,9 @@ def infer_diff(
     test_time_condition: Annotated[bool, typer.Option("--test-time-condition/--no-test-time-condition", help="Known region from q_sample of the original each step (Eq 13-15).")] = True,
     seed: Annotated[Optional[int], typer.Option()] = None,
     bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast (CUDA only); a separate cache entry.")] = False,
+    init: InitOpt = None,
+    distance: Annotated[Optional[str], typer.Option(help="pixel: Eq 16's maps; feature: also 1 - cosine of backbone features (strides 4, 8) of I_out and I_ori.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Backbone weights file given to `drdc extract` (--distance feature).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet (pays off on long GPU runs).")] = False,  # noqa: A002
     device: DeviceOpt = "auto",
     preset: PresetOpt = None,
@@ -208,8 +214,8 @@ def infer_diff(
     store = RunStore(run)
     p = build(infer_diff_stage.InferDiffParams, "infer_diff", preset_of(store, preset), t=_ints(t, "--t"),
               c=_ints(c, "--c"), l=_ints(l, "--l"), n_s=ns, test_time_condition=test_time_condition, seed=seed,
-              bf16=bf16)
-    report_stage(infer_diff_stage.run(store, p, device=device, progress=not quiet, compile=compile))
+              bf16=bf16, init=init, distance=distance)
+    report_stage(infer_diff_stage.run(store, p, device=device, progress=not quiet, compile=compile, weights=weights))
 
 
 @app.command(rich_help_panel="Stages")
@@ -227,11 +233,13 @@ def fuse(
     test_time_condition: Annotated[bool, typer.Option("--test-time-condition/--no-test-time-condition", help="Which infer-diff variant.")] = True,
     seed: Annotated[int, typer.Option(help="Which infer-diff variant: its seed.")] = 0,
     norm: NormOpt = "none",
+    init: Annotated[Optional[str], typer.Option(help="Which infer-diff variant: its --init (default: the newest cached).")] = None,
+    distance: Annotated[str, typer.Option(help="Which maps: pixel (Eq 16) or feature (infer-diff --distance feature).")] = "pixel",
     quiet: QuietOpt = False,
 ) -> None:
     """Fuse cached base and diffusion heatmaps (Eq 17-19) on the CPU, without the UNet (--gamma 0: base only)."""
     p = fuse_stage.FuseParams(gamma=gamma, filter=filter, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
                               l=_ints(l, "--l") or (), spatio_temporal=spatio_temporal,
                               multiscale_base=multiscale_base, n_s=ns, test_time_condition=test_time_condition,
-                              seed=seed, norm=norm)
+                              seed=seed, norm=norm, init=init, distance=distance)
     report_stage(fuse_stage.run(RunStore(run), p, progress=not quiet))

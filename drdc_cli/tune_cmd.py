@@ -18,7 +18,7 @@ from .pipeline import QuietOpt, RunOpt, _ints, _numbers
 def render(trials: list[dict], objective: str, top: int) -> Table:
     t = Table(title=f"validation (synthetic defects), best {top} of {len(trials)} trials by {objective}, in %",
               title_justify="left", header_style="bold")
-    for col in ("#", "norm", "gamma", "m", "t", "c", "l", "I-AUROC", "P-AUROC", "AUPRO", "mean"):
+    for col in ("#", "maps", "norm", "gamma", "m", "t", "c", "l", "I-AUROC", "P-AUROC", "AUPRO", "mean"):
         t.add_column(col, justify="right")
     kinds = sorted(trials[0]["by_kind"]) if trials else []
     for k in kinds:
@@ -27,7 +27,8 @@ def render(trials: list[dict], objective: str, top: int) -> Table:
     fmt = lambda v: ",".join(map(str, v)) or "-"  # noqa: E731
     for i, r in enumerate(ranked, 1):
         q, m = r["settings"], r["metrics"]
-        t.add_row(str(i), q["norm"], f"{q['gamma']:g}", str(q["filter"]), fmt(q["t"]), fmt(q["c"]), fmt(q["l"]),
+        maps = "-" if q["gamma"] == 0 else f"{q.get('init', 'paper')}/{q.get('distance', 'pixel')}"
+        t.add_row(str(i), maps, q["norm"], f"{q['gamma']:g}", str(q["filter"]), fmt(q["t"]), fmt(q["c"]), fmt(q["l"]),
                   *[f"{100 * m[k]:.1f}" for k in ("i_auroc", "p_auroc", "p_aupro", "mean")],
                   *[f"{100 * r['by_kind'][k][objective]:.1f}" if k in r["by_kind"] else "-" for k in kinds])
     return t
@@ -41,7 +42,8 @@ def tune_and_apply(store: RunStore, p: tune_stage.TuneParams, progress: bool, to
     report_stage(fuse_stage.run(store, best, progress=progress))
     scored = score_stage.run(store, score_stage.ScoreParams(source="fuse", pool=p.pool), progress=progress)
     report_stage(scored)
-    out.print(f"[bold]current fusion chosen on validation[/] ({p.objective}, tune {res.key}): norm={best.norm} "
+    out.print(f"[bold]current fusion chosen on validation[/] ({p.objective}, tune {res.key}): "
+              f"maps={best.init or 'paper'}/{best.distance} norm={best.norm} "
               f"gamma={best.gamma} m={best.filter} t={list(best.t)} c={list(best.c)} l={list(best.l)}",
               soft_wrap=True)
     return scored

@@ -1,7 +1,8 @@
 """The paper's Table 5 (ablations) from the run store: every row the cache can answer, without the UNet.
 
 Rows (switches as in the paper: multi-scale base heatmap, spatio-temporal fusion, model condition, test-time
-condition) plus the base model alone (UniAD, the reference). Fusion-only switches are computed in memory from
+condition) plus the base model alone (UniAD, the reference), then what each of drdc's diffusion options adds
+(OPTIONS: the training task, the start of the reverse process, the feature distance). Fusion-only switches are computed in memory from
 the cached infer-base and infer-diff heatmaps with the same code as `fuse` (`heatmaps.fuse_maps`) and scored as
 `score` does; a row that needs another diffusion model (model condition off) or other diffusion heatmaps
 (test-time condition off) is computed when matching entries are cached, else it names the commands that make
@@ -20,7 +21,7 @@ from .cache import Entry, RunStore
 from .errors import CacheMissError
 from .metrics import compute_metrics
 from .score import mean_over_categories
-from .fuse import normal_stats
+from .fuse import matches, normal_stats
 from .fusion import FILTER, GAMMA
 from .heatmaps import FusionSettings, fuse_maps, read_diff
 
@@ -32,6 +33,9 @@ class Variant:
     spatio_temporal: bool
     model_condition: bool
     test_time_condition: bool
+    task: str | None = None  # train-diff --task; None: the current UNet's
+    init: str | None = None  # infer-diff --init; None: the selection's
+    distance: str | None = None  # pixel | feature; None: the selection's
 
 
 BASE = "base only (UniAD)"
@@ -42,6 +46,15 @@ TABLE5: tuple[Variant, ...] = (
     Variant("w/o spatio-temporal fusion", False, False, True, True),
     Variant("+ multi-scale base heatmap", True, True, True, True),
     Variant("DRDC (full)", False, True, True, True),
+)
+# What each of drdc's own options adds to the paper's procedure (not in the paper; GUIDE section 3).
+OPTIONS: tuple[Variant, ...] = (
+    Variant("DRDC, paper training and start", False, True, True, True, "paper", "paper", "pixel"),
+    Variant("+ start ddad (no retraining)", False, True, True, True, "paper", "ddad", "pixel"),
+    Variant("+ feature distance", False, True, True, True, "paper", "paper", "feature"),
+    Variant("+ start ddad + feature distance", False, True, True, True, "paper", "ddad", "feature"),
+    Variant("+ inpaint training (start noise)", False, True, True, True, "inpaint", "noise", "pixel"),
+    Variant("+ inpaint training + feature distance", False, True, True, True, "inpaint", "noise", "feature"),
 )
 
 
@@ -58,6 +71,8 @@ class Selection:
     seed: int = 0
     pool: int = 16
     norm: str = "none"  # stages.fusion.NORMS: every row is normalised the same way, with its own statistics
+    init: str | None = None  # Table 5's rows: which infer-diff start (None: noise for an inpaint-trained UNet,
+    distance: str = "pixel"  # else the paper's) and distance; the OPTIONS rows set their own
 
 
 @dataclass
@@ -79,36 +94,55 @@ _TRAIN_DIFF_FLAGS = {"size": "--size", "model_channels": "--model-channels", "ch
                      "num_head_channels": "--head-channels", "steps": "--steps", "batch_size": "--batch-size",
                      "lr": "--lr", "ema": "--ema", "grid": "--grid", "n_s": "--ns", "t_max": "--t-max",
                      "ckpt_every": "--ckpt-every", "seed": "--seed"}
+_TASK_FIELDS = ("task", "chain", "t_max")  # what differs between the keys of the two training tasks
+DEFAULT_CHAIN = (250, 200, 150, 100, 50, 0)
 
 
-def train_diff_command(store: RunStore, params: dict, model_condition: bool) -> str:
-    """The `drdc train-diff` line that makes an entry with these params (every CLI-settable one spelled out)."""
+def _task(params: dict) -> str:
+    return params.get("task", "paper")
+
+
+def train_diff_command(store: RunStore, params: dict, model_condition: bool, task: str | None = None) -> str:
+    """The `drdc train-diff` line that makes an entry with these params (every CLI-settable one spelled out),
+    with another --task when given."""
+    task = task or _task(params)
     parts = [f"drdc train-diff --run {store.name}"]
     for k, flag in _TRAIN_DIFF_FLAGS.items():
-        v = params[k]
+        if k == "t_max" and task == "inpaint":
+            continue
+        v = params.get(k, 999) if k == "t_max" else params[k]
         parts.append(f"{flag} {_fmt(v) if isinstance(v, list) else v}")
     parts.append("--model-condition" if model_condition else "--no-model-condition")
+    if task == "inpaint":
+        parts.append(f"--task inpaint --chain {_fmt(params.get('chain', DEFAULT_CHAIN))}")
     return " ".join(parts)
 
 
-def infer_diff_command(store: RunStore, t, c, l, n_s: int, seed: int, ttc: bool) -> str:  # noqa: E741
+def infer_diff_command(store: RunStore, t, c, l, n_s: int, seed: int, ttc: bool, init: str = "paper",  # noqa: E741
+                       distance: str = "pixel") -> str:
     return (f"drdc infer-diff --run {store.name} --t {_fmt(t)} --c {_fmt(c)} --l {_fmt(l)} --ns {n_s} --seed {seed}"
-            + ("" if ttc else " --no-test-time-condition"))
+            + ("" if ttc else " --no-test-time-condition") + ("" if init == "paper" else f" --init {init}")
+            + ("" if distance == "pixel" else f" --distance {distance}"))
 
 
-def _train_diff_entry(store: RunStore, current: Entry, model_condition: bool) -> Entry | None:
-    """The complete train-diff entry with the current one's params but this model condition (newest)."""
+def _train_diff_entry(store: RunStore, current: Entry, model_condition: bool, task: str | None = None
+                      ) -> Entry | None:
+    """The complete train-diff entry with the current one's params but this model condition and task (newest)."""
+    task = task or _task(current.params)
     want = {**current.params, "model_condition": model_condition}
-    if want == current.params:
+    if want == current.params and task == _task(current.params):
         return current
+    strip = lambda q: {k: v for k, v in q.items() if k not in _TASK_FIELDS}  # noqa: E731
     found = None
     for e in store.entries():
-        if e.stage == "train_diff" and e.is_complete and e.params == want and e.inputs == current.inputs:
+        if (e.stage == "train_diff" and e.is_complete and strip(e.params) == strip(want)
+                and _task(e.params) == task and e.inputs == current.inputs):
             found = e
     return found
 
 
-def _diff_entries(store: RunStore, unet_key: str, sel: Selection, ttc: bool) -> dict[int, Entry]:
+def _diff_entries(store: RunStore, unet_key: str, sel: Selection, ttc: bool, init: str = "paper",
+                  distance: str = "pixel") -> dict[int, Entry]:
     """Complete infer-diff entries of this UNet and variant holding the selected t and l, one per c (newest),
     filtered exactly like `fuse.diff_entries` but for any train-diff entry."""
     index = store.current("index")
@@ -116,23 +150,28 @@ def _diff_entries(store: RunStore, unet_key: str, sel: Selection, ttc: bool) -> 
     for e in store.entries():
         q = e.params
         if (e.stage == "infer_diff" and e.is_complete and e.inputs == {"index": index.key, "train_diff": unet_key}
-                and q["n_s"] == sel.n_s and q["test_time_condition"] == ttc and q["seed"] == sel.seed
+                and matches(q, sel.n_s, ttc, sel.seed, init, distance)
                 and (not sel.c or q["c"] in sel.c) and set(sel.t) <= set(q["t"]) and set(sel.l) <= set(q["l"])):
             found[q["c"]] = e
     return dict(sorted(found.items()))
 
 
-def _resolve(diffs: dict[int, Entry], sel: Selection, v: Variant) -> FusionSettings | None:
-    """fuse.run's selection: given or common t and l; spatio-temporal fusion off keeps the last t at l = 1."""
+def _resolve(diffs: dict[int, Entry], sel: Selection, v: Variant, init: str, distance: str
+             ) -> FusionSettings | None:
+    """fuse.run's selection: given or common t and l; spatio-temporal fusion off keeps the last t at l = 1;
+    feature maps have l = 1 only."""
     ts = sorted(sel.t or set.intersection(*(set(e.params["t"]) for e in diffs.values())), reverse=True)
     ls = sorted(sel.l or set.intersection(*(set(e.params["l"]) for e in diffs.values())))
+    if distance == "feature":
+        ls = [1] if set(sel.l) <= {1} else []
     if not ts or not ls or (not v.spatio_temporal and 1 not in ls):
         return None
     if not v.spatio_temporal:
         ts, ls = [min(ts)], [1]
     chains = tuple((c, tuple(e.params["t"])) for c, e in diffs.items())
     return FusionSettings(sel.gamma, sel.filter, tuple(ts), tuple(diffs), tuple(ls), v.spatio_temporal,
-                          v.multiscale_base, sel.n_s, v.test_time_condition, sel.seed, chains, sel.norm)
+                          v.multiscale_base, sel.n_s, v.test_time_condition, sel.seed, chains, sel.norm, init,
+                          distance)
 
 
 def _category_metrics(index: Entry, base: Entry, c_feat: int, sel: Selection, fusion: FusionSettings | None,
@@ -189,30 +228,35 @@ def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) ->
         l_want = sel.l or tuple(sorted(common_l))
     else:
         l_want = sel.l or (1, 2, 4, 8)
-    for v in TABLE5:
+    for v in (*TABLE5, *OPTIONS):
         row = Row(v.name, v)
         rows.append(row)
-        td = _train_diff_entry(store, unet, v.model_condition)
+        init = v.init or sel.init or ("noise" if _task(unet.params) == "inpaint" else "paper")
+        distance = v.distance or sel.distance
+        td = _train_diff_entry(store, unet, v.model_condition, v.task)
+        back = train_diff_command(store, unet.params, True) + "   (makes the full model current again)"
         if td is None:
-            row.commands = [train_diff_command(store, unet.params, False),
-                            infer_diff_command(store, t_want, c_want, l_want, sel.n_s, sel.seed, True),
-                            train_diff_command(store, unet.params, True) + "   (makes the full model current again)"]
+            chain = (tuple(unet.params.get("chain", DEFAULT_CHAIN)) if v.task == "inpaint" == _task(unet.params)
+                     else DEFAULT_CHAIN if v.task == "inpaint" else t_want)
+            row.commands = [train_diff_command(store, unet.params, v.model_condition, v.task),
+                            infer_diff_command(store, chain, c_want, l_want, sel.n_s, sel.seed, True, init,
+                                               distance), back]
             continue
-        diffs = _diff_entries(store, td.key, sel, v.test_time_condition)
+        diffs = _diff_entries(store, td.key, sel, v.test_time_condition, init, distance)
         missing = [c for c in c_want if c not in diffs]
+        t_row = tuple(td.params["chain"]) if _task(td.params) == "inpaint" else t_want
         if missing or not diffs:
-            cmd = infer_diff_command(store, t_want, missing or c_want, l_want, sel.n_s, sel.seed,
-                                     v.test_time_condition)
+            cmd = infer_diff_command(store, t_row, missing or c_want, l_want, sel.n_s, sel.seed,
+                                     v.test_time_condition, init, distance)
             if td.key != unet.key:  # infer-diff reads the current UNet: make the ablated one current around it
-                row.commands = [train_diff_command(store, td.params, v.model_condition), cmd,
-                                train_diff_command(store, unet.params, True) + "   (makes the full model current again)"]
+                row.commands = [train_diff_command(store, td.params, v.model_condition), cmd, back]
             else:
                 row.commands = [cmd]
             continue
-        fusion = _resolve(diffs, sel, v)
+        fusion = _resolve(diffs, sel, v, init, distance)
         if fusion is None:
-            row.commands = [infer_diff_command(store, t_want, c_want, sorted({1, *l_want}), sel.n_s, sel.seed,
-                                               v.test_time_condition)]
+            row.commands = [infer_diff_command(store, t_row, c_want, sorted({1, *l_want}), sel.n_s, sel.seed,
+                                               v.test_time_condition, init, distance)]
             continue
         row.fusion = fusion.as_dict()
         row.entries = {"infer_base": base.key, "train_diff": td.key,

@@ -70,13 +70,30 @@ class Backbone(nn.Module):
         """Frozen: stays in eval mode whatever ``mode`` is (BatchNorm must use its running stats)."""
         return super().train(False)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) float RGB in [0, 1] -> F_in (B, C_feat, feature_size, feature_size)."""
+    def pyramid(self, images: Tensor, upto: int | None = None) -> list[Tensor]:
+        """(B, 3, H, W) float RGB in [0, 1] -> the maps at strides 2, 4, 8, 16 (levels 0..3), at their own sizes.
+        upto: stop after level `upto` (the later blocks are not run), e.g. 2 for strides 2, 4, 8 only."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         x = (images - self._mean.to(images.dtype)) / self._std.to(images.dtype)
+        body = self.body
+        out_idx = getattr(body, "_stage_out_idx", None)  # timm EfficientNetFeatures: {block + 1: level}
+        if upto is None or out_idx is None or getattr(body, "feature_hooks", None) is not None:
+            return body(x)[: None if upto is None else upto + 1]
+        x = body.bn1(body.conv_stem(x))
+        maps = [x] if 0 in out_idx else []
+        for i, block in enumerate(body.blocks):  # EfficientNetFeatures.forward, cut short
+            x = block(x)
+            if i + 1 in out_idx:
+                maps.append(x)
+                if out_idx[i + 1] == upto:
+                    break
+        return maps
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) float RGB in [0, 1] -> F_in (B, C_feat, feature_size, feature_size)."""
         size = (self.feature_size, self.feature_size)
-        maps = [F.interpolate(f, size=size, mode="bilinear", align_corners=ALIGN_CORNERS) for f in self.body(x)]
+        maps = [F.interpolate(f, size=size, mode="bilinear", align_corners=ALIGN_CORNERS) for f in self.pyramid(images)]
         return torch.cat(maps, dim=1)
 
 
@@ -113,6 +130,17 @@ def load_backbone(
 
     body.load_state_dict(state, strict=True)
     return Backbone(name, body, feature_size, _state_hash(body.state_dict()))
+
+
+def load_matching(extract_params: dict, weights: Path | None = None) -> Backbone:
+    """The backbone an `extract` entry used (its params: backbone, feature_size, weights_id); ConfigError when
+    the weights found (or given with --weights) are other ones than the entry's."""
+    net = load_backbone(extract_params["backbone"], weights, extract_params["feature_size"])
+    if net.weights_id != extract_params["weights_id"]:
+        raise ConfigError(f"--weights: the run's features come from other {extract_params['backbone']} weights "
+                          f"(id {extract_params['weights_id']}, these are {net.weights_id}); pass the --weights "
+                          "FILE given to `drdc extract`")
+    return net
 
 
 def _drop_unused_blocks(body: nn.Module) -> None:

@@ -99,18 +99,18 @@ def ddim_step(x_t: Tensor, eps: Tensor, t: Timestep, t_prev: Timestep, s: Schedu
         (1.0 - s.alphas_cumprod).sqrt(), t_prev, x_t) * eps  # DDIM Eq 12, sigma = 0
 
 
-def check_timesteps(ts: Sequence[int], T: int = 1000) -> tuple[int, ...]:  # noqa: N803
+def check_timesteps(ts: Sequence[int], T: int = 1000, option: str = "--t") -> tuple[int, ...]:  # noqa: N803
     """Validate the user's --t list: integers in [0, T-1], no duplicates, at least one. Returns them descending,
     the order of the reverse process (Sec 5: t in {250, 200, 150, 100, 50, 0})."""
     if len(ts) == 0:
-        raise ConfigError("--t: no timestep given; pass at least one, e.g. --t 250 --t 200 ... --t 0")
+        raise ConfigError(f"{option}: no timestep given; pass at least one, e.g. {option} 250,200,150,100,50,0")
     seen: set[int] = set()
     for v in ts:
         if isinstance(v, bool) or not isinstance(v, Integral):
-            raise ConfigError(f"--t: {v!r} is not an integer timestep")
+            raise ConfigError(f"{option}: {v!r} is not an integer timestep")
         if not 0 <= int(v) <= T - 1:
-            raise ConfigError(f"--t: {v} is out of range [0, {T - 1}]")
+            raise ConfigError(f"{option}: {v} is out of range [0, {T - 1}]")
         if int(v) in seen:
-            raise ConfigError(f"--t: duplicate value {v}")
+            raise ConfigError(f"{option}: duplicate value {v}")
         seen.add(int(v))
     return tuple(sorted(seen, reverse=True))

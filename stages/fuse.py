@@ -9,7 +9,7 @@ a validation row is normalised by the other fold's normals, stages.validation.fo
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -19,6 +19,8 @@ from .cache import Entry, RunStore
 from .common import StageResult, check
 from .errors import CacheMissError, ConfigError
 from .fusion import FILTER, GAMMA, check_fusion, check_norm
+from .infer_diff import DISTANCES
+from .inpaint import check_init
 from .heatmaps import CrossFitStats, FusionSettings, fuse_maps, read_diff, source_maps
 from .validation import folds, is_validation_normal
 
@@ -38,18 +40,43 @@ class FuseParams:
     test_time_condition: bool = True
     seed: int = 0
     norm: str = "none"  # stages.fusion.NORMS; statistics from the validation normals
+    init: str | None = None  # which infer-diff variant: its --init; None: that of the newest cached entry
+    distance: str = "pixel"  # which of its maps: pixel (Eq 16) or feature (an entry made with --distance feature)
 
     def __post_init__(self) -> None:
         check_fusion(self.gamma, self.filter)
         check_norm(self.norm)
+        if self.init is not None:
+            check_init(self.init)
+        check(self.distance in DISTANCES, "--distance", f"must be one of {', '.join(DISTANCES)}", self.distance)
         check(self.n_s >= 2, "--ns", "must be >= 2", self.n_s)
 
 
 def _command(store: RunStore, p: FuseParams, cs, ts, ls) -> str:
     flags = "" if p.test_time_condition else " --no-test-time-condition"
+    flags += (f" --init {p.init}" if p.init != "paper" else "") + (" --distance feature" if p.distance == "feature"
+                                                                   else "")
     fmt = lambda v: ",".join(map(str, v))  # noqa: E731
     return (f"drdc infer-diff --run {store.name} --t {fmt(ts)} --c {fmt(cs)} --l {fmt(ls)} --ns {p.n_s} "
             f"--seed {p.seed}{flags}")
+
+
+def matches(q: dict, n_s: int, ttc: bool, seed: int, init: str, distance: str) -> bool:
+    """Whether infer-diff params q are of this variant (an entry with feature maps also holds the pixel ones)."""
+    return (q["n_s"] == n_s and q["test_time_condition"] == ttc and q["seed"] == seed
+            and q.get("init", "paper") == init and (distance == "pixel" or q.get("distance") == distance))
+
+
+def newest_init(store: RunStore, p: FuseParams) -> str:
+    """p.init, or when None the --init of the newest complete infer-diff entry of the current UNet (paper if none)."""
+    if p.init is not None:
+        return p.init
+    index, unet = store.current("index"), store.current("train_diff")
+    init = "paper"
+    for e in store.entries():  # oldest first
+        if e.stage == "infer_diff" and e.is_complete and e.inputs == {"index": index.key, "train_diff": unet.key}:
+            init = e.params.get("init", "paper")
+    return init
 
 
 def diff_entries(store: RunStore, p: FuseParams) -> dict[int, Entry]:
@@ -59,7 +86,7 @@ def diff_entries(store: RunStore, p: FuseParams) -> dict[int, Entry]:
     for e in store.entries():
         q = e.params
         if (e.stage == "infer_diff" and e.is_complete and e.inputs == {"index": index.key, "train_diff": unet.key}
-                and q["n_s"] == p.n_s and q["test_time_condition"] == p.test_time_condition and q["seed"] == p.seed
+                and matches(q, p.n_s, p.test_time_condition, p.seed, p.init, p.distance)
                 and (not p.c or q["c"] in p.c) and set(p.t) <= set(q["t"]) and set(p.l) <= set(q["l"])):
             found[q["c"]] = e  # entries() is oldest first: the newest wins
     missing = [c for c in p.c if c not in found]
@@ -76,12 +103,16 @@ def resolve(store: RunStore, p: FuseParams) -> tuple[FusionSettings, dict[int, E
     """The settings fuse applies (given or common t and l; spatio-temporal fusion off keeps the last t at l = 1)
     and the infer-diff entries {c: entry} they read. gamma = 0 is base only and needs no diffusion maps."""
     if p.gamma == 0:
+        p = replace(p, init="paper", distance="pixel")  # no diffusion maps: no variant
         ls = tuple(sorted(p.l or (1, 2, 4, 8))) if p.multiscale_base else ()
         return FusionSettings(0.0, p.filter, (), (), ls, p.spatio_temporal, p.multiscale_base, p.n_s,
                               p.test_time_condition, p.seed, (), p.norm), {}
+    check(p.distance == "pixel" or set(p.l) <= {1}, "--l", "feature maps have one scale: l = 1", p.l)
+    p = replace(p, init=newest_init(store, p))
     diffs = diff_entries(store, p)
     ts = sorted(p.t or set.intersection(*(set(e.params["t"]) for e in diffs.values())), reverse=True)
-    ls = sorted(p.l or set.intersection(*(set(e.params["l"]) for e in diffs.values())))
+    ls = [1] if p.distance == "feature" else sorted(
+        p.l or set.intersection(*(set(e.params["l"]) for e in diffs.values())))
     if not ts or not ls:
         raise CacheMissError("the cached infer-diff entries share no t or no l; pass --t/--l explicitly")
     if not p.spatio_temporal:  # Table 5: only the last reverse step, l = 1
@@ -89,7 +120,8 @@ def resolve(store: RunStore, p: FuseParams) -> tuple[FusionSettings, dict[int, E
         ts, ls = [min(ts)], [1]
     chains = tuple((c, tuple(e.params["t"])) for c, e in diffs.items())
     return FusionSettings(p.gamma, p.filter, tuple(ts), tuple(diffs), tuple(ls), p.spatio_temporal,
-                          p.multiscale_base, p.n_s, p.test_time_condition, p.seed, chains, p.norm), diffs
+                          p.multiscale_base, p.n_s, p.test_time_condition, p.seed, chains, p.norm, p.init,
+                          p.distance), diffs
 
 
 def validation_normals(index: Entry, rec: np.ndarray) -> dict[str, np.ndarray]:
@@ -135,13 +167,17 @@ def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
     resolved = {"gamma": p.gamma, "filter": p.filter, "t": list(s.t), "c": list(s.c), "l": list(s.l),
                 "spatio_temporal": p.spatio_temporal, "multiscale_base": p.multiscale_base, "n_s": p.n_s,
                 "test_time_condition": p.test_time_condition, "seed": p.seed,
-                **({"norm": p.norm} if p.norm != "none" else {})}  # keys made before --norm stay valid
+                **({"norm": p.norm} if p.norm != "none" else {}),  # keys made before --norm stay valid
+                **({"init": s.init} if s.init != "paper" else {}),
+                **({"distance": s.distance} if s.distance != "pixel" else {})}
     inputs = {"infer_base": base.key, **{f"infer_diff@c={c}": e.key for c, e in diffs.items()}}
     entry, cached = store.begin(STAGE, resolved, inputs)
     k_maps = len(s.t) * len(s.c) * len(s.l)
     what = (f"{k_maps} diffusion heatmaps (t={list(s.t)}, c={list(s.c)}, l={list(s.l)}) + H_base" if diffs
             else "H_base only")
     summary = f"{what}, gamma={p.gamma}, m={p.filter}, norm={p.norm}"
+    if diffs:
+        summary += f", init={s.init}, distance={s.distance}"
     if cached:
         return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, summary)
     rec = base.array("record")[:]

@@ -35,13 +35,16 @@ class FusionSettings:
     seed: int
     chains: tuple[tuple[int, tuple[int, ...]], ...]
     norm: str = "none"
+    init: str = "paper"  # which infer-diff variant: how its reverse process starts (stages.inpaint.INITS)
+    distance: str = "pixel"  # which of its maps: Eq 16's pixel distance or the feature distance (l = 1 only)
     source: str = field(default="", compare=False)  # where the settings came from (shown to the user)
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d.pop("source")
-        if d["norm"] == "none":  # settings recorded before normalisation existed compare equal
-            d.pop("norm")
+        for name, default in (("norm", "none"), ("init", "paper"), ("distance", "pixel")):
+            if d[name] == default:  # settings recorded before the option existed compare equal
+                d.pop(name)
         return json.loads(json.dumps(d))  # tuples -> lists: equal to what the store's JSON attrs give back
 
     @property
@@ -57,12 +60,19 @@ def default_settings(t, c, l, n_s: int, test_time_condition: bool, seed: int, no
                           source=source)
 
 
+def array_name(s: FusionSettings) -> str:
+    """The infer-diff entry's array that holds the maps of s.distance."""
+    return "feature" if s.distance == "feature" else "heatmaps"
+
+
 def select(h: np.ndarray | Tensor, params: dict, s: FusionSettings) -> Tensor:
     """One infer-diff entry's heatmaps (k, n_t, n_l, S_d, S_d), its params -> the selected (k, n_t' * n_l', S_d,
-    S_d) float32, t as in the settings, then l."""
+    S_d) float32, t as in the settings, then l. Feature maps (k, n_t, S_d, S_d) have one scale, l = 1."""
     ti = [params["t"].index(t) for t in s.t]
-    li = [params["l"].index(v) for v in s.l]
     h = h if isinstance(h, Tensor) else torch.from_numpy(np.asarray(h))
+    if s.distance == "feature":
+        return h[:, ti].float()
+    li = [params["l"].index(v) for v in s.l]
     return h[:, ti][:, :, li].float().flatten(1, 2)
 
 
@@ -71,7 +81,7 @@ def read_diff(entries: dict, s: FusionSettings, pos: np.ndarray | slice) -> Tens
     (k, K, S_d, S_d) float32, in FusionSettings order."""
     parts = []
     for c in s.c:
-        arr = entries[c].array("heatmaps")
+        arr = entries[c].array(array_name(s))
         h = arr[pos] if isinstance(pos, slice) else arr.get_orthogonal_selection((pos,))
         parts.append(select(h, entries[c].params, s))
     return torch.cat(parts, 1)

@@ -5,12 +5,13 @@ Pure tensor functions: no IO. Shapes: B sequences (one per (image, c, i): image,
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 import torch
 from torch import Tensor
 
 from stages.diffusion import Schedule, check_timesteps, ddim_step, predict_x0, q_sample
+from stages.errors import ConfigError
 
 # eps_model(x_t (B,3,H,W), cond I_in (B,3,H,W) or None, t (B,) long) -> predicted noise (B,3,H,W)
 EpsModel = Callable[[Tensor, Tensor | None, Tensor], Tensor]
@@ -40,10 +41,83 @@ def _noise_source(generator: torch.Generator | Sequence[torch.Generator], like: 
     return draw
 
 
+# How the reverse process starts (x_{t_1}); every init keeps the masked condition I_in and the known-region
+# replacement of Eq 13-15, and n1 is drawn apart from I_in's n0.
+#   paper: x_{t_1} = q_sample(I_in, t_1): the paper's text; the masked region holds sqrt(abar) n0 + ..., i.e. the
+#          same n0 that sits in the condition (training never shows the UNet that pairing).
+#   noise: known region q_sample(I_ori, t_1), masked region pure N(0, 1) noise independent of n0: what
+#          `train-diff --task inpaint` trains the first reverse step on.
+#   ddad:  x_{t_1} = q_sample(I_ori, t_1) everywhere (DDAD): the UNet denoises the image it is asked about,
+#          the masked condition tells it which region to distrust; needs no retraining.
+INITS = ("paper", "noise", "ddad")
+
+
+def check_init(init: str) -> None:
+    if init not in INITS:
+        raise ConfigError(f"--init: unknown start {init!r} (choose from {', '.join(INITS)})")
+
+
+def start(I_ori: Tensor, M: Tensor, t1: int, s: Schedule, n0: Tensor, n1: Tensor, init: str  # noqa: N803
+          ) -> tuple[Tensor, Tensor]:
+    """(I_in (Eq 12's condition), x_{t_1}) for an init of INITS; I_ori, n0, n1 (B, 3, H, W), M (B, 1, H, W)."""
+    check_init(init)
+    I_in = make_input(I_ori, M, n0)  # noqa: N806
+    if init == "paper":
+        return I_in, q_sample(I_in, t1, n1, s)  # the known region is already q_sample(I_ori, t_1)
+    x_known = q_sample(I_ori, t1, n1, s)
+    return I_in, x_known if init == "ddad" else M * x_known + (1 - M) * n1
+
+
+def reverse_process(I_ori: Tensor, M: Tensor, ts: Sequence[int], s: Schedule,  # noqa: N803
+                    generator: torch.Generator | Sequence[torch.Generator], model_condition: bool = True,
+                    test_time_condition: bool = True, init: str = "paper", trajectory: list | None = None
+                    ) -> Generator[tuple[int, Tensor, Tensor | None], Tensor, None]:
+    """The reverse process of Eq 12-15 as a coroutine: yields (t, x_t, cond) at every t of ts, descending, and
+    takes the UNet's eps for that state through ``send`` to make the next one. `inpaint` runs it to the end;
+    `train-diff --task inpaint` stops at a drawn step k, so that what training feeds the UNet at step k is exactly
+    what inference feeds it there. cond is I_in, or None when ``model_condition`` is off; other arguments as in
+    `inpaint`."""
+    ts = check_timesteps(ts, s.T)
+    if I_ori.ndim != 4 or M.shape != (I_ori.shape[0], 1, *I_ori.shape[2:]):
+        raise ValueError(f"expected I_ori (B, C, H, W) and M (B, 1, H, W), got {tuple(I_ori.shape)}, {tuple(M.shape)}")
+    M = M.to(I_ori.dtype)  # noqa: N806
+    draw = _noise_source(generator, I_ori)
+    n0 = draw()
+    I_in, x = start(I_ori, M, ts[0], s, n0, draw(), init)  # noqa: N806  (n0, n1)
+    cond = I_in if model_condition else None
+    for k, t in enumerate(ts):
+        eps = yield t, x, cond
+        if k + 1 == len(ts):
+            return
+        t_next = ts[k + 1]
+        # clip=True: the step heads for the same clipped x0_t that we keep (guided-diffusion's ddim_sample)
+        x_unknown = ddim_step(x, eps.to(x.dtype), t, t_next, s, clip=True)  # Eq 14 with DDIM's sigma = 0
+        n = None
+        if test_time_condition:
+            n = draw()
+            x = M * q_sample(I_ori, t_next, n, s) + (1 - M) * x_unknown  # Eq 13, 15
+        else:
+            x = x_unknown
+        if trajectory is not None:
+            trajectory.append((t_next, x, n))
+
+
+def t_batch(t: int, x: Tensor) -> Tensor:
+    """(B,) long timesteps for the UNet."""
+    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+
+
+def condition(I_ori: Tensor, M: Tensor, generator: torch.Generator | Sequence[torch.Generator]  # noqa: N803
+              ) -> Tensor:
+    """The I_in that `reverse_process` builds with these generators (their first draw, n0)."""
+    return make_input(I_ori, M.to(I_ori.dtype), _noise_source(generator, I_ori)())
+
+
 @torch.no_grad()
 def inpaint(eps_model: EpsModel, I_ori: Tensor, M: Tensor, ts: Sequence[int], s: Schedule,  # noqa: N803
             generator: torch.Generator | Sequence[torch.Generator], model_condition: bool = True,
-            test_time_condition: bool = True, trajectory: list | None = None) -> dict[int, Tensor]:
+            test_time_condition: bool = True, trajectory: list | None = None, init: str = "paper"
+            ) -> dict[int, Tensor]:
     """Inpaint the unknown region (M == 0) of every sequence in one batched reverse process; x0_t kept at each t.
 
     I_ori (B, 3, H, W) in [-1, 1]: the caller repeats each image once per (c, i) sequence; M (B, 1, H, W) binary.
@@ -56,7 +130,7 @@ def inpaint(eps_model: EpsModel, I_ori: Tensor, M: Tensor, ts: Sequence[int], s:
     n_{t'} for every later t' (only when ``test_time_condition``).
 
         I_in    = M * I_ori + (1 - M) * n0                                   (Eq 12, model condition)
-        x_{t_1} = sqrt(abar_{t_1}) I_in + sqrt(1 - abar_{t_1}) n1            (Eq 4)
+        x_{t_1} = sqrt(abar_{t_1}) I_in + sqrt(1 - abar_{t_1}) n1            (Eq 4; init "paper", see INITS)
         for each t, next t':
             eps   = z_theta(x_t, I_in, t)
             x0_t  = clamp((x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), -1, 1)   (Eq 9) -> result[t]
@@ -67,32 +141,17 @@ def inpaint(eps_model: EpsModel, I_ori: Tensor, M: Tensor, ts: Sequence[int], s:
     If ``trajectory`` is a list, (t', x_t', n_t' or None) is appended after each step (for tests).
     Returns {t: x0_t (B, 3, H, W)} for every t in ts, in I_ori's dtype and device.
     """
-    ts = check_timesteps(ts, s.T)
-    if I_ori.ndim != 4 or M.shape != (I_ori.shape[0], 1, *I_ori.shape[2:]):
-        raise ValueError(f"expected I_ori (B, C, H, W) and M (B, 1, H, W), got {tuple(I_ori.shape)}, {tuple(M.shape)}")
-    M = M.to(I_ori.dtype)  # noqa: N806
-    draw = _noise_source(generator, I_ori)
-    I_in = make_input(I_ori, M, draw())  # noqa: N806  (n0)
-    x = q_sample(I_in, ts[0], draw(), s)  # n1: the known region is already q_sample(I_ori, t_1)
-    cond = I_in if model_condition else None
     result: dict[int, Tensor] = {}
-    for k, t in enumerate(ts):
-        eps = eps_model(x, cond, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)).to(x.dtype)
+    process = reverse_process(I_ori, M, ts, s, generator, model_condition, test_time_condition, init, trajectory)
+    state = next(process)
+    while True:
+        t, x, cond = state
+        eps = eps_model(x, cond, t_batch(t, x)).to(x.dtype)
         result[t] = predict_x0(x, eps, t, s, clip=True)  # Eq 9
-        if k + 1 == len(ts):
-            break
-        t_next = ts[k + 1]
-        # clip=True: the step heads for the same clipped x0_t that we keep (guided-diffusion's ddim_sample)
-        x_unknown = ddim_step(x, eps, t, t_next, s, clip=True)  # Eq 14 with DDIM's sigma = 0
-        n = None
-        if test_time_condition:
-            n = draw()
-            x = M * q_sample(I_ori, t_next, n, s) + (1 - M) * x_unknown  # Eq 13, 15
-        else:
-            x = x_unknown
-        if trajectory is not None:
-            trajectory.append((t_next, x, n))
-    return result
+        try:
+            state = process.send(eps)
+        except StopIteration:
+            return result
 
 
 def assemble(x0: Tensor, M: Tensor, n_s: int) -> Tensor:

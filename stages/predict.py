@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from .anomaly_map import image_score
-from .backbone import load_backbone
+from .backbone import load_matching
 from .cache import CHUNK, Entry, RunStore
 from .common import check, resolve_device
 from .errors import CacheMissError, ConfigError, DataError
 from .extract import images_to_tensor
 from .fusion import check_fusion
-from .heatmaps import CrossFitStats, FusionSettings, default_settings, fuse_maps
+from .heatmaps import CrossFitStats, FusionSettings, array_name, default_settings, fuse_maps, select
 from .validation import folds
 from .images import IMAGE_SUFFIXES, load_mask, load_rgb, to_model_space
 from .infer_diff import InferDiffParams, image_heatmaps
@@ -136,10 +136,12 @@ def _fuse_settings(store: RunStore, preset: str) -> FusionSettings:
                 chains.append((int(name.split("=")[1]), tuple(d.params["t"]) if d is not None else tuple(q["t"])))
         return FusionSettings(q["gamma"], q["filter"], tuple(q["t"]), tuple(sorted(q["c"])), tuple(q["l"]),
                               q["spatio_temporal"], q["multiscale_base"], q["n_s"], q["test_time_condition"],
-                              q["seed"], tuple(sorted(chains)), q.get("norm", "none"), source=f"fuse {e.key}{stale}")
+                              q["seed"], tuple(sorted(chains)), q.get("norm", "none"), q.get("init", "paper"),
+                              q.get("distance", "pixel"), source=f"fuse {e.key}{stale}")
     d = build(InferDiffParams, "infer_diff", preset)
-    return default_settings(d.t, d.c, d.l, d.n_s, d.test_time_condition, d.seed,
-                            source=f"preset {preset} (no fuse result in the run)")
+    s = default_settings(d.t, d.c, d.l, d.n_s, d.test_time_condition, d.seed,
+                         source=f"preset {preset} (no fuse result in the run)")
+    return replace(s, init=d.init)  # the preset's pixel maps, started as its infer-diff starts
 
 
 def apply_overrides(s: FusionSettings, o: FuseOverrides) -> FusionSettings:
@@ -172,6 +174,7 @@ def validate(s: FusionSettings, size: int) -> None:
         check(set(s.t) <= set(chain), "--t", f"every fused step must be in the t-list of c={c} {list(chain)}", s.t)
     for v in s.l:
         check(isinstance(v, int) and v >= 1 and size % v == 0, "--l", f"must divide the diffusion size {size}", v)
+    check(s.distance == "pixel" or s.l == (1,), "--l", "feature maps have one scale: l = 1", s.l)
 
 
 # ------------------------------------------------------------------------------------------------- predictor
@@ -201,11 +204,7 @@ class Predictor:
         self.size = int(self.index.params["image_size"])
         self.c_feat = int(self.extract.attrs["channels"])
         ep = self.extract.params
-        self.backbone = load_backbone(ep["backbone"], weights, ep["feature_size"]).to(self.dev).eval()
-        if self.backbone.weights_id != ep["weights_id"]:
-            raise ConfigError(f"--weights: the run's features come from other {ep['backbone']} weights "
-                              f"(id {ep['weights_id']}, these are {self.backbone.weights_id}); pass the --weights "
-                              "FILE given to `drdc extract`")
+        self.backbone = load_matching(ep, weights).to(self.dev).eval()
         self.base = load_model(self.train_base, self.dev)
         self.pool = _score_pool(store)
         self.notes: list[str] = []
@@ -271,11 +270,11 @@ class Predictor:
         per_c: dict[int, torch.Tensor] = {}
         for chain, cs in by_chain.items():
             p = InferDiffParams(t=chain, c=tuple(cs), l=s.l, n_s=s.n_s, test_time_condition=s.test_time_condition,
-                                seed=s.seed)
-            ti = [p.t.index(t) for t in s.t]
-            maps = image_heatmaps(self.unet, p, x, ids, sorted(cs), self.diff_size, self.dev)
-            for c, m in maps.items():
-                per_c[c] = m[:, ti].cpu().half().float().flatten(1, 2)  # (k, n_t * n_l, S_d, S_d)
+                                seed=s.seed, init=s.init, distance=s.distance)
+            maps = image_heatmaps(self.unet, p, x, ids, sorted(cs), self.diff_size, self.dev, self.backbone,
+                                  self.size)[array_name(s)]
+            for c, m in maps.items():  # (k, n_t * n_l, S_d, S_d), rounded as the store keeps them
+                per_c[c] = select(m.cpu().half(), {"t": list(chain), "l": list(s.l)}, s)
         return torch.cat([per_c[c] for c in sorted(per_c)], 1)
 
 

@@ -2,7 +2,19 @@
 
 Each sample: a grid size c from --grid and one of its n_s mask sets, drawn like at inference; the model sees
 concat(x_t, I_in) with I_in = M * I_ori + (1 - M) * N(0, 1), and regresses the noise added to I_ori (Eq 12).
-`--no-model-condition` trains the ablation that sees x_t only. All randomness of step k comes from a generator
+`--no-model-condition` trains the ablation that sees x_t only.
+
+`--task inpaint` (not in the paper; GUIDE section 3 has why) trains what the test-time loop asks instead:
+  - a step k of the inference t-list `--chain` is drawn, and the reverse process of `infer-diff --init noise`
+    (stages.inpaint.reverse_process: masked region pure noise independent of I_in's, known region q_sample of
+    I_ori, then DDIM steps with the current weights, no gradient) is run up to it, so the UNet is trained on the
+    very states inference will show it, the later steps seeing its own previous estimates;
+  - the target is I_ori: x0_hat = (x_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t) (Eq 9) regressed on I_ori
+    over the unknown region only (the known region is discarded by Eq 10). This is Eq 12 with the noise target
+    eps* = (x_t - sqrt(abar_t) I_ori) / sqrt(1 - abar_t) (GLAD's predict_eps) weighted by (1 - abar_t) / abar_t
+    (1 / SNR): finite at t = 0, where eps* would be divided by sqrt(1 - abar_0) = 0.01, and weighted by what an
+    error of eps does to the x0_t that infer-diff compares with I_ori.
+All randomness of step k comes from a generator
 seeded by (seed, k), so a resumed run draws exactly what an uninterrupted one would.
 
 Under torchrun (DDP): every rank draws its own --batch-size samples a step (effective batch = batch x world size, lr
@@ -25,15 +37,16 @@ from . import dist
 from .cache import Entry, RunStore, atomic_save, load_weights
 from .data import split_indices
 from .common import StageResult, check, keyed, resolve_device, seed_everything
-from .diffusion import linear_schedule, q_sample
+from .diffusion import Schedule, check_timesteps, linear_schedule, predict_x0, q_sample
 from .errors import ConfigError
 from .images import to_model_space
-from .inpaint import make_input
+from .inpaint import make_input, reverse_process, t_batch
 from .masks import check_grid, grid_masks, image_generator
 from .models.unet import ConditionalUNet, UNetConfig
 
 STAGE = "train_diff"
 STREAM = 7  # training draws, apart from inference's streams
+TASKS = ("paper", "inpaint")
 RANK_STRIDE = 1000  # rank r of a DDP run draws from stream STREAM + r * RANK_STRIDE (rank 0: the single-process one)
 
 
@@ -57,6 +70,8 @@ class TrainDiffParams:
     t_max: int = 999  # train timesteps in [0, t_max]; the inference range (250) is an option, default off
     seed: int = 0
     ckpt_every: int = 500
+    task: str = "paper"  # TASKS; inpaint trains along the inference t-list `chain` (t_max is then unused)
+    chain: tuple[int, ...] = (250, 200, 150, 100, 50, 0)
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, "--steps", "must be >= 1", self.steps)
@@ -66,11 +81,22 @@ class TrainDiffParams:
         check(0 <= self.t_max <= 999, "--t-max", "must be in [0, 999]", self.t_max)
         check(self.ckpt_every >= 1, "--ckpt-every", "must be >= 1", self.ckpt_every)
         check(len(self.grid) >= 1, "--grid", "needs at least one grid size", self.grid)
+        check(self.task in TASKS, "--task", f"must be one of {', '.join(TASKS)}", self.task)
+        object.__setattr__(self, "chain", check_timesteps(self.chain, option="--chain"))
         for c in self.grid:
             try:
                 check_grid(self.size, c, self.n_s)
             except ConfigError as e:  # same rule as infer-diff's --c, but the user typed --grid here
                 raise ConfigError(str(e).replace("--c:", "--grid:", 1)) from None
+
+    def key_params(self) -> dict:
+        """The params that key the entry: those of the paper's task keep the keys they had before --task."""
+        d = keyed(self)
+        if self.task == "paper":
+            d.pop("task"), d.pop("chain")
+        else:
+            d.pop("t_max")
+        return d
 
     def unet_config(self) -> UNetConfig:
         return UNetConfig(image_size=self.size, model_condition=self.model_condition,
@@ -92,13 +118,45 @@ def _batch(p: TrainDiffParams, images: torch.Tensor, step: int, rank: int = 0) -
     g = image_generator(p.seed, step, stream=STREAM + rank * RANK_STRIDE)
     b, n = p.batch_size, images.shape[0]
     x0 = images[torch.randint(n, (b,), generator=g)].float().div(127.5).sub(1.0)
-    which_c = torch.randint(len(p.grid), (b,), generator=g)
-    which_set = torch.randint(p.n_s, (b,), generator=g)
-    M = torch.stack([grid_masks(p.size, p.grid[int(k)], p.n_s, g)[int(i)] for k, i in zip(which_c, which_set)])  # noqa: N806
+    M = _masks(p, g, b)  # noqa: N806
     I_in = make_input(x0, M, torch.randn(x0.shape, generator=g))  # noqa: N806  Eq 12's image condition
     t = torch.randint(0, p.t_max + 1, (b,), generator=g)
     eps = torch.randn(x0.shape, generator=g)
     return x0, I_in, t, eps
+
+
+def _masks(p: TrainDiffParams, g: torch.Generator, b: int) -> torch.Tensor:
+    """(b, 1, S, S) training masks: a grid size c of --grid and one of its n_s mask sets, drawn like at inference."""
+    which_c = torch.randint(len(p.grid), (b,), generator=g)
+    which_set = torch.randint(p.n_s, (b,), generator=g)
+    return torch.stack([grid_masks(p.size, p.grid[int(k)], p.n_s, g)[int(i)] for k, i in zip(which_c, which_set)])
+
+
+def inpaint_batch(p: TrainDiffParams, model, images: torch.Tensor, step: int, sched: Schedule, dev: torch.device,
+                  rank: int = 0) -> tuple[torch.Tensor, ...]:
+    """Step `step`'s samples of --task inpaint: (I_ori, M, x_t, cond, t) on dev, x_t the state the reverse
+    process of `infer-diff --init noise` reaches at a drawn step k of --chain, run with `model` (no gradient)."""
+    g = image_generator(p.seed, step, stream=STREAM + rank * RANK_STRIDE)
+    b, n = p.batch_size, images.shape[0]
+    x0 = images[torch.randint(n, (b,), generator=g)].float().div(127.5).sub(1.0)
+    M = _masks(p, g, b)  # noqa: N806
+    k = int(torch.randint(len(p.chain), (1,), generator=g))
+    x0, M = x0.to(dev), M.to(dev)  # noqa: N806
+    process = reverse_process(x0, M, p.chain, sched, g, p.model_condition, True, init="noise")
+    t, x, cond = next(process)
+    with torch.no_grad():
+        for _ in range(k):
+            t, x, cond = process.send(model(x, cond, t_batch(t, x)))
+    process.close()
+    return x0, M, x, cond, t_batch(t, x)
+
+
+def inpaint_loss(eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, I_ori: torch.Tensor, M: torch.Tensor,  # noqa: N803
+                 sched: Schedule) -> torch.Tensor:
+    """Mean squared error of x0_hat (Eq 9, unclipped) against I_ori over the unknown region (M == 0)."""
+    unknown = (1.0 - M).expand_as(I_ori)
+    err = (predict_x0(x_t, eps, t, sched, clip=False) - I_ori) ** 2
+    return (err * unknown).sum() / unknown.sum().clamp_min(1.0)
 
 
 def run(store: RunStore, p: TrainDiffParams, device: str = "auto", progress: bool = True) -> StageResult:
@@ -110,7 +168,7 @@ def run(store: RunStore, p: TrainDiffParams, device: str = "auto", progress: boo
     world, rank, main = dist.world_size(), dist.rank(), dist.is_main()
     # rank 0's entry (None on the other ranks, which never write to the store)
     entry, key, cached, resume, summary = dist.begin_training(
-        store, STAGE, dist.ddp_params(keyed(p), p.batch_size), {"index": index.key}, p.seed,
+        store, STAGE, dist.ddp_params(p.key_params(), p.batch_size), {"index": index.key}, p.seed,
         cfg.to_dict(), "steps", p.steps)
     if cached:
         return StageResult(STAGE, key, True, time.perf_counter() - t0, summary)
@@ -143,9 +201,13 @@ def run(store: RunStore, p: TrainDiffParams, device: str = "auto", progress: boo
     for step in range(start, p.steps):
         if world > 1:  # per-rank dropout draws that do not depend on where a run resumed
             torch.manual_seed(dist.rank_seed(p.seed, step))
-        x0, I_in, t, eps = (v.to(dev) for v in _batch(p, images, step, rank))  # noqa: N806
-        x_t = q_sample(x0, t, eps, sched)  # Eq 4
-        loss = nn.functional.mse_loss(net(x_t, I_in if p.model_condition else None, t), eps)  # Eq 12
+        if p.task == "inpaint":
+            x0, M, x_t, cond, t = inpaint_batch(p, model, images, step, sched, dev, rank)  # noqa: N806
+            loss = inpaint_loss(net(x_t, cond, t), x_t, t, x0, M, sched)
+        else:
+            x0, I_in, t, eps = (v.to(dev) for v in _batch(p, images, step, rank))  # noqa: N806
+            x_t = q_sample(x0, t, eps, sched)  # Eq 4
+            loss = nn.functional.mse_loss(net(x_t, I_in if p.model_condition else None, t), eps)  # Eq 12
         opt.zero_grad(set_to_none=True)
         loss.backward()  # under DDP the gradients are averaged over ranks here
         opt.step()

@@ -2,6 +2,7 @@
 
 Only validation rows are read (held-out normals and their synthetic-defect copies, stages.validation): never a
 test label, mask or map. The search is a coordinate ascent from the paper's settings over the axes
+variant (the cached infer-diff starts and distances of the current UNet: --init, pixel or feature maps),
 normalisation, gamma (0 = base only, 1 = diffusion only), m, and the t / c / l subsets of the cached maps:
 each axis in turn takes its best value with the others fixed, for `rounds` passes. Every trial is recorded
 with its metrics (mean over categories, and per defect kind, so that a ranking can be checked across kinds).
@@ -28,13 +29,13 @@ from .common import StageResult, check
 from .errors import CacheMissError, ConfigError
 from .fuse import FuseParams, resolve
 from .fusion import FILTER, NORMS
-from .heatmaps import CrossFitStats, FusionSettings, combine, select, source_maps
+from .heatmaps import CrossFitStats, FusionSettings, array_name, combine, select, source_maps
 from .metrics import image_auroc, localisation
 from .validation import folds, is_validation_normal, kind_of
 
 STAGE = "tune"
 OBJECTIVES = ("mean", "p_auroc", "p_aupro", "i_auroc")
-AXES = ("norm", "gamma", "filter", "t", "c", "l")
+AXES = ("variant", "norm", "gamma", "filter", "t", "c", "l")
 
 
 @dataclass(frozen=True)
@@ -98,15 +99,24 @@ class ValidationSet:
             self.start, self.diffs = resolve(store, FuseParams())
         except CacheMissError:  # no diffusion maps: tune the base map alone
             self.start, self.diffs = resolve(store, FuseParams(gamma=0.0))
-        self.h_diff_all = {c: torch.from_numpy(e.array("heatmaps").get_orthogonal_selection((self.pos,)))
-                           for c, e in self.diffs.items()}  # float16 as stored: half the memory
+        # every cached variant (start, distance) of the current UNet, each with its own t / c / l
+        self.variants: dict[tuple[str, str], tuple[FusionSettings, dict[int, Entry]]] = {}
+        if self.diffs:
+            for v in _cached_variants(store, self.start):
+                try:
+                    self.variants[v] = resolve(store, FuseParams(init=v[0], distance=v[1]))
+                except CacheMissError:  # e.g. its c have no t or l in common
+                    continue
+        self.h_diff_all = {(v, c): torch.from_numpy(e.array(array_name(st)).get_orthogonal_selection((self.pos,)))
+                           for v, (st, ds) in self.variants.items() for c, e in ds.items()}  # float16 as stored
         self._st: dict = {}
 
     def sources(self, s: FusionSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """source_maps of the validation rows for the (t, c, l) selection (cached per selection)."""
-        key = (s.t, s.c, s.l, s.multiscale_base, s.uses_diffusion)
+        """source_maps of the validation rows for the (variant, t, c, l) selection (cached per selection)."""
+        key = (s.init, s.distance, s.t, s.c, s.l, s.multiscale_base, s.uses_diffusion)
         if key not in self._st:
-            hd = (torch.cat([select(self.h_diff_all[c], self.diffs[c].params, s) for c in s.c], 1)
+            v = (s.init, s.distance)
+            hd = (torch.cat([select(self.h_diff_all[v, c], self.variants[v][1][c].params, s) for c in s.c], 1)
                   if s.uses_diffusion else None)
             self._st = {key: source_maps(self.h_base, hd, self.size, s)}  # one selection at a time: memory
         return self._st[key]
@@ -146,17 +156,41 @@ def _mean(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def _cached_variants(store: RunStore, s: FusionSettings) -> list[tuple[str, str]]:
+    """(init, distance) of every complete infer-diff entry of the current UNet with s's n_s, test-time condition
+    and seed, in the order first made (an entry with feature maps gives both distances)."""
+    index, unet = store.current("index"), store.current("train_diff")
+    out: list[tuple[str, str]] = []
+    for e in store.entries():
+        q = e.params
+        if (e.stage == "infer_diff" and e.is_complete and e.inputs == {"index": index.key, "train_diff": unet.key}
+                and q["n_s"] == s.n_s and q["test_time_condition"] == s.test_time_condition and q["seed"] == s.seed):
+            init = q.get("init", "paper")
+            out += [(init, "pixel")] + ([(init, "feature")] if q.get("distance") == "feature" else [])
+    return list(dict.fromkeys(out))
+
+
 def _label(s: FusionSettings) -> dict:
-    return {"norm": s.norm, "gamma": s.gamma, "filter": s.filter, "t": list(s.t), "c": list(s.c), "l": list(s.l)}
+    return {"init": s.init, "distance": s.distance, "norm": s.norm, "gamma": s.gamma, "filter": s.filter,
+            "t": list(s.t), "c": list(s.c), "l": list(s.l)}
 
 
 def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict]:
     """Every trial of the coordinate ascent, in the order tried: {settings, metrics, by_kind}."""
     start = vs.start
-    options = {"norm": list(p.norms), "gamma": list(p.gammas) if vs.diffs else [0.0],
-               "filter": list(p.filters) if vs.diffs else [start.filter],
-               "t": subsets(start.t, descending=True) if vs.diffs else [()],
-               "c": subsets(start.c) if vs.diffs else [()], "l": subsets(start.l) if vs.diffs else [()]}
+    fixed = {"norm": list(p.norms), "gamma": list(p.gammas) if vs.diffs else [0.0],
+             "filter": list(p.filters) if vs.diffs else [start.filter]}
+
+    def options(s: FusionSettings, axis: str) -> list:
+        if axis in fixed:
+            return fixed[axis]
+        if not vs.diffs:
+            return [()]
+        if axis == "variant":
+            return list(vs.variants)
+        own = vs.variants[s.init, s.distance][0]  # this variant's cached t / c / l
+        return subsets(own.t, descending=True) if axis == "t" else subsets(getattr(own, axis))
+
     trials: dict[str, dict] = {}
 
     def score(s: FusionSettings) -> float:
@@ -172,16 +206,19 @@ def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict
         for _ in range(p.rounds):
             before = best
             for axis in AXES:
-                if len(options[axis]) < 2:
+                values = options(best, axis)
+                if len(values) < 2:
                     continue
-                cands = [_with(best, axis, v) for v in options[axis]]
+                cands = [_with(best, axis, v, vs) for v in values]
                 best = max(cands, key=score)  # ties: the first, i.e. the order given (paper's values first)
             if best == before:
                 break
     return list(trials.values())
 
 
-def _with(s: FusionSettings, axis: str, v) -> FusionSettings:
+def _with(s: FusionSettings, axis: str, v, vs: ValidationSet) -> FusionSettings:
+    if axis == "variant":  # that variant's own maps, with this trial's norm, gamma and m
+        return replace(vs.variants[v][0], norm=s.norm, gamma=s.gamma, filter=s.filter)
     if axis == "c":
         return replace(s, c=tuple(v), chains=tuple(ch for ch in s.chains if ch[0] in v))
     return replace(s, **{axis: tuple(v) if isinstance(v, (list, tuple)) else v})
@@ -197,7 +234,7 @@ def fuse_params(trial: dict, diffs: dict[int, Entry]) -> FuseParams:
     first = next(iter(diffs.values())).params if diffs else {"n_s": 2, "test_time_condition": True, "seed": 0}
     return FuseParams(gamma=q["gamma"], filter=q["filter"], t=tuple(q["t"]), c=tuple(q["c"]), l=tuple(q["l"]),
                       n_s=first["n_s"], test_time_condition=first["test_time_condition"], seed=first["seed"],
-                      norm=q["norm"])
+                      norm=q["norm"], init=q.get("init", "paper"), distance=q.get("distance", "pixel"))
 
 
 def run(store: RunStore, p: TuneParams, progress: bool = True) -> tuple[StageResult, list[dict], FuseParams]:
@@ -205,7 +242,8 @@ def run(store: RunStore, p: TuneParams, progress: bool = True) -> tuple[StageRes
     them current with `fuse` and `score`)."""
     t0 = time.perf_counter()
     vs = ValidationSet(store, p)
-    inputs = {"infer_base": vs.base.key, **{f"infer_diff@c={c}": e.key for c, e in vs.diffs.items()}}
+    inputs = {"infer_base": vs.base.key, **{f"infer_diff@{v[0]},c={c}": e.key for v, (_, ds) in vs.variants.items()
+                                            if v[1] == "pixel" for c, e in ds.items()}}
     params = {"objective": p.objective, "norms": list(p.norms), "gammas": list(p.gammas),
               "filters": list(p.filters), "rounds": p.rounds, "eval_size": p.eval_size, "pool": p.pool}
     entry, cached = store.begin(STAGE, params, inputs)
@@ -219,7 +257,7 @@ def run(store: RunStore, p: TuneParams, progress: bool = True) -> tuple[StageRes
     m = best["metrics"]
     q = best["settings"]
     summary = (f"{len(trials)} trials on {vs.pos.size} validation images; best {p.objective} "
-               f"{100 * m[p.objective]:.1f}: norm={q['norm']} gamma={q['gamma']} m={q['filter']} "
+               f"{100 * m[p.objective]:.1f}: init={q.get('init')} distance={q.get('distance')} norm={q['norm']} gamma={q['gamma']} m={q['filter']} "
                f"t={q['t']} c={q['c']} l={q['l']}")
     return (StageResult(STAGE, entry.key, cached, time.perf_counter() - t0, summary), trials,
             fuse_params(best, vs.diffs))

@@ -8,6 +8,7 @@ import shlex
 
 import pytest
 
+from stages.ablate import OPTIONS, TABLE5
 from stages.cache import RunStore
 from stages.metrics import METRIC_NAMES
 
@@ -92,12 +93,35 @@ def test_missing_rows_name_commands_that_fill_them(ablated, cli, tmp_path):
     assert RunStore(run2).current("train_diff").params["model_condition"] is True  # restored
     cli("ablate", "--run", run2, "--json", tmp_path / "t.json", "-q")
     after = _rows(tmp_path / "t.json")
-    assert all(r["metrics"] is not None for r in after.values())
+    assert all(after[v.name]["metrics"] is not None for v in TABLE5)
     _same(after["w/o test-time condition"]["metrics"], _fuse_and_score(cli, run2, "--no-test-time-condition"))
     _same(after["DRDC (full)"]["metrics"], rows["DRDC (full)"]["metrics"])
     # model condition off: make the ablated UNet current (cached, instant), fuse + score, compare
     _run_commands(cli, [mc["commands"][0].replace(str(run), str(run2))])
     _same(after["w/o model condition"]["metrics"], _fuse_and_score(cli, run2))
+
+
+def test_option_rows_name_commands_that_fill_them(ablated, cli, tmp_path):
+    """What drdc's diffusion options add: each missing row names the train-diff / infer-diff lines that make it;
+    run, the rows equal fuse (with that start and distance) then score."""
+    run, tmp, output = ablated
+    rows = _rows(tmp / "t5.json")
+    assert [v.name for v in OPTIONS] == list(rows)[-len(OPTIONS):]
+    assert rows["DRDC, paper training and start"]["metrics"] is not None  # the fixture's own maps
+    want = ["+ start ddad + feature distance", "+ inpaint training + feature distance"]
+    for name in want:
+        assert rows[name]["metrics"] is None and rows[name]["commands"]
+    assert any("--task inpaint" in c for c in rows[want[1]]["commands"])
+    run2 = copy_run(run, tmp_path / "r2.zarr")
+    _run_commands(cli, [c.replace(str(run), str(run2)) for n in want for c in rows[n]["commands"]])
+    cli("ablate", "--run", run2, "--json", tmp_path / "t.json", "-q")
+    after = _rows(tmp_path / "t.json")
+    for name in [*want, "+ start ddad (no retraining)", "+ inpaint training (start noise)"]:  # pixel maps too
+        assert after[name]["metrics"] is not None, name
+    _same(after[want[0]]["metrics"], _fuse_and_score(cli, run2, "--init", "ddad", "--distance", "feature"))
+    inpaint_cmd = next(c for c in rows[want[1]]["commands"] if "--task inpaint" in c)
+    _run_commands(cli, [inpaint_cmd.replace(str(run), str(run2))])  # the inpaint UNet current (cached)
+    _same(after[want[1]]["metrics"], _fuse_and_score(cli, run2, "--init", "noise", "--distance", "feature"))
 
 
 @pytest.mark.parametrize("args,code,needle", [(["--filter", "4"], 2, "--filter"), (["--gamma", "1.5"], 2, "--gamma"),
