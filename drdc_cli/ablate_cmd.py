@@ -26,21 +26,27 @@ def _mark(v: bool | None) -> str:
     return "" if v is None else ("✓" if v else "×")
 
 
-def render(rows: list[abl.Row], title: str) -> Table:
+def render(rows: list[abl.Row], title: str, split: str = "test") -> Table:
+    """One table per split: the test split with each row's switches, or the validation images."""
     t = Table(title=title, title_justify="left", header_style="bold")
-    t.add_column("variant", style="bold", no_wrap=True)
-    for name in ("MS", "STF", "MC", "TTC", "train", "start", "dist"):
-        t.add_column(name, justify="center")
+    t.add_column("variant", style="bold")
+    if split == "test":
+        t.add_column("MS STF\nMC TTC", justify="center")
+        t.add_column("train/start\n/distance", justify="left")
     for name in ("I-AUROC", "P-AUROC", "AUPRO"):
-        t.add_column(name, justify="right", no_wrap=True)
+        t.add_column(name, justify="right")
     for r in rows:
         v = r.variant
-        switches = [""] * 7 if v is None else [_mark(v.multiscale_base), _mark(v.spatio_temporal),
-                                               _mark(v.model_condition), _mark(v.test_time_condition),
-                                               v.task or "", v.init or "", v.distance or ""]
-        m = r.metrics["mean"] if r.metrics else {}
-        vals = [_pct(m.get(k)) for k in ("i_auroc", "p_auroc", "p_aupro")] if r.metrics else ["[dim]-[/]", "[dim]-[/]", "[dim]-[/]"]
-        t.add_row(r.name, *switches, *vals)
+        ms = r.metrics if split == "test" else r.val_metrics
+        m = ms.get("mean", {}) if ms else {}
+        vals = [_pct(m.get(k)) for k in ("i_auroc", "p_auroc", "p_aupro")] if ms else ["[dim]-[/]"] * 3
+        if split != "test":
+            t.add_row(r.name, *vals)
+            continue
+        switches = "" if v is None else " ".join(_mark(x) for x in (v.multiscale_base, v.spatio_temporal,
+                                                                      v.model_condition, v.test_time_condition))
+        maps = "" if v is None else "/".join(x or "·" for x in (v.task, v.init, v.distance))
+        t.add_row(r.name, switches, maps, *vals)
     return t
 
 
@@ -58,8 +64,10 @@ def write_csv(rows: list[abl.Row], path: Path) -> None:
             if r.metrics is None:
                 w.writerow([r.name, *sw, "", *[""] * len(METRIC_NAMES)])
                 continue
-            for cat, m in r.metrics.items():
-                w.writerow([r.name, *sw, cat, *["" if m[k] is None else f"{m[k]:.6f}" for k in METRIC_NAMES]])
+            for prefix, ms in (("val:", r.val_metrics or {}), ("", r.metrics)):
+                for cat, m in ms.items():
+                    w.writerow([r.name, *sw, prefix + cat,
+                                *["" if m[k] is None else f"{m[k]:.6f}" for k in METRIC_NAMES]])
 
 
 def write_json(rows: list[abl.Row], path: Path) -> None:
@@ -67,7 +75,7 @@ def write_json(rows: list[abl.Row], path: Path) -> None:
     doc = [{"variant": r.name, "switches": None if r.variant is None else {
         k: getattr(r.variant, k) for k in ("multiscale_base", "spatio_temporal", "model_condition",
                                            "test_time_condition", "task", "init", "distance")},
-            "metrics": r.metrics, "fusion": r.fusion, "entries": r.entries, "commands": r.commands} for r in rows]
+            "metrics": r.metrics, "validation_metrics": r.val_metrics, "fusion": r.fusion, "entries": r.entries, "commands": r.commands} for r in rows]
     path.write_text(json.dumps(doc, indent=1))
 
 
@@ -110,10 +118,13 @@ def ablate(
                         distance=distance)
     store = RunStore(run)
     rows = abl.run(store, sel, progress=not quiet)
-    out.print(render(rows, f"{store.name}: Table 5, mean over categories, in %"))
+    if any(r.val_metrics for r in rows):
+        out.print(render(rows, f"{store.name}: VALIDATION (held-out normals + synthetic defects), mean over "
+                               "categories, in %", split="val"))
+    out.print(render(rows, f"{store.name}: Table 5, TEST split, mean over categories, in %"))
     out.print("[dim]MS: multi-scale base heatmap, STF: spatio-temporal fusion, MC: model condition, "
-              "TTC: test-time condition; train: train-diff --task, start: infer-diff --init, dist: pixel (Eq 16) "
-              "or feature distance (blank: the current UNet's task, the run's paper start and pixel maps)[/]",
+              "TTC: test-time condition; train: train-diff --task, start: infer-diff --init, distance: pixel (Eq 16) "
+              "or feature (·: the current UNet's task, --init and --distance)[/]",
               soft_wrap=True)
     missing = [r for r in rows if r.metrics is None]
     for r in missing:

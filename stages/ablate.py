@@ -21,7 +21,7 @@ from .cache import Entry, RunStore
 from .errors import CacheMissError
 from .metrics import compute_metrics
 from .score import mean_over_categories
-from .fuse import matches, normal_stats
+from .fuse import matches, normal_stats, row_folds
 from .fusion import FILTER, GAMMA
 from .heatmaps import FusionSettings, fuse_maps, read_diff
 
@@ -79,7 +79,8 @@ class Selection:
 class Row:
     name: str
     variant: Variant | None  # None: the base model alone
-    metrics: dict[str, dict] | None = None  # {category | "mean": {metric: value or None}}
+    metrics: dict[str, dict] | None = None  # test split: {category | "mean": {metric: value or None}}
+    val_metrics: dict[str, dict] | None = None  # validation images (held-out normals + synthetic defects)
     commands: list[str] = field(default_factory=list)  # what makes a missing row computable
     fusion: dict | None = None  # the resolved fuse settings of a computed row
     entries: dict[str, str] = field(default_factory=dict)  # store entries it read
@@ -175,32 +176,42 @@ def _resolve(diffs: dict[int, Entry], sel: Selection, v: Variant, init: str, dis
 
 
 def _category_metrics(index: Entry, base: Entry, c_feat: int, sel: Selection, fusion: FusionSettings | None,
-                      diffs: dict[int, Entry], progress: bool, name: str) -> dict[str, dict]:
-    """score.run's test metrics for maps computed in memory, one category at a time (memory: one category's
-    maps). With sel.norm, each row's statistics come from its own maps of the validation normals."""
+                      diffs: dict[int, Entry], progress: bool, name: str, split: str = "test") -> dict[str, dict]:
+    """score.run's metrics of one split for maps computed in memory, one category at a time (memory: one
+    category's maps). With sel.norm, each row's statistics come from its own maps of the validation normals
+    (test rows: every normal; validation rows: the other fold's, as fuse does)."""
     records, masked = index.attrs["records"], set(index.attrs["masked_categories"])
     rec = base.array("record")[:]
     size = int(index.params["image_size"])
     if fusion is None and sel.norm != "none":  # the base row, normalised like the others
         fusion = FusionSettings(0.0, sel.filter, (), (), (), True, False, sel.n_s, True, sel.seed, (), sel.norm)
     stats = normal_stats(index, base, diffs, fusion) if fusion is not None and fusion.norm != "none" else None
+    fold = row_folds(index, rec)
     metrics: dict[str, dict] = {}
-    for cat in tqdm(index.attrs["categories"], desc=name, unit="category", disable=not progress):
+    for cat in tqdm(index.attrs["categories"], desc=f"{name} ({split})", unit="category", disable=not progress):
         pos = np.array([k for k, i in enumerate(rec) if records[i]["category"] == cat
-                        and records[i]["split"] == "test"], dtype=np.int64)
+                        and records[i]["split"] == split], dtype=np.int64)
+        if not len(pos):
+            continue
         labels = np.array([records[rec[k]]["label"] for k in pos], dtype=np.int64)
         masks = index.array("masks").get_orthogonal_selection((rec[pos],))
         hb = torch.from_numpy(base.array("h_base").get_orthogonal_selection((pos,)))
         h_diff = read_diff(diffs, fusion, pos) if fusion is not None and fusion.uses_diffusion else None
-        st = stats.all.per_image([cat] * len(pos)) if stats is not None else None  # test rows: every normal
+        st = stats.per_row([cat] * len(pos), [fold.get(int(k)) for k in pos]) if stats is not None else None
         with torch.no_grad():
             maps = upsample(fuse_maps(hb, h_diff, size, fusion, c_feat, st)[2], masks.shape[-1])
             scores = image_score(maps, sel.pool).numpy()
         maps = maps.numpy()
-        metrics[cat] = compute_metrics(labels, scores, masks if cat in masked else None,
-                                       maps if cat in masked else None)
-    metrics["mean"] = mean_over_categories(metrics)
+        pixel = split == "val" or cat in masked  # every validation image has an exact (synthetic) mask
+        metrics[cat] = compute_metrics(labels, scores, masks if pixel else None, maps if pixel else None)
+    if metrics:  # a run indexed without validation images has no validation table
+        metrics["mean"] = mean_over_categories(metrics)
     return metrics
+
+
+def _both(*args) -> tuple[dict, dict]:
+    """(test metrics, validation metrics) of one row."""
+    return _category_metrics(*args), _category_metrics(*args, split="val")
 
 
 def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) -> list[Row]:
@@ -209,7 +220,7 @@ def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) ->
     extract = store.get("extract", base.inputs["extract"])
     index = store.current("index")
     c_feat = int(extract.attrs["channels"])
-    rows = [Row(BASE, None, _category_metrics(index, base, c_feat, sel, None, {}, progress, "base"),
+    rows = [Row(BASE, None, *_both(index, base, c_feat, sel, None, {}, progress, "base"),
                 entries={"infer_base": base.key})]
     if "train_diff" not in store.current_keys:
         cmd = f"drdc train-diff --run {store.name}"
@@ -261,5 +272,5 @@ def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) ->
         row.fusion = fusion.as_dict()
         row.entries = {"infer_base": base.key, "train_diff": td.key,
                        **{f"infer_diff@c={c}": e.key for c, e in diffs.items()}}
-        row.metrics = _category_metrics(index, base, c_feat, sel, fusion, diffs, progress, v.name)
+        row.metrics, row.val_metrics = _both(index, base, c_feat, sel, fusion, diffs, progress, v.name)
     return rows

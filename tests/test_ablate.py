@@ -64,6 +64,9 @@ def test_fusion_rows_equal_fuse_then_score(ablated, cli):
     stored = {e.params["source"]: e.attrs["metrics"] for e in s.entries() if e.stage == "score"}
     _same(rows["base only (UniAD)"]["metrics"], stored["base"])
     _same(rows["DRDC (full)"]["metrics"], stored["fuse"])  # the fixture ran `fuse --c 1,8` then score
+    val = {e.params["source"]: e.attrs["val_metrics"] for e in s.entries() if e.stage == "score"}
+    _same(rows["base only (UniAD)"]["validation_metrics"], val["base"])
+    _same(rows["DRDC (full)"]["validation_metrics"], val["fuse"])
     _same(rows["w/o spatio-temporal fusion"]["metrics"], _fuse_and_score(cli, run, "--no-spatio-temporal"))
     _same(rows["+ multi-scale base heatmap"]["metrics"], _fuse_and_score(cli, run, "--multiscale-base"))
     assert rows["w/o spatio-temporal fusion"]["fusion"]["t"] == [0] and rows["DRDC (full)"]["fusion"]["l"] == [1, 2]
@@ -75,7 +78,8 @@ def test_csv_has_every_category_of_computed_rows(ablated):
     run, tmp, _ = ablated
     rows = list(csv.DictReader((tmp / "t5.csv").open()))
     full = [r for r in rows if r["variant"] == "DRDC (full)"]
-    assert [r["category"] for r in full] == [*RunStore(run).current("index").attrs["categories"], "mean"]
+    cats = [*RunStore(run).current("index").attrs["categories"], "mean"]
+    assert [r["category"] for r in full] == [f"val:{c}" for c in cats] + cats
     assert set(METRIC_NAMES) <= set(rows[0])
     missing = [r for r in rows if r["variant"] == "w/o test-time condition"]
     assert len(missing) == 1 and missing[0]["i_auroc"] == ""

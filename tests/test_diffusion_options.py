@@ -229,3 +229,15 @@ def test_bad_option_values_are_one_line(option_run, cli, args, needle) -> None:
     res = cli(args[0], "--run", option_run, *args[1:], code=None)
     assert res.exit_code in (1, 2) and needle in res.output and "Traceback" not in res.output
     assert len(list(RunStore(option_run).entries())) == before
+
+
+def test_pyramid_cut_short_equals_the_full_pyramid() -> None:
+    from stages.backbone import load_backbone
+
+    net = load_backbone("tf_efficientnet_lite0", feature_size=4, allow_random=True)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        full, cut = net.pyramid(x), net.pyramid(x, upto=2)
+    assert len(full) == 4 and len(cut) == 3
+    assert all(torch.equal(a, b) for a, b in zip(full, cut))
+    assert [f.shape[-1] for f in cut] == [32, 16, 8]  # strides 2, 4, 8
