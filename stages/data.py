@@ -72,14 +72,33 @@ def _detect_layout(cat_dir: Path) -> str:
     raise DataError(f"{cat_dir}: no train/good (MVTec-AD) or train/ok (BTAD) folder")
 
 
-def _find_mask(gt_dir: Path, stem: str) -> Path | None:
-    """MVTec names masks <stem>_mask.png, BTAD <stem>.<ext> (ext may differ from the image's)."""
-    for name in (f"{stem}_mask", stem):
-        for suffix in (".png", ".bmp", ".tif", ".tiff", ".jpg"):
-            p = gt_dir / f"{name}{suffix}"
-            if p.is_file():
-                return p
-    return None
+def _mask_files(gt_dir: Path) -> dict[str, list[Path]]:
+    """{stem: files} of the image files (any image suffix, in any case) in a ground-truth folder."""
+    out: dict[str, list[Path]] = {}
+    for p in sorted(gt_dir.iterdir()) if gt_dir.is_dir() else []:
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
+            out.setdefault(p.stem, []).append(p)
+    return out
+
+
+def _find_mask(masks: dict[str, list[Path]], image: Path) -> Path | None:
+    """The mask of a defect image: MVTec names it <stem>_mask.<ext>, BTAD <stem>.<ext>, with any image suffix in
+    any case (the rules of image look-up; ext may differ from the image's). Two candidates are an error naming
+    both, never a silent pick."""
+    found = masks.get(f"{image.stem}_mask", []) + masks.get(image.stem, [])
+    if len(found) > 1:
+        raise DataError(f"{image}: more than one mask fits it: {found[0]} and {found[1]}; keep one")
+    return found[0] if found else None
+
+
+def _one_stem_each(files: list[Path]) -> None:
+    """Images whose names differ only by extension would share one mask: an error naming both."""
+    seen: dict[str, Path] = {}
+    for p in files:
+        if p.stem in seen:
+            raise DataError(f"{p}: has the same name as {seen[p.stem]} but another extension, so both would use "
+                            "one mask; rename one")
+        seen[p.stem] = p
 
 
 def _category_dirs(root: Path) -> list[Path]:
@@ -114,10 +133,14 @@ def _scan_category(root: Path, cat_dir: Path, layout: str) -> tuple[list[Record]
     records = [Record(category, "train", 0, "good", rel(p), None) for p in train]
     for d in sorted(x for x in test_dir.iterdir() if x.is_dir() and not x.name.startswith(".")):
         normal = d.name == good
-        for p in _image_files(d):
+        files = _image_files(d)
+        if not normal and has_gt:
+            _one_stem_each(files)
+            masks = _mask_files(gt_root / d.name)
+        for p in files:
             mask = None
             if not normal and has_gt:
-                m = _find_mask(gt_root / d.name, p.stem)
+                m = _find_mask(masks, p)
                 if m is None:
                     raise DataError(f"{p}: defect image has no mask (looked for {gt_root / d.name / p.stem}_mask.png)")
                 mask = rel(m)

@@ -117,3 +117,38 @@ def test_real_mtd_layout():
     assert sum(r.split == "train" for r in recs) == 762
     assert sum(r.split == "test" and r.label == 0 for r in recs) == 190
     assert sum(r.label == 1 for r in recs) == 392
+
+
+# ---------------------------------------------------------------------------- mask look-up (issue 13, class 4)
+def _one_defect(tmp_path, image: str, masks: list[str]):
+    root = tmp_path / "d"
+    for sub in ("cat/train/good", "cat/test/good", "cat/test/crack", "cat/ground_truth/crack"):
+        (root / sub).mkdir(parents=True)
+    px = Image.new("RGB", (8, 8))
+    px.save(root / "cat/train/good/a.png")
+    px.save(root / "cat/test/good/b.png")
+    px.save(root / "cat/test/crack" / image, format="PNG")
+    for m in masks:
+        Image.new("L", (8, 8)).save(root / "cat/ground_truth/crack" / m, format="PNG")
+    return root
+
+
+@pytest.mark.parametrize("image, mask", [("U1.PNG", "U1_mask.PNG"), ("x.png", "x_mask.jpeg"),
+                                         ("x.png", "x_mask.JPG"), ("x.bmp", "x.png")])
+def test_masks_are_found_by_the_rules_of_image_look_up(tmp_path, image, mask):
+    ds = discover(_one_defect(tmp_path, image, [mask]))
+    (rec,) = [r for r in ds.records if r.label == 1]
+    assert rec.mask == f"cat/ground_truth/crack/{mask}"
+
+
+def test_two_candidate_masks_are_an_error_naming_both(tmp_path):
+    with pytest.raises(DataError, match=r"more than one mask fits it: .*crack/x_mask\.png and .*crack/x\.png"):
+        discover(_one_defect(tmp_path, "x.png", ["x_mask.png", "x.png"]))
+
+
+def test_images_differing_only_by_extension_are_an_error_naming_both(tmp_path):
+    root = _one_defect(tmp_path, "x.png", ["x_mask.png"])
+    (root / "cat/test/crack/x.png").rename(root / "cat/test/crack/x.jpg")
+    Image.new("RGB", (8, 8)).save(root / "cat/test/crack/x.png")
+    with pytest.raises(DataError, match=r"x\.png: has the same name as .*x\.jpg"):
+        discover(root)
