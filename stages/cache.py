@@ -194,7 +194,8 @@ class Entry:
 _ACTIVE: dict[str, Entry] = {}  # entries this process began and has not completed (for the Ctrl-C message)
 # what this process created, so that a failed command may roll it back
 _CREATED: set[str] = set()  # entry paths
-_CREATED_STORES: set[str] = set()  # store paths
+# store path -> the folders this process made for it, outermost first (empty: the folder existed, e.g. the user's)
+_CREATED_STORES: dict[str, list[Path]] = {}
 LOCK_NAME = ".drdc.lock"
 
 
@@ -226,6 +227,7 @@ class RunStore:
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path}: exists and is not a drdc run store; choose another --run")
         try:
+            made = [p for p in (*reversed(self.path.parents), self.path) if not p.exists()]
             self.path.mkdir(parents=True, exist_ok=True)
             with self.locked():  # two `drdc index` on a new path: one creates, the other opens
                 if (self.path / "zarr.json").is_file():
@@ -237,7 +239,7 @@ class RunStore:
                 self.root.attrs.update(
                     drdc_schema=SCHEMA_VERSION, drdc_version=__version__, created=_now(), current={}
                 )
-                _CREATED_STORES.add(str(self.path))
+                _CREATED_STORES[str(self.path)] = made
         except OSError as e:
             raise StoreError(f"{self.path}: cannot create run store ({e.strerror or e})") from None
 
@@ -465,8 +467,18 @@ def roll_back(dataset_error: bool) -> None:
                     shutil.rmtree(e.path, ignore_errors=True)
         except Exception:  # noqa: BLE001 - best effort on the way out
             continue
-    for path in _CREATED_STORES:
+    for path, made in _CREATED_STORES.items():
         root = Path(path)
         entries = (e for d in root.iterdir() if d.is_dir() for e in d.iterdir() if e.is_dir()) if root.is_dir() else ()
-        if root.is_dir() and not any(entries):  # stage groups without entries hold nothing to keep
+        if not root.is_dir() or any(entries):  # stage groups without entries hold nothing to keep
+            continue
+        if root in made:  # a folder this command made: remove it, and the parents it made if still empty
             shutil.rmtree(root, ignore_errors=True)
+            for parent in reversed(made[:-1]):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+        else:  # the user's own (empty) folder: remove only what the store put in it
+            for child in root.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)

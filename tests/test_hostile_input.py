@@ -358,3 +358,21 @@ def test_failed_index_leaves_no_new_store_behind(tiny_data, tmp_path, cli):
     res = cli("index", "--data", root, "--run", tmp_path / "new.zarr", *TINY_INDEX, code=1)
     assert needle in _one_line(res)
     assert not (tmp_path / "new.zarr").exists()
+
+
+@pytest.mark.parametrize("where", ["existing_empty", "nested_new"])
+def test_failed_index_never_removes_a_folder_the_user_made(where, tiny_data, tmp_path, cli):
+    """Roll-back removes only what the command created: the user's own empty folder stays (empty), and new
+    parent folders the command made go with the store."""
+    root = _copy(tiny_data, tmp_path / "data")
+    fake_png(root)
+    if where == "existing_empty":
+        run = tmp_path / "mine"
+        run.mkdir()
+    else:
+        run = tmp_path / "a" / "b" / "r.zarr"
+    cli("index", "--data", root, "--run", run, *TINY_INDEX, code=1)
+    if where == "existing_empty":
+        assert run.is_dir() and not any(run.iterdir())
+    else:
+        assert not (tmp_path / "a").exists()
