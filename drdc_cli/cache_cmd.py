@@ -47,24 +47,35 @@ def ls(run: RunOpt) -> None:
 
 @cache_app.command("verify")
 @guarded
-def verify_cmd(run: RunOpt) -> None:
-    """Check every complete entry (shapes, done flags, no NaN/inf, checkpoints load, inputs exist); exit 1 if
-    anything is wrong."""
+def verify_cmd(
+    run: RunOpt,
+    repair: bool = typer.Option(False, "--repair", help="Remove the damaged entries, then print the commands that "
+                                                        "recompute them."),
+) -> None:
+    """Check every complete entry (shapes, done flags, chunks decode, no NaN/inf, checkpoints and required files,
+    inputs exist); every fault is one row; exit 1 if anything is wrong (unless --repair mended it)."""
     from stages.errors import StoreError
+    from stages.verify import repair as repair_store
     from stages.verify import verify
 
     store = RunStore(run)
     t = Table(title=f"verify {store.name}", title_justify="left", header_style="bold")
     for c in ("stage", "key", "result"):
         t.add_column(c, overflow="fold")
-    bad = 0
-    for f in verify(store):
-        bad += not f.ok
+    findings = list(verify(store))
+    for f in findings:
         t.add_row(f.stage.replace("_", "-"), f.key, f.what if f.ok else f"[red]{f.what}[/]")
     out.print(t)
+    bad = sum(not f.ok for f in findings)
+    if bad and repair:
+        commands = repair_store(store, findings)
+        out.print(f"removed {bad} damaged entries" + ("; recompute the current results with:" if commands else ""))
+        for cmd in commands:
+            out.print(f"  {cmd}", soft_wrap=True)
+        return
     if bad:
-        raise StoreError(f"{bad} entries of {store.name} failed verification; remove them with "
-                         f"`drdc cache gc --run {store.name} --key KEY` and rerun their commands")
+        raise StoreError(f"{bad} entries of {store.name} failed verification; `drdc cache verify --run {store.name} "
+                         "--repair` removes them and prints the commands that recompute them")
     out.print("[green]✓[/] every complete entry verified")
 
 

@@ -100,7 +100,12 @@ class Entry:
 
     @property
     def is_complete(self) -> bool:
-        return self.status == "complete"
+        """Marked complete, with every file its stage must hold (a deleted model.pt makes it resumable again)."""
+        return self.status == "complete" and not self.missing_files()
+
+    def missing_files(self) -> list[str]:
+        info = STAGES.get(self.stage)
+        return [f for f in (info.files if info else ()) if not (self.files / f).is_file()]
 
     @property
     def path(self) -> Path:

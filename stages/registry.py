@@ -15,6 +15,7 @@ class StageInfo:
     inputs: tuple[str, ...]  # upstream stage names
     extra: str = ""  # required options to show in hints
     shown: tuple[str, ...] = ()  # the key parameters `drdc cache ls` shows
+    files: tuple[str, ...] = ()  # files/ a complete entry must hold (without them it is not complete)
 
 
 STAGES: dict[str, StageInfo] = {
@@ -23,14 +24,16 @@ STAGES: dict[str, StageInfo] = {
         StageInfo("index", "index", (), "--data ROOT", ("root", "image_size", "categories")),
         StageInfo("extract", "extract", ("index",), "", ("backbone", "feature_size")),
         StageInfo("train_base", "train-base", ("extract",), "",
-                  ("epochs", "batch_size", "lr", "schedule", "hidden_dim", "seed")),
+                  ("epochs", "batch_size", "lr", "schedule", "hidden_dim", "seed"), ("model.pt", "config.json")),
         StageInfo("infer_base", "infer-base", ("extract", "train_base")),
         StageInfo("train_diff", "train-diff", ("index",), "",
-                  ("size", "steps", "batch_size", "lr", "model_channels", "model_condition", "grid", "seed")),
+                  ("size", "steps", "batch_size", "lr", "model_channels", "model_condition", "grid", "task", "seed"),
+                  ("model.pt", "config.json")),
         StageInfo("infer_diff", "infer-diff", ("index", "train_diff"), "",
-                  ("t", "c", "l", "n_s", "test_time_condition", "seed")),
+                  ("t", "c", "l", "n_s", "test_time_condition", "init", "distance", "seed")),
         StageInfo("fuse", "fuse", ("infer_base", "infer_diff"), "",
-                  ("gamma", "filter", "t", "c", "l", "spatio_temporal", "multiscale_base")),
+                  ("gamma", "filter", "t", "c", "l", "spatio_temporal", "multiscale_base", "norm", "init",
+                   "distance")),
         StageInfo("score", "score", ("index", "infer_base|fuse"), "", ("source", "pool")),
         StageInfo("tune", "tune", ("infer_base", "infer_diff"), "", ("objective", "rounds", "eval_size")),
         StageInfo("calibrate", "calibrate", ("train_base", "train_diff"), "", ("normals",)),

@@ -3,8 +3,11 @@ and never an entry another process is writing."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from stages.cache import RunStore
+
+from conftest import TINY_DIFF, TINY_INFER, TINY_TRAIN
 
 
 def test_a_sound_store_verifies(full_run, cli):
@@ -76,3 +79,58 @@ def test_gc_never_removes_an_entry_being_written(full_run, cli):
     finally:
         p.kill()
         p.wait()
+
+
+DAMAGE = {
+    "corrupt chunk": lambda s: next(p for p in (s.current("infer_base").path / "h_base" / "c").rglob("*")
+                                    if p.is_file()).write_bytes(b"\x28\xb5\x2f\xfd" + bytes(range(64))),
+    "attrs JSON": lambda s: (s.current("fuse").path / "zarr.json").write_text("{not json"),
+    "array metadata": lambda s: (s.current("score").path / "scores" / "zarr.json").write_text("[]"),
+    "deleted model.pt": lambda s: (s.current("train_base").files / "model.pt").unlink(),
+    "garbage checkpoint": lambda s: (s.current("train_diff").files / "model.pt").write_bytes(b"garbage"),
+    "garbage config": lambda s: (s.current("train_diff").files / "config.json").write_text("{"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_every_kind_of_damage_is_one_row_and_repair_leads_back_to_a_good_store(damage, full_run, cli):
+    """Damage one file; verify reports it (one row, no traceback) and the others, --repair removes the damaged
+    entry and prints the commands; running them gives a store that verifies."""
+    import shlex
+
+    DAMAGE[damage](RunStore(full_run))
+    res = cli("cache", "verify", "--run", full_run, code=1)
+    assert "Traceback" not in res.output and "failed verification" in res.stderr and "--repair" in res.stderr
+    out = " ".join(res.output.split())
+    assert out.count(" ok ") >= 3  # the sound entries are still listed
+    rep = cli("cache", "verify", "--run", full_run, "--repair")
+    cmds = [ln.strip() for ln in rep.output.splitlines() if ln.strip().startswith("drdc ")]
+    assert cmds, rep.output
+    for line in cmds:  # the removed current stages, in pipeline order, as the hints name them
+        args = shlex.split(line)[1:]
+        extra = {"train-base": TINY_TRAIN, "train-diff": TINY_DIFF, "infer-diff": [*TINY_INFER, "--c", "1,8"],
+                 "score": ["--source", "fuse"]}.get(args[0], [])  # the tiny run's sizes, not the preset's
+        cli(*args, *extra, "-q")
+    cli("cache", "verify", "--run", full_run)
+
+
+def test_a_deleted_checkpoint_makes_the_entry_resumable_and_the_rerun_restores_it(full_run, cli):
+    s = RunStore(full_run)
+    tb = s.current("train_base")
+    (tb.files / "model.pt").unlink()
+    assert not RunStore(full_run).get("train_base", tb.key).is_complete
+    res = cli("train-base", "--run", full_run, *TINY_TRAIN)
+    assert "cached" not in res.output.split("\n")[-2]
+    assert (tb.files / "model.pt").is_file() and RunStore(full_run).get("train_base", tb.key).is_complete
+
+
+def test_garbage_in_locks_and_claims_is_harmless(full_run, cli):
+    """Lock and claim files only say who holds them: garbage there reads as 'nobody', verify passes and the
+    stages run."""
+    s = RunStore(full_run)
+    (s.path / ".drdc.lock").write_bytes(b"\xff\x00garbage")
+    for e in s.entries():
+        for f in (e.path / "claims").glob("*.lock") if (e.path / "claims").is_dir() else []:
+            f.write_bytes(b"{{{")
+    cli("cache", "verify", "--run", full_run)
+    cli("fuse", "--run", full_run, "--c", "1,8", "--gamma", "0.5", "-q")
