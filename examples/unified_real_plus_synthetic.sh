@@ -15,7 +15,13 @@ drdc extract --run "$run"
 drdc train-base --run "$run"
 drdc infer-base --run "$run"
 drdc score --run "$run"
-# base only, chosen on validation (held-out normals + synthetic defects; no test label is read): the
-# normalisation of H_base (none / per-pixel / quantile). Add train-diff + infer-diff to tune the full fusion.
+# the diffusion branch with the cpu preset's choices (DDAD start, t 250,200,150, pixel + feature maps)
+drdc train-diff --run "$run"
+drdc infer-diff --run "$run"
+drdc fuse --run "$run"
+drdc score --run "$run" --source fuse
+# the fusion chosen on validation (held-out normals + synthetic defects; no test label is read)
 drdc tune --run "$run" --objective mean
 drdc report --run "$run" --csv "$work/metrics.csv" --json "$work/metrics.json"
+# what each option adds, on validation and test (the inpaint-trained rows print the commands that fill them)
+drdc ablate --run "$run" --json "$work/ablate.json"

@@ -39,7 +39,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "attention_resolutions": (8,), "num_head_channels": 32, "steps": 1000, "batch_size": 16, "lr": 2e-4,
             "ema": 0.995, "grid": (1, 4, 8), "ckpt_every": 100,
         },
-        "infer_diff": {"c": (1, 4, 8)},
+        # Chosen on validation (MTD + 3 synthetic categories, examples/RESULTS_MTD.md; never the test split):
+        # the DDAD start (q_sample of I_ori) on the paper-trained UNet beat the inpaint-trained UNet
+        # (`train-diff --task inpaint`, tune objective 88.7 vs 87.2), and tune fused t in {250, 200, 150} of the
+        # six: a chain's x0_t depends only on the steps before t, so running just those three gives the same
+        # maps at half the cost. --distance feature keeps both pixel and feature maps for tune to choose from.
+        # l scaled to 64 px: l = 4, 8 would give maps as coarse as H_base (16x16, 8x8).
+        "infer_diff": {"t": (250, 200, 150), "c": (1, 4, 8), "l": (1, 2), "init": "ddad", "distance": "feature"},
     },
 }
 DEFAULT_PRESET = "cpu"

@@ -217,8 +217,13 @@ def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict
 
 
 def _with(s: FusionSettings, axis: str, v, vs: ValidationSet) -> FusionSettings:
-    if axis == "variant":  # that variant's own maps, with this trial's norm, gamma and m
-        return replace(vs.variants[v][0], norm=s.norm, gamma=s.gamma, filter=s.filter)
+    if axis == "variant":  # that variant's maps, with this trial's norm, gamma, m and (where cached) t / c / l
+        own = vs.variants[v][0]
+        keep = lambda mine, theirs: mine if mine and set(mine) <= set(theirs) else theirs  # noqa: E731
+        c = keep(s.c, own.c)
+        return replace(own, norm=s.norm, gamma=s.gamma, filter=s.filter, t=keep(s.t, own.t), c=c,
+                       l=own.l if own.distance == "feature" else keep(s.l, own.l),
+                       chains=tuple(ch for ch in own.chains if ch[0] in c))
     if axis == "c":
         return replace(s, c=tuple(v), chains=tuple(ch for ch in s.chains if ch[0] in v))
     return replace(s, **{axis: tuple(v) if isinstance(v, (list, tuple)) else v})
