@@ -92,7 +92,7 @@ def ablate(
     seed: Annotated[int, typer.Option(help="Which infer-diff variant: its seed.")] = 0,
     pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = 16,
     norm: NormOpt = "none",
-    init: Annotated[Optional[str], typer.Option(help="Table 5's rows: which infer-diff --init (default: noise for an inpaint-trained UNet, else paper).")] = None,
+    init: Annotated[Optional[str], typer.Option(help="Table 5's rows: which infer-diff --init (default: that of the newest cached maps).")] = None,
     distance: Annotated[str, typer.Option(help="Table 5's rows: pixel or feature maps.")] = "pixel",
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-category metrics of every row as CSV.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Rows, switches, settings and commands as JSON.")] = None,

@@ -21,7 +21,7 @@ from .cache import Entry, RunStore
 from .errors import CacheMissError
 from .metrics import compute_metrics
 from .score import mean_over_categories
-from .fuse import matches, normal_stats, row_folds
+from .fuse import FuseParams, matches, newest_init, normal_stats, row_folds
 from .fusion import FILTER, GAMMA
 from .heatmaps import FusionSettings, fuse_maps, read_diff
 
@@ -71,8 +71,8 @@ class Selection:
     seed: int = 0
     pool: int = 16
     norm: str = "none"  # stages.fusion.NORMS: every row is normalised the same way, with its own statistics
-    init: str | None = None  # Table 5's rows: which infer-diff start (None: noise for an inpaint-trained UNet,
-    distance: str = "pixel"  # else the paper's) and distance; the OPTIONS rows set their own
+    init: str | None = None  # Table 5's rows: which infer-diff start (None: that of the newest cached maps, as
+    distance: str = "pixel"  # fuse takes it) and distance; the OPTIONS rows set their own
 
 
 @dataclass
@@ -122,8 +122,8 @@ def train_diff_command(store: RunStore, params: dict, model_condition: bool, tas
 def infer_diff_command(store: RunStore, t, c, l, n_s: int, seed: int, ttc: bool, init: str = "paper",  # noqa: E741
                        distance: str = "pixel") -> str:
     return (f"drdc infer-diff --run {store.name} --t {_fmt(t)} --c {_fmt(c)} --l {_fmt(l)} --ns {n_s} --seed {seed}"
-            + ("" if ttc else " --no-test-time-condition") + ("" if init == "paper" else f" --init {init}")
-            + ("" if distance == "pixel" else f" --distance {distance}"))
+            + ("" if ttc else " --no-test-time-condition") + f" --init {init} --distance {distance}")  # spelled
+            # out: the run's preset may start otherwise
 
 
 def _train_diff_entry(store: RunStore, current: Entry, model_condition: bool, task: str | None = None
@@ -239,10 +239,13 @@ def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) ->
         l_want = sel.l or tuple(sorted(common_l))
     else:
         l_want = sel.l or (1, 2, 4, 8)
+    newest = newest_init(store, FuseParams())  # Table 5's rows: the start of the newest maps, as `fuse` takes
     for v in (*TABLE5, *OPTIONS):
         row = Row(v.name, v)
         rows.append(row)
-        init = v.init or sel.init or ("noise" if _task(unet.params) == "inpaint" else "paper")
+        init = v.init or sel.init or newest
+        if v.task not in (None, _task(unet.params)) and not v.init:
+            init = "noise" if v.task == "inpaint" else "paper"
         distance = v.distance or sel.distance
         td = _train_diff_entry(store, unet, v.model_condition, v.task)
         back = train_diff_command(store, unet.params, True) + "   (makes the full model current again)"

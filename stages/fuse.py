@@ -54,8 +54,7 @@ class FuseParams:
 
 def _command(store: RunStore, p: FuseParams, cs, ts, ls) -> str:
     flags = "" if p.test_time_condition else " --no-test-time-condition"
-    flags += (f" --init {p.init}" if p.init != "paper" else "") + (" --distance feature" if p.distance == "feature"
-                                                                   else "")
+    flags += (f" --init {p.init}" if p.init else "") + f" --distance {p.distance}"  # the preset's may differ
     fmt = lambda v: ",".join(map(str, v))  # noqa: E731
     return (f"drdc infer-diff --run {store.name} --t {fmt(ts)} --c {fmt(cs)} --l {fmt(ls)} --ns {p.n_s} "
             f"--seed {p.seed}{flags}")

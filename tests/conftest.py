@@ -29,7 +29,8 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TINY_DIFF = ["--size", "32", "--model-channels", "8", "--channel-mult", "1,2", "--res-blocks", "1",
              "--attention", "16", "--head-channels", "8", "--steps", "3", "--batch-size", "4", "--grid", "1,4,8",
              "--ckpt-every", "2"]
-TINY_INFER = ["--t", "100,50,0", "--l", "1,2", "--ns", "2"]
+# the paper's start and pixel maps (the cpu preset's DDAD start and feature maps: tests/test_diffusion_options.py)
+TINY_INFER = ["--t", "100,50,0", "--l", "1,2", "--ns", "2", "--init", "paper", "--distance", "pixel"]
 
 
 def _invoke_all(run: Path, steps: list[list]) -> None:

@@ -173,7 +173,7 @@ def option_run(full_run_pristine, tmp_path_factory):
 
     run = copy_run(full_run_pristine, tmp_path_factory.mktemp("opt") / "r.zarr")
     _invoke_all(run, [["train-diff", *TINY_DIFF, "--task", "inpaint", "--chain", "100,50,0"],
-                      ["infer-diff", *TINY_INFER, "--c", "1,8", "--init", "noise", "--distance", "feature"],
+                      ["infer-diff", *TINY_INFER[:6], "--c", "1,8", "--init", "noise", "--distance", "feature"],
                       ["fuse", "--distance", "feature"], ["score", "--source", "fuse"]])
     return run
 
@@ -204,7 +204,7 @@ def test_predict_reproduces_the_feature_distance_scores(option_run, tiny_data, c
 
 
 def test_tune_searches_the_cached_variants(option_run, cli) -> None:
-    cli("infer-diff", "--run", option_run, *TINY_INFER, "--c", "1,8", "--init", "ddad")
+    cli("infer-diff", "--run", option_run, *TINY_INFER[:6], "--c", "1,8", "--init", "ddad", "--distance", "pixel")
     cli("tune", "--run", option_run, "--rounds", "1", "--norms", "none,pixel", "--gammas", "0.5,1",
         "--filters", "1,41")
     s = RunStore(option_run)
