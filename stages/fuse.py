@@ -80,6 +80,7 @@ def newest_init(store: RunStore, p: FuseParams) -> str:
 
 def diff_entries(store: RunStore, p: FuseParams) -> dict[int, Entry]:
     """The complete, fresh infer-diff entries of this variant, one per c (the newest when several t-lists)."""
+    p = replace(p, init=newest_init(store, p))
     index, unet = store.current("index"), store.current("train_diff")
     found: dict[int, Entry] = {}
     for e in store.entries():

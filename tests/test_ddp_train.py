@@ -59,9 +59,9 @@ def test_single_process_params_and_keys_unchanged(no_torchrun, monkeypatch):
     computed before DDP support was added."""
     base, diff = TrainBaseParams(), TrainDiffParams()
     assert dist.ddp_params(keyed(base), base.batch_size) == OLD_BASE
-    assert dist.ddp_params(keyed(diff), diff.batch_size) == OLD_DIFF
+    assert dist.ddp_params(diff.key_params(), diff.batch_size) == OLD_DIFF  # --task paper adds no key field
     assert make_key("train_base", dist.ddp_params(keyed(base), 8), UP) == "db8439cf5d4d"
-    assert make_key("train_diff", dist.ddp_params(keyed(diff), 16), {"index": "0123456789ab"}) == "69a64e3f3cdc"
+    assert make_key("train_diff", dist.ddp_params(diff.key_params(), 16), {"index": "0123456789ab"}) == "69a64e3f3cdc"
     monkeypatch.setenv("WORLD_SIZE", "4")
     ddp = dist.ddp_params(keyed(base), base.batch_size)
     assert ddp == {**OLD_BASE, "world_size": 4, "effective_batch_size": 32}

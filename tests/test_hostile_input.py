@@ -348,7 +348,8 @@ def test_bad_options_leave_the_store_alone(existing, cli, args, code, needle):
 def test_unsorted_t_is_the_same_request(existing, tmp_path, cli):
     """--t is a set of timesteps run in the reverse process's order: 0,100,50 is 100,50,0, and is cached."""
     run = copy_run(existing, tmp_path / "r.zarr")
-    res = cli("infer-diff", "--run", run, "--t", "0,100,50", "--l", "1,2", "--ns", "2", "--c", "1,8")
+    res = cli("infer-diff", "--run", run, "--t", "0,100,50", "--l", "1,2", "--ns", "2", "--c", "1,8", "--init", "paper",
+              "--distance", "pixel")
     assert "cached" in res.output
 
 
