@@ -22,8 +22,10 @@ def test_verify_names_nan_missing_flags_and_broken_checkpoints(full_run, cli):
     maps[0] = np.full(maps.shape[1:], np.nan, np.float32)
     ib.array("done")[1] = 0
     (tb.files / "model.pt").write_bytes(b"garbage")
+    (tb.files / "config.json").write_text("{")
     res = cli("cache", "verify", "--run", full_run, code=1)
     out = " ".join(res.output.split())
+    assert "config.json is not valid JSON" in out
     assert "array maps holds" in out and "NaN/inf" in out
     assert "complete but 1/" in out and "done flags are off" in out
     assert "model.pt does not load" in out
@@ -85,10 +87,9 @@ DAMAGE = {
     "corrupt chunk": lambda s: next(p for p in (s.current("infer_base").path / "h_base" / "c").rglob("*")
                                     if p.is_file()).write_bytes(b"\x28\xb5\x2f\xfd" + bytes(range(64))),
     "attrs JSON": lambda s: (s.current("fuse").path / "zarr.json").write_text("{not json"),
-    "array metadata": lambda s: (s.current("score").path / "scores" / "zarr.json").write_text("[]"),
     "deleted model.pt": lambda s: (s.current("train_base").files / "model.pt").unlink(),
     "garbage checkpoint": lambda s: (s.current("train_diff").files / "model.pt").write_bytes(b"garbage"),
-    "garbage config": lambda s: (s.current("train_diff").files / "config.json").write_text("{"),
+    "array metadata": lambda s: (s.current("score").path / "scores" / "zarr.json").write_text("[]"),  # array meta
 }
 
 
