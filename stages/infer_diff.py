@@ -34,7 +34,6 @@ from .train_diff import load_unet
 
 STAGE = "infer_diff"
 DISTANCES = ("pixel", "feature")  # pixel: Eq 16 (always stored); feature: also the feature-space maps
-ARRAY = {"pixel": "heatmaps", "feature": "feature"}  # the entry's array of each distance
 
 
 @dataclass(frozen=True)
