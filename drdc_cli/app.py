@@ -14,18 +14,81 @@ from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from stages.common import StageResult
 from stages.errors import DrdcError
 
+class StrictGroup(TyperGroup):
+    """The command groups' parsing, with two house rules: a usage error (a wrong type, an unknown option, a
+    missing value) is one line on stderr, as every other error is; an option given twice is an error, not a
+    silent 'the last one wins'."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None and not isinstance(cmd, TyperGroup):
+            refuse_repeats(cmd, rest, f"{ctx.command_path} {name}")
+        return name, cmd, rest
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        from typer import Abort
+        from typer._click.exceptions import ClickException  # typer 0.29 vendors click; no public alias
+
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # a bare `drdc` or `drdc cache`: the help page
+                e.show()
+            else:
+                what = " ".join(e.format_message().split()).rstrip(".")
+                where = getattr(getattr(e, "ctx", None), "command_path", None)
+                hint = f"; see `{where} --help`" if where else ""
+                err.print(f"[bold red]error:[/] {escape(what)}{hint}", soft_wrap=True)
+            rv = e.exit_code
+        except Abort:
+            err.print("[yellow]aborted[/]")
+            rv = 1
+        code = rv if isinstance(rv, int) else 0
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+
+def refuse_repeats(cmd: Any, args: list[str], path: str) -> None:
+    """Raise a UsageError naming an option that `args` gives twice (both spellings of a --x/--no-x switch
+    count as the same option); options declared to repeat (multiple) may."""
+    from typer._click.exceptions import UsageError
+
+    owner: dict[str, Any] = {}
+    for p in cmd.params:
+        if p.param_type_name == "option" and not p.multiple:
+            for o in (*p.opts, *p.secondary_opts):
+                owner[o] = p
+    seen: dict[str, str] = {}
+    for a in args:
+        if a == "--":
+            break
+        p = owner.get(a.split("=", 1)[0])
+        if p is None:
+            continue
+        typed = a.split("=", 1)[0]
+        if p.name in seen:
+            also = "" if typed == seen[p.name] else f" (as {seen[p.name]} and {typed})"
+            raise UsageError(f"{path}: option {seen[p.name]} given twice{also}; give it once (see `{path} --help`)")
+        seen[p.name] = typed
+
+
 app = typer.Typer(
+    cls=StrictGroup,
     name="drdc",
     help="Multi-class industrial anomaly detection with Diffusion Refinement with Dual Conditions (DRDC).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-cache_app = typer.Typer(help="Inspect the run store.", no_args_is_help=True)
+cache_app = typer.Typer(cls=StrictGroup, help="Inspect the run store.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
 out = Console(highlight=False)
@@ -72,6 +135,9 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         from stages.locks import release_all
 
         try:
+            from .domains import check_options
+
+            check_options(fn, kwargs)  # every option in its domain before any work or write
             return fn(*args, **kwargs)
         except DrdcError as e:
             roll_back(dataset_error=isinstance(e, DataError))
@@ -83,6 +149,13 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             err.print(f"[bold red]error:[/] {where}{e.strerror or e}; nothing complete was changed, "
                       "rerun the command once this is fixed", soft_wrap=True)
             raise typer.Exit(1) from None
+        except (MemoryError, RuntimeError) as e:  # a batch too big for this machine: the user's setting, not a bug
+            if not _out_of_memory(e):
+                raise
+            roll_back(dataset_error=False)
+            err.print("[bold red]error:[/] out of memory; lower --batch-size (or the model or image size), or use "
+                      "a device with more memory; nothing complete was changed, rerun to resume", soft_wrap=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt as e:
             saved = active_summary() or "nothing was in progress"
             how = "terminated" if isinstance(e, Terminated) else "interrupted"
@@ -93,6 +166,14 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             forget_active()
 
     return wrapper
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    text = str(e)
+    return (isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
+            or "out of memory" in text.lower())
 
 
 def report_stage(r: StageResult) -> None:

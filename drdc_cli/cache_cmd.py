@@ -100,7 +100,7 @@ def gc_cmd(
     for k in key:
         hits = [e for e in store.entries() if e.key.startswith(k)]
         if len(hits) != 1:
-            raise ConfigError(f"--key: {k!r} matches {len(hits)} entries of {store.name} (see `drdc cache ls`)")
+            raise ConfigError(f"--key: {k!r} matches {len(hits)} entries of {store.name} (see `drdc cache ls --run {store.name}`)")
         if hits[0].is_busy():
             raise ConfigError(f"--key: {hits[0].key} is being written by another process; not removed")
         doomed.append(hits[0])

@@ -50,7 +50,7 @@ def calibrate(
                   soft_wrap=True)
     else:
         cal.quantile_of(fpr, percentile)  # option errors before any model loads
-    pred = Predictor(store, device, overrides(gamma, filter_, t, c, l), base_only=base_only, weights=weights)
+    pred = Predictor(store, device, overrides(gamma, filter_, t, c, l, base_only), base_only=base_only, weights=weights)
     for n in pred.notes:
         err.print(f"[yellow]note:[/] {n}", soft_wrap=True)
     if on_test_labels:

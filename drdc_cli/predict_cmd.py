@@ -33,7 +33,13 @@ WeightsOpt = Annotated[Optional[Path], typer.Option(help="Backbone weight file, 
 MAX_ROWS = 40  # terminal rows; the CSV has all
 
 
-def overrides(gamma, filter_, t, c, l) -> FuseOverrides:  # noqa: E741
+def overrides(gamma, filter_, t, c, l, base_only: bool = False) -> FuseOverrides:  # noqa: E741
+    """The fusion options given; with --base-only there is no fusion, so any of them would be silently dropped."""
+    given = [f for f, v in (("--gamma", gamma), ("--filter", filter_), ("--t", t), ("--c", c), ("--l", l)) if v is not None]
+    if base_only and given:
+        from stages.errors import ConfigError
+
+        raise ConfigError(f"--base-only scores H_base alone, so {', '.join(given)} would have no effect; give one or the other")
     return FuseOverrides(gamma=gamma, filter=filter_, t=_ints(t, "--t") or None, c=_ints(c, "--c") or None,
                          l=_ints(l, "--l") or None)
 
@@ -170,5 +176,5 @@ def predict_cmd(
     store = RunStore(run)
     if dest is not None and dest.exists() and not dest.is_dir():
         raise ConfigError(f"--out: {dest} exists and is not a folder")
-    run_predict(store, images, dest, category, overrides(gamma, filter_, t, c, l), base_only, pictures, masks,
+    run_predict(store, images, dest, category, overrides(gamma, filter_, t, c, l, base_only), base_only, pictures, masks,
                 device, weights, progress=not quiet)

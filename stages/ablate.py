@@ -126,6 +126,16 @@ def infer_diff_command(store: RunStore, t, c, l, n_s: int, seed: int, ttc: bool,
             # out: the run's preset may start otherwise
 
 
+def _preset_maps(store: RunStore) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(t, c, l) that `drdc infer-diff` takes by default on this run (its preset's), so a printed command asks
+    for grid sizes the run's UNet can inpaint."""
+    from .infer_diff import InferDiffParams
+    from .presets import DEFAULT_PRESET, build
+
+    p = build(InferDiffParams, "infer_diff", store.attr("preset") or DEFAULT_PRESET)
+    return p.t, p.c, p.l
+
+
 def _train_diff_entry(store: RunStore, current: Entry, model_condition: bool, task: str | None = None
                       ) -> Entry | None:
     """The complete train-diff entry with the current one's params but this model condition and task (newest)."""
@@ -229,16 +239,17 @@ def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) ->
     if not unet.params["model_condition"]:
         raise CacheMissError(f"the current diffusion model {unet.key} was trained with --no-model-condition; make "
                              f"the full model current with `{train_diff_command(store, unet.params, True)}`")
-    t_want = sel.t or (250, 200, 150, 100, 50, 0)
+    t_def, c_def, l_def = _preset_maps(store)  # where nothing is cached: what `drdc infer-diff` would make
+    t_want = sel.t or t_def
     ref = _diff_entries(store, unet.key, sel, True)
-    c_want = list(sel.c) or list(ref) or [1, 16, 32]
+    c_want = list(sel.c) or list(ref) or list(c_def)
     if ref:
         common_t = set.intersection(*(set(e.params["t"]) for e in ref.values()))
         common_l = set.intersection(*(set(e.params["l"]) for e in ref.values()))
         t_want = sel.t or tuple(sorted(common_t, reverse=True))
         l_want = sel.l or tuple(sorted(common_l))
     else:
-        l_want = sel.l or (1, 2, 4, 8)
+        l_want = sel.l or l_def
     newest = newest_init(store, FuseParams())  # Table 5's rows: the start of the newest maps, as `fuse` takes
     for v in (*TABLE5, *OPTIONS):
         row = Row(v.name, v)

@@ -312,7 +312,8 @@ class RunStore:
             raise CacheMissError(f"no {stage} result in {self.name}; run `{hint(stage, self.name)}` first")
         e = self.get(stage, key)
         if e is None or not e.is_complete:
-            raise CacheMissError(f"the {stage} result {key} in {self.name} is not complete; rerun `{hint(stage, self.name)}`")
+            raise CacheMissError(f"the {stage} result {key} in {self.name} is not complete; rerun "
+                                 f"`{_remake(e) if e is not None else hint(stage, self.name)}`")
         self.check_fresh(e)
         return e
 
@@ -326,14 +327,14 @@ class RunStore:
                 up = self.get(up_stage, up_key)
                 if up is None or not up.is_complete:
                     raise CacheMissError(f"the {e.stage} result {e.key} needs {up_stage} {up_key}, which is gone or "
-                                         f"incomplete; rerun `{hint(up_stage, self.name)}`")
+                                         f"incomplete; rerun `{_remake(up) if up is not None else hint(up_stage, self.name)}`")
                 self.check_fresh(up)
                 continue
             up = self.current(up_stage)
             if up.key != up_key:
                 raise CacheMissError(
                     f"the {e.stage} result {e.key} was computed from {up_stage} {up_key}, but the current "
-                    f"{up_stage} is {up.key}; rerun `{hint(e.stage, self.name)}`"
+                    f"{up_stage} is {up.key}; rerun `{_remake(e)}`"
                 )
 
     def entries(self) -> Iterator[Entry]:
@@ -418,14 +419,37 @@ def load_weights(model: "torch.nn.Module", path: Path) -> "torch.nn.Module":
         raise StoreError(f"{path}: checkpoint missing; rerun the stage that trains it") from None
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError (zip), EOFError: all mean unusable
         raise StoreError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}); "
-                         "rerun the stage that trains it") from None
+                         f"{_remove_hint(path)}") from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
         first = str(e).splitlines()[1 if len(str(e).splitlines()) > 1 else 0].strip()[:160]
         raise StoreError(f"{path}: weights do not match the model configuration ({first}); "
-                         "rerun the stage that trains it") from None
+                         f"{_remove_hint(path)}") from None
     return model
+
+
+def _remake(e: Entry) -> str:
+    """The command that makes e again, with e's own params (on the current inputs)."""
+    from .commands import entry_command
+
+    return entry_command(e)
+
+
+def _remove_hint(path: Path) -> str:
+    """What brings a complete entry with a damaged model.pt back: the entry is complete, so a plain rerun would
+    say 'cached'; removing it first makes the rerun train again."""
+    from .registry import STAGES, hint
+
+    entry = path.parent.parent  # RUN/stage/key/files/model.pt
+    run, stage = entry.parent.parent, entry.parent.name
+    if path.parent.name != "files" or stage not in STAGES:
+        return "retrain the model it belongs to"
+    try:
+        again = _remake(RunStore(run).get(stage, entry.name))
+    except Exception:  # noqa: BLE001 - a store too damaged to read its params: the bare command
+        again = hint(stage, str(run))
+    return f"remove the entry with `drdc cache gc --run {run} --key {entry.name}`, then rerun `{again}`"
 
 
 def active_summary() -> str:

@@ -47,7 +47,8 @@ def run(store: RunStore, p: ExtractParams, weights: Path | None = None, device: 
     summary = f"{n} x {net.out_channels}x{fs}x{fs} features ({p.backbone})"
     if cached:
         return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, summary)
-    entry.update(channels=net.out_channels, backbone_channels=list(net.channels), device=str(dev))
+    entry.update(channels=net.out_channels, backbone_channels=list(net.channels), device=str(dev),
+                 weights_file=str(Path(weights).resolve()) if weights else None)  # for printed rerun commands
     dist.start_together(dev)  # torchrun: ranks begin claiming at once, so each takes its own share
     feats = entry.require_array("features", (n, net.out_channels, fs, fs), "float32")
     done = entry.require_done(n)

@@ -53,11 +53,17 @@ class FuseParams:
 
 
 def _command(store: RunStore, p: FuseParams, cs, ts, ls) -> str:
-    flags = "" if p.test_time_condition else " --no-test-time-condition"
-    flags += (f" --init {p.init}" if p.init else "") + f" --distance {p.distance}"  # the preset's may differ
+    """The infer-diff line that makes the maps fuse asked for: the variant spelled out (the preset's start and
+    distance may differ), t, c and l only where fuse asked for them (else infer-diff's own, from the run's
+    preset, which fit the UNet the run trained)."""
     fmt = lambda v: ",".join(map(str, v))  # noqa: E731
-    return (f"drdc infer-diff --run {store.name} --t {fmt(ts)} --c {fmt(cs)} --l {fmt(ls)} --ns {p.n_s} "
-            f"--seed {p.seed}{flags}")
+    parts = [f"drdc infer-diff --run {store.name}"]
+    parts += [f"{flag} {fmt(v)}" for flag, v in (("--t", ts), ("--c", cs), ("--l", ls)) if v]
+    parts.append(f"--ns {p.n_s} --seed {p.seed}")
+    if not p.test_time_condition:
+        parts.append("--no-test-time-condition")
+    parts.append((f"--init {p.init} " if p.init else "") + f"--distance {p.distance}")
+    return " ".join(parts)
 
 
 def matches(q: dict, n_s: int, ttc: bool, seed: int, init: str, distance: str) -> bool:
@@ -91,11 +97,11 @@ def diff_entries(store: RunStore, p: FuseParams) -> dict[int, Entry]:
             found[q["c"]] = e  # entries() is oldest first: the newest wins
     missing = [c for c in p.c if c not in found]
     if missing or not found:
-        want_c = missing or list(p.c) or [1, 16, 32]
-        raise CacheMissError(f"no cached diffusion heatmaps for c={','.join(map(str, want_c))}"
-                             f"{' t=' + ','.join(map(str, p.t)) if p.t else ''}"
-                             f"{' l=' + ','.join(map(str, p.l)) if p.l else ''}; make them with "
-                             f"`{_command(store, p, want_c, p.t or (250, 200, 150, 100, 50, 0), p.l or (1, 2, 4, 8))}`")
+        want_c = missing or list(p.c)
+        what = " ".join(f"{k}={','.join(map(str, v))}" for k, v in (("c", want_c), ("t", p.t), ("l", p.l)) if v)
+        raise CacheMissError(f"no cached diffusion heatmaps {'for ' + what if what else 'of this variant'} "
+                             f"(n_s {p.n_s}, seed {p.seed}, start {p.init}, {p.distance} maps); make them with "
+                             f"`{_command(store, p, want_c, p.t, p.l)}`")
     return dict(sorted(found.items()))
 
 
@@ -142,7 +148,7 @@ def normal_stats(index: Entry, base: Entry, diffs: dict[int, Entry], s: FusionSe
     normals = validation_normals(index, rec)
     if not normals:
         raise ConfigError(f"--norm {s.norm}: the run has no validation normals to take statistics from; index "
-                          "again with `drdc index --data ROOT --run RUN --val-fraction 0.1`")
+                          f"again with `drdc index --data ROOT --run {index.store.name} --val-fraction 0.1`")
 
     def maps_of(pos: np.ndarray):
         hb = torch.from_numpy(base.array("h_base").get_orthogonal_selection((pos,)))

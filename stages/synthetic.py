@@ -51,6 +51,9 @@ class SyntheticSpec:
     categories: tuple[str, ...] = CATEGORIES
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        _validate(self)  # a bad spec is refused when it is made, before any folder is
+
 
 @dataclass
 class Scene:

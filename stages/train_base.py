@@ -64,11 +64,16 @@ class TrainBaseParams:
         check(self.schedule in SCHEDULES, "--schedule", f"must be one of {', '.join(SCHEDULES)}", self.schedule)
         check(0.0 <= self.holdout < 0.5, "--holdout", "must be in [0, 0.5)", self.holdout)
         check(0.0 <= self.dropout < 1.0, "--dropout", "must be in [0, 1)", self.dropout)
+        check(self.nhead >= 1, "--heads", "must be >= 1", self.nhead)
         check(self.hidden_dim % self.nhead == 0, "--hidden-dim", f"must be divisible by nhead={self.nhead}",
               self.hidden_dim)
         check(self.neighbor_size >= 1 and self.neighbor_size % 2 == 1, "--neighbor-size", "must be odd (a centred window)",
               self.neighbor_size)
         check(self.warmup_epochs >= 0, "--warmup-epochs", "must be >= 0", self.warmup_epochs)
+        # StepLR(lr_step): a step of 0 epochs divides by zero at the end of the first epoch. (A cosine warmup
+        # longer than the run is allowed: the preset's warmup must not refuse a short `--epochs`.)
+        if self.schedule == "step":
+            check(self.lr_step >= 1, "--lr-step", "must be >= 1 with --schedule step", self.lr_step)
 
     def model_config(self, in_channels: int, feature_size: int) -> ReconstructionConfig:
         return ReconstructionConfig(

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from .cache import Entry, RunStore
-from .registry import STAGES, hint
+from .commands import command, entry_command
+from .registry import STAGES
 
 SCAN = 64  # images read at a time
 
@@ -132,11 +133,56 @@ def repair(store: RunStore, findings: list[Finding]) -> list[str]:
                 gone.add((stage, key))
                 grew = True
     current = store.current_keys
+    commands = _restoring(store, {(s, k): e for s, k, e in entries}, gone, current)
     with store.locked():
         for stage, key in gone:
             shutil.rmtree(store.path / stage / key, ignore_errors=True)
         store.reload()
-    return [hint(stage, store.name) for stage in STAGES if (stage, current.get(stage)) in gone]
+    return commands
+
+
+def _restoring(store: RunStore, by_key: dict, gone: set, current: dict) -> list[str]:
+    """The lines that remake the removed current entries and the removed entries they read (fuse's infer-diff
+    maps), in pipeline order, each with the params it had (an entry whose attrs are unreadable: the bare line)."""
+    want: list[tuple[str, str]] = [(s, current[s]) for s in STAGES if (s, current.get(s)) in gone]
+    i = 0
+    while i < len(want):  # the removed entries a removed current one was computed from
+        e = by_key.get(want[i])
+        for name, k in (_inputs(e) or {}).items():
+            up = (name.split("@")[0], k)
+            if up in gone and up not in want:
+                want.append(up)
+        i += 1
+    lines: list[str] = []
+    for stage in STAGES:
+        groups: dict[str, list[int]] = {}  # infer-diff entries differing only in c: one line
+        for s, k in want:
+            if s != stage:
+                continue
+            e, params = by_key.get((s, k)), None
+            try:
+                params = dict(e.params) if e is not None else None
+            except Exception:  # noqa: BLE001 - the damage verify found may be these very attrs
+                params = None
+            if params is None:
+                line = command(stage, store.name)
+            elif stage == "infer_diff":
+                c = params.pop("c")
+                groups.setdefault(json.dumps(params, sort_keys=True), []).append(c)
+                continue
+            else:
+                line = entry_command(e)
+            if line not in lines:
+                lines.append(line)
+        lines += [command("infer_diff", store.name, json.loads(q), merge_c=cs) for q, cs in groups.items()]
+    return lines
+
+
+def _inputs(e) -> dict | None:
+    try:
+        return dict(e.inputs) if e is not None else None
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def reachable(store: RunStore) -> set[str]:

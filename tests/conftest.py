@@ -33,6 +33,17 @@ TINY_DIFF = ["--size", "32", "--model-channels", "8", "--channel-mult", "1,2", "
 TINY_INFER = ["--t", "100,50,0", "--l", "1,2", "--ns", "2", "--init", "paper", "--distance", "pixel"]
 
 
+def options(base: list, *pairs) -> list:
+    """base with each (flag, value) of pairs replacing that flag's value, or appended: an option is given once."""
+    out = list(base)
+    for flag, value in zip(pairs[::2], pairs[1::2]):
+        if flag in out:
+            out[out.index(flag) + 1] = value
+        else:
+            out += [flag, value]
+    return out
+
+
 def _invoke_all(run: Path, steps: list[list]) -> None:
     from drdc_cli.app import app, register_commands
 

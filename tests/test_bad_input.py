@@ -62,11 +62,11 @@ def indexed(tiny_data, tmp_path_factory):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["extract", "--backbone", "resnet9000"], "unknown backbone"),
+    (["extract", "--backbone", "resnet9000"], "--backbone: must be one of tf_efficientnet_lite0"),
     (["extract", "--feature-size", "1"], "--feature-size"),
-    (["extract", "--preset", "huge"], "--preset: unknown preset 'huge'"),
+    (["extract", "--preset", "huge"], "--preset: must be one of paper, cpu (got 'huge')"),
     (["extract", "--device", "cuda:7"], "--device"),
-    (["train-base", "--epochs", "0"], "--epochs: must be >= 1 (got 0)"),
+    (["train-base", "--epochs", "0"], "--epochs: must be in [1, 1000000] (got 0)"),
     (["train-base", "--holdout", "0.7"], "--holdout"),
     (["train-base", "--lr", "-1"], "--lr"),
     (["train-base", "--schedule", "linear"], "--schedule"),

@@ -26,13 +26,13 @@ from stages.models.reconstruction import ReconstructionConfig, UniADReconstructi
 from stages.train_base import TrainBaseParams
 from stages.train_diff import TrainDiffParams, _batch, load_unet
 
-from conftest import TINY_DIFF, TINY_EXTRACT, TINY_INDEX, TINY_TRAIN, copy_run
+from conftest import TINY_DIFF, TINY_EXTRACT, TINY_INDEX, TINY_TRAIN, copy_run, options
 
 ROOT = Path(__file__).resolve().parents[1]
 # TINY_TRAIN with 8 epochs at lr 1e-3 and 2 images a rank a step: enough epochs for a kill to land mid-run
 # and for the loss to fall visibly.
-BASE = [*TINY_TRAIN[2:], "--epochs", "8", "--batch-size", "2", "--lr", "1e-3", "--device", "cpu", "--quiet"]
-DIFF = [*TINY_DIFF, "--steps", "4", "--device", "cpu", "--quiet"]  # later options win: 4 steps, ckpt every 2
+BASE = [*options(TINY_TRAIN, "--epochs", "8", "--batch-size", "2", "--lr", "1e-3"), "--device", "cpu", "--quiet"]
+DIFF = [*options(TINY_DIFF, "--steps", "4"), "--device", "cpu", "--quiet"]  # 4 steps, ckpt every 2
 
 
 # -- single process: nothing changes -----------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def test_fuse_names_the_missing_heatmaps(diff_run, cli):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["infer-diff", "--t", "1000"], "--t: 1000 is out of range"),
+    (["infer-diff", "--t", "1000"], "--t: must be in [0, 999] (got 1000)"),
     (["infer-diff", "--t", "50,50"], "--t: duplicate value 50"),
     (["infer-diff", "--t", "50,x"], "--t: expected comma-separated integers"),
     (["infer-diff", "--c", "7"], "--c: 7 does not divide the image size 32"),

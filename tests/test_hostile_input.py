@@ -324,12 +324,12 @@ def test_disk_full_or_read_only_store(existing, tmp_path, cli, monkeypatch, err,
 
 
 @pytest.mark.parametrize("args,code,needle", [
-    (["infer-diff", "--t", "1000"], 2, "--t: 1000 is out of range [0, 999]"),
+    (["infer-diff", "--t", "1000"], 2, "--t: must be in [0, 999] (got 1000)"),
     (["infer-diff", "--t", "50,50"], 2, "--t: duplicate value 50"),
     (["infer-diff", "--t", "50,abc"], 2, "--t: expected comma-separated integers"),
     (["infer-diff", "--t", "-5"], 2, "--t"),
     (["infer-diff", "--c", "7"], 2, "--c: 7 does not divide the image size 32"),
-    (["infer-diff", "--ns", "1"], 2, "--ns: must be >= 2 (got 1)"),
+    (["infer-diff", "--ns", "1"], 2, "--ns: must be in [2, 4096] (got 1)"),
     (["fuse", "--gamma", "1.5"], 2, "--gamma"),
     (["fuse", "--gamma", "-0.1"], 2, "--gamma"),
     (["fuse", "--filter", "4"], 2, "--filter"),

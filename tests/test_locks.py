@@ -94,10 +94,10 @@ def test_two_infer_diff_processes_share_the_chunks(full_run_pristine, tmp_path, 
 
 @pytest.mark.slow
 def test_cli_names_the_running_trainer_and_ctrl_c_says_what_is_saved(full_run_pristine, tmp_path, cli):
-    from conftest import TINY_TRAIN
+    from conftest import TINY_TRAIN, options
 
     run = copy_run(full_run_pristine, tmp_path / "r.zarr")
-    train = [*TINY_TRAIN, "--epochs", "5000", "--seed", "9"]  # never finishes before the SIGINT, even on a busy machine
+    train = options(TINY_TRAIN, "--epochs", "5000", "--seed", "9")  # never finishes before the SIGINT, even on a busy machine
     proc = subprocess.Popen([sys.executable, "-m", "drdc_cli", "train-base", "--run", str(run), "-q", *train],
                             cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

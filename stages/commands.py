@@ -1,0 +1,82 @@
+"""The command line that makes an entry with given params, every CLI-settable param spelled out.
+
+A hint that says "rerun `drdc train-base --run R`" would train with the preset's defaults, not with the
+options the removed or stale entry was made with; the line `command` prints makes the same key again (on the
+same inputs), whatever the run's preset. tests/test_hints.py runs it for every entry of a run and checks that.
+"""
+from __future__ import annotations
+
+import shlex
+from typing import Any, Iterable
+
+from .registry import STAGES
+
+FLAGS: dict[str, dict[str, str]] = {  # entry param -> CLI flag, per stage
+    "index": {"root": "--data", "layout": "--layout", "categories": "--categories", "image_size": "--image-size",
+              "val_fraction": "--val-fraction", "val_min": "--val-min", "val_defects": "--val-defects",
+              "val_seed": "--val-seed"},
+    "extract": {"backbone": "--backbone", "feature_size": "--feature-size"},
+    "train_base": {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
+                   "schedule": "--schedule", "lr_step": "--lr-step", "warmup_epochs": "--warmup-epochs",
+                   "grad_clip": "--grad-clip", "holdout": "--holdout", "seed": "--seed", "hidden_dim": "--hidden-dim",
+                   "dim_feedforward": "--ffn-dim", "nhead": "--heads", "num_encoder_layers": "--encoder-layers",
+                   "num_decoder_layers": "--decoder-layers", "dropout": "--dropout",
+                   "neighbor_size": "--neighbor-size", "jitter_scale": "--jitter-scale"},
+    "infer_base": {},
+    "train_diff": {"size": "--size", "model_channels": "--model-channels", "channel_mult": "--channel-mult",
+                   "num_res_blocks": "--res-blocks", "attention_resolutions": "--attention",
+                   "num_head_channels": "--head-channels", "steps": "--steps", "batch_size": "--batch-size",
+                   "lr": "--lr", "ema": "--ema", "grid": "--grid", "n_s": "--ns", "t_max": "--t-max",
+                   "ckpt_every": "--ckpt-every", "seed": "--seed", "model_condition": "--model-condition",
+                   "task": "--task", "chain": "--chain"},
+    "infer_diff": {"t": "--t", "c": "--c", "l": "--l", "n_s": "--ns", "test_time_condition": "--test-time-condition",
+                   "seed": "--seed", "bf16": "--bf16", "init": "--init", "distance": "--distance"},
+    "fuse": {"gamma": "--gamma", "filter": "--filter", "t": "--t", "c": "--c", "l": "--l",
+             "spatio_temporal": "--spatio-temporal", "multiscale_base": "--multiscale-base", "n_s": "--ns",
+             "test_time_condition": "--test-time-condition", "seed": "--seed", "norm": "--norm", "init": "--init",
+             "distance": "--distance"},
+    "score": {"source": "--source", "pool": "--pool"},
+}
+# Params a key leaves out while they hold the class default (keys made before the option existed stay valid):
+# the preset may set another value, so the line spells the default out.
+ABSENT = {"infer_diff": {"init": "paper", "distance": "pixel"}, "train_diff": {"task": "paper"}}
+SWITCH_ONLY = {"--bf16"}  # on/off flags without a --no- form
+
+
+def _value(v: Any) -> str:
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else shlex.quote(str(v))
+
+
+def entry_command(entry: Any, merge_c: Iterable[int] | None = None) -> str:
+    """The line that makes `entry` again (an extract entry made from a local weight file names that file)."""
+    weights = entry.attrs.get("weights_file") if entry.stage == "extract" else None
+    return command(entry.stage, entry.store.name, entry.params, merge_c, weights)
+
+
+def command(stage: str, run: str, params: dict | None = None, merge_c: Iterable[int] | None = None,
+            weights: str | None = None) -> str:
+    """`drdc <command> --run RUN` with every param of `params` this stage's CLI sets; None: the bare line
+    (the preset's defaults). merge_c: infer-diff entries differing only in c, made by one line. weights: the
+    local weight file an extract entry was made from."""
+    info = STAGES[stage]
+    if params is None or stage not in FLAGS:
+        extra = f" {info.extra}" if info.extra else ""
+        return f"drdc {info.command}{extra} --run {shlex.quote(str(run))}"
+    params = {**ABSENT.get(stage, {}), **params}
+    if merge_c is not None:
+        params["c"] = sorted(merge_c)
+    parts = [f"drdc {info.command}", f"--run {shlex.quote(str(run))}"]
+    for key, flag in FLAGS[stage].items():
+        v = params.get(key)
+        if v is None or (isinstance(v, (list, tuple)) and not v):  # None / (): the stage's "all" or "newest"
+            continue
+        if isinstance(v, bool):
+            if flag in SWITCH_ONLY:
+                parts += [flag] if v else []
+            else:
+                parts.append(flag if v else f"--no-{flag[2:]}")
+        else:
+            parts.append(f"{flag} {_value(v)}")
+    if weights:  # a local weight file: the key holds its hash, the entry's attrs its path
+        parts.append(f"--weights {shlex.quote(weights)}")
+    return " ".join(parts)
