@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.metrics import precision_recall_curve
 from tqdm import tqdm
 
+from .commands import with_validation
 from .cache import Entry, RunStore
 from .common import StageResult, check
 from .errors import CacheMissError, ConfigError
@@ -95,7 +96,7 @@ def holdout_records(store: RunStore) -> np.ndarray:
     if not val:
         raise ConfigError(f"--val-fraction: the run has no validation normals and the base model trained on every "
                           f"train/good image (holdout {q['holdout']}), so no normal image is left to calibrate on; "
-                          f"index again with `drdc index --data ROOT --run {store.name} --val-fraction 0.1`")
+                          f"index again with `{with_validation(index)}` (then rerun the stages after it)")
     return np.asarray(val, dtype=np.int64)
 
 

@@ -80,3 +80,13 @@ def command(stage: str, run: str, params: dict | None = None, merge_c: Iterable[
     if weights:  # a local weight file: the key holds its hash, the entry's attrs its path
         parts.append(f"--weights {shlex.quote(weights)}")
     return " ".join(parts)
+
+
+def with_validation(index: Any) -> str:
+    """The `drdc index` line that makes index entry `index` again with validation images (normals and
+    synthetic defects): its own root, size and categories, so the reruns that follow keep the run's data."""
+    q = dict(index.params)
+    q["val_fraction"] = q.get("val_fraction") or 0.1
+    q["val_min"] = q.get("val_min") or 4
+    q["val_defects"] = q.get("val_defects") or 2
+    return command("index", index.store.name, q)

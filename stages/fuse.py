@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .commands import with_validation
 from .cache import Entry, RunStore
 from .common import StageResult, check
 from .errors import CacheMissError, ConfigError
@@ -148,7 +149,7 @@ def normal_stats(index: Entry, base: Entry, diffs: dict[int, Entry], s: FusionSe
     normals = validation_normals(index, rec)
     if not normals:
         raise ConfigError(f"--norm {s.norm}: the run has no validation normals to take statistics from; index "
-                          f"again with `drdc index --data ROOT --run {index.store.name} --val-fraction 0.1`")
+                          f"again with `{with_validation(index)}` (then rerun the stages after it)")
 
     def maps_of(pos: np.ndarray):
         hb = torch.from_numpy(base.array("h_base").get_orthogonal_selection((pos,)))

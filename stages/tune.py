@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .anomaly_map import image_score
+from .commands import with_validation
 from .cache import Entry, RunStore
 from .common import StageResult, check
 from .errors import CacheMissError, ConfigError
@@ -82,7 +83,7 @@ class ValidationSet:
         self.pos = np.array([k for k, i in enumerate(rec) if records[i]["split"] == "val"], dtype=np.int64)
         if not (self.pos.size and any(records[rec[k]]["label"] == 1 for k in self.pos)):
             raise ConfigError("the run has no validation images with synthetic defects to tune on; index again "
-                              f"with `drdc index --data ROOT --run {store.name} --val-fraction 0.1 --val-defects 2`")
+                              f"with `{with_validation(self.index)}` (then rerun the stages after it)")
         recs = [records[rec[k]] for k in self.pos]  # validation records only, from here on
         self.cats = [r["category"] for r in recs]
         self.labels = np.array([r["label"] for r in recs], dtype=np.int64)

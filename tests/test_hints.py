@@ -20,7 +20,7 @@ import torch
 from stages.cache import RunStore
 from stages.commands import entry_command
 
-from conftest import TINY_TRAIN, copy_run
+from conftest import (TINY_DIFF, TINY_EXTRACT, TINY_INDEX, TINY_INFER, TINY_TRAIN, copy_run, options)
 
 QUOTED = re.compile(r"`(drdc [^`]+)`")
 
@@ -36,7 +36,7 @@ def follow(cli, args: list, subs: dict[str, str], done=lambda res: res.exit_code
     args = [subs.get(str(a), a) for a in args]  # placeholders a hint leaves to the user: ROOT, ...
     ran: list[str] = []
     seen: set[tuple[str, ...]] = set()
-    for _ in range(6):
+    for _ in range(10):
         res = cli(*args, code=None)
         if done(res):
             return ran
@@ -49,7 +49,7 @@ def follow(cli, args: list, subs: dict[str, str], done=lambda res: res.exit_code
         for line in hints:
             assert depth < 4, f"hints nest too deep at {line}"
             ran += [line, *follow(cli, shlex.split(line)[1:], subs, depth=depth + 1)]
-    raise AssertionError(f"{args}: not done after 6 rounds of hints: {ran}")
+    raise AssertionError(f"{args}: not done after 10 rounds of hints: {ran}")
 
 
 @pytest.fixture()
@@ -90,6 +90,15 @@ def _incomplete(run: Path, stage: str) -> None:
     e.update(status="running")  # as a killed run leaves it
 
 
+def _without_validation(run: Path, cli, data: Path) -> None:
+    """The tiny run again, every stage, on an index with no validation images."""
+    shutil.rmtree(run)
+    for args in (["index", "--data", data, *options(TINY_INDEX, "--val-min", "0"), "--val-fraction", "0"],
+                 ["extract", *TINY_EXTRACT], ["train-base", *TINY_TRAIN], ["infer-base"], ["train-diff", *TINY_DIFF],
+                 ["infer-diff", *TINY_INFER, "--c", "1,8"]):
+        cli(args[0], "--run", run, *args[1:], "-q")
+
+
 CASES = {  # name: (set-up, the failing command line after `drdc`)
     "no store yet": (None, ["cache", "ls", "--run", "NEW"]),
     "maps of a t not cached": (None, ["fuse", "--run", "RUN", "--t", "77"]),
@@ -99,6 +108,7 @@ CASES = {  # name: (set-up, the failing command line after `drdc`)
     "stale after retraining": (_retrain_base_other_seed, ["score", "--run", "RUN", "--source", "fuse"]),
     "an incomplete result": (lambda r, cli: _incomplete(r, "infer_base"), ["fuse", "--run", "RUN", "--c", "1,8"]),
     "a checkpoint of another model": (_other_config_checkpoint, ["infer-base", "--run", "RUN"]),
+    "no validation images": (_without_validation, ["fuse", "--run", "RUN", "--c", "1,8", "--norm", "pixel"]),
     "test scores missing": (lambda r, cli: [_gc(r, "score")],
                             ["calibrate", "--run", "RUN", "--on-test-labels"]),
 }
@@ -107,7 +117,9 @@ CASES = {  # name: (set-up, the failing command line after `drdc`)
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_hint_leads_to_the_result(case, run, tiny_data, tmp_path, cli):
     setup, args = CASES[case]
-    if setup:
+    if setup is _without_validation:
+        setup(run, cli, tiny_data)
+    elif setup:
         setup(run, cli)
     subs = {"RUN": str(run), "NEW": str(tmp_path / "new.zarr"), "ROOT": str(tiny_data)}
     args = [subs.get(a, a) for a in args]
