@@ -240,3 +240,24 @@ def test_bad_fpr_limit() -> None:
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ConfigError, match=r"fpr_limit"):
             aupro(masks, maps, fpr_limit=bad)
+
+
+@pytest.mark.parametrize("decimals,rate,seed", [(None, 0.05, 0), (1, 0.2, 1), (2, 0.01, 2), (0, 0.5, 3)])
+def test_pixel_metrics_from_one_sort_equal_sklearn(decimals, rate, seed) -> None:
+    """The pixel AUROC, AP and F1-max that share the AUPRO sort equal sklearn's own to 1e-9, ties included."""
+    from sklearn.metrics import precision_recall_curve
+
+    rng = np.random.default_rng(seed)
+    masks = rng.random((6, 40, 40)) < rate
+    maps = (rng.random((6, 40, 40)) + 0.7 * masks).astype(np.float32)
+    if decimals is not None:
+        maps = np.round(maps, decimals).astype(np.float32)  # many equal scores
+    labels = np.array([0, 0, 1, 1, 1, 1])
+    out = compute_metrics(labels, rng.random(6), masks, maps)
+    y, s = masks.ravel(), maps.ravel()
+    p, r, _ = precision_recall_curve(y, s)
+    f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
+    assert out["p_auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+    assert out["p_ap"] == pytest.approx(average_precision_score(y, s), abs=1e-9)
+    assert out["p_f1max"] == pytest.approx(f1.max(), abs=1e-9)
+    assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(y, s), abs=1e-9)
