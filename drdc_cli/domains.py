@@ -206,6 +206,7 @@ def _domains() -> dict[str, Any]:
     from stages.backbone import SUPPORTED
     from stages.bound import DOWN_MODES, UP_MODES
     from stages.fusion import NORMS
+    from stages.geometry import RESIZES
     from stages.index import LAYOUTS
     from stages.infer_diff import DISTANCES
     from stages.inpaint import INITS
@@ -221,7 +222,7 @@ def _domains() -> dict[str, Any]:
         # data and store
         "--run": Store(), "--data": Given("a dataset root"), "--out": Output("dir"), "DEST": Output("dir"),
         "IMAGES": Given("an image or a folder of images"), "--weights": Existing("file"), "--layout": Choice(LAYOUTS),
-        "--categories": List(None), "--category": List(None), "--image-size": Int(32, 2048, multiple_of=16),
+        "--categories": List(None), "--category": List(None), "--image-size": Int(32, 2048, multiple_of=16), "--resize": Choice(RESIZES),
         "--size": Int(8, 2048), "--preset": Choice(tuple(PRESETS)), "--device": Device(),
         "--backbone": Choice(SUPPORTED), "--feature-size": Int(2, 64),
         # validation split

@@ -43,6 +43,7 @@ def index(
     layout: Annotated[str, typer.Option(help="auto, mvtec or btad.")] = "auto",
     categories: Annotated[Optional[str], typer.Option(help="Comma-separated subset of categories.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square size.")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="How an image of another aspect becomes the square: squash (the default), pad (keep the aspect, fill the rest; the fill is never scored) or center-crop (keep the aspect, lose the borders).")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of train/good per category held out from every trainer as validation normals (0: none).", rich_help_panel=_VAL)] = None,
     val_min: Annotated[Optional[int], typer.Option(help="At least this many validation normals per category (at most half of train/good).", rich_help_panel=_VAL)] = None,
     val_defects: Annotated[Optional[int], typer.Option(help="Copies of each validation normal with a synthetic defect (scratch, spot, Perlin region, cut-paste, in turn).", rich_help_panel=_VAL)] = None,
@@ -55,7 +56,7 @@ def index(
     name = preset_of(store, preset)
     cats = tuple(c.strip() for c in categories.split(",") if c.strip()) if categories else ()
     p = build(index_stage.IndexParams, "index", name, root=str(data), layout=layout, categories=cats,
-              image_size=image_size, val_fraction=val_fraction, val_min=val_min, val_defects=val_defects,
+              image_size=image_size, resize=resize, val_fraction=val_fraction, val_min=val_min, val_defects=val_defects,
               val_seed=val_seed)
     store.set_attr(preset=name)
     report_stage(index_stage.run(store, p, progress=not quiet))

@@ -91,10 +91,11 @@ def picture_writer(dest: Path, names: dict[Path, str], shown: dict[Path, str], m
             thr = "" if p.threshold is None else f" (threshold {p.threshold:.4g})"
             truth = f" · truth: {p.truth}" if p.truth else ""
             title = f"{shown[p.path]} · {cat} · score {p.score:.4g}{thr} · {p.verdict}{truth}"
-            p.picture = save_prediction(dest / names[p.path], image=p.image, h_base=p.h_base, h_st=p.h_st,
-                                        h_out=p.h_out, title=title, verdict=p.verdict,
+            view = p.shown()  # the file's own aspect, whatever the run's --resize
+            p.picture = save_prediction(dest / names[p.path], image=view["image"], h_base=view["h_base"],
+                                        h_st=view["h_st"], h_out=view["h_out"], title=title, verdict=p.verdict,
                                         pixel_threshold=p.pixel_threshold, pixel_normal=p.pixel_normal,
-                                        gt_mask=p.gt_mask)
+                                        gt_mask=view["gt_mask"])
             if masks and p.pixel_threshold is not None:
                 save_mask(p.picture.with_name(p.picture.stem + "_mask.png"), p.h_out, p.pixel_threshold)
     return write

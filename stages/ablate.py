@@ -20,7 +20,7 @@ from .anomaly_map import image_score, upsample
 from .cache import Entry, RunStore
 from .errors import CacheMissError
 from .metrics import compute_metrics
-from .score import mean_over_categories
+from .score import content, mean_over_categories
 from .fuse import FuseParams, matches, newest_init, normal_stats, row_folds
 from .fusion import FILTER, GAMMA
 from .heatmaps import FusionSettings, fuse_maps, read_diff
@@ -210,10 +210,11 @@ def _category_metrics(index: Entry, base: Entry, c_feat: int, sel: Selection, fu
         st = stats.per_row([cat] * len(pos), [fold.get(int(k)) for k in pos]) if stats is not None else None
         with torch.no_grad():
             maps = upsample(fuse_maps(hb, h_diff, size, fusion, c_feat, st)[2], masks.shape[-1])
-            scores = image_score(maps, sel.pool).numpy()
+            v = content(index, rec[pos])  # padded images: only what shows the image is scored
+            scores = image_score(maps, sel.pool, None if v is None else torch.from_numpy(v)).numpy()
         maps = maps.numpy()
         pixel = split == "val" or cat in masked  # every validation image has an exact (synthetic) mask
-        metrics[cat] = compute_metrics(labels, scores, masks if pixel else None, maps if pixel else None)
+        metrics[cat] = compute_metrics(labels, scores, masks if pixel else None, maps if pixel else None, valid=v)
     if metrics:  # a run indexed without validation images has no validation table
         metrics["mean"] = mean_over_categories(metrics)
     return metrics

@@ -13,7 +13,7 @@ from .registry import STAGES
 
 FLAGS: dict[str, dict[str, str]] = {  # entry param -> CLI flag, per stage
     "index": {"root": "--data", "layout": "--layout", "categories": "--categories", "image_size": "--image-size",
-              "val_fraction": "--val-fraction", "val_min": "--val-min", "val_defects": "--val-defects",
+              "resize": "--resize", "val_fraction": "--val-fraction", "val_min": "--val-min", "val_defects": "--val-defects",
               "val_seed": "--val-seed"},
     "extract": {"backbone": "--backbone", "feature_size": "--feature-size"},
     "train_base": {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
+from .geometry import fit
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 # Decompression-bomb guard: a header claiming more pixels than this is refused before decoding.
@@ -65,8 +66,9 @@ def image_size(path: Path) -> tuple[int, int]:
         raise DataError(f"{path}: cannot read image header ({e})") from None
 
 
-def load_rgb(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode any mode (L, LA, P, RGBA, CMYK, 16-bit, ...) to RGB and resize to size x size.
+def load_rgb(path: Path, size: int, resize: str = "squash") -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode any mode (L, LA, P, RGBA, CMYK, 16-bit, ...) to RGB and bring it to size x size (stages.geometry:
+    squash, pad or center-crop).
 
     Returns (image (size, size, 3) uint8, original (width, height)). Alpha is dropped, not composited:
     industrial photos carry no meaningful transparency.
@@ -76,13 +78,13 @@ def load_rgb(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     img = _to_8bit(img)
     if img.mode != "RGB":
         img = img.convert("RGB")
-    img = img.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8).copy(), orig
+    return fit(img, size, resize, Image.Resampling.BILINEAR).astype(np.uint8, copy=False), orig
 
 
-def load_mask(path: Path, expect_size: tuple[int, int], size: int) -> np.ndarray:
+def load_mask(path: Path, expect_size: tuple[int, int], size: int, resize: str = "squash") -> np.ndarray:
     """Decode a ground-truth mask, check it matches its image's (width, height), binarise at half range,
-    resize with nearest neighbour. Returns (size, size) uint8 in {0, 1}."""
+    bring it to size x size with nearest neighbour as its image (geometry `resize`). Returns (size, size) uint8
+    in {0, 1}."""
     img = _open(path)
     if img.size != expect_size:
         raise DataError(
@@ -92,8 +94,7 @@ def load_mask(path: Path, expect_size: tuple[int, int], size: int) -> np.ndarray
     if img.mode != "L":
         img = img.convert("L")
     binary = Image.fromarray(((np.asarray(img) >= 128) * 255).astype(np.uint8), mode="L")
-    binary = binary.resize((size, size), Image.Resampling.NEAREST)
-    return (np.asarray(binary) > 0).astype(np.uint8)
+    return (fit(binary, size, resize, Image.Resampling.NEAREST, fill="zero") > 0).astype(np.uint8)
 
 
 def to_model_space(batch: np.ndarray, size: int, as_uint8: bool = False):

@@ -132,8 +132,10 @@ class _Ranked:
     ``sizes`` (n_regions+1,) pixel count per id. Descending because sklearn flips its input before a stable argsort,
     which is then nearly free."""
 
-    def __init__(self, masks: np.ndarray, maps: np.ndarray) -> None:
+    def __init__(self, masks: np.ndarray, maps: np.ndarray, valid: np.ndarray | None = None) -> None:
         regions, self.n_regions = ndimage.label(masks, structure=_STRUCTURE_8)  # int32 ids, 0 = normal
+        if valid is not None:  # only the pixels that show the image (index --resize pad): the fill is not scored
+            regions, maps = regions[valid], np.asarray(maps)[valid]
         self.sizes = np.bincount(regions.ravel(), minlength=self.n_regions + 1)
         keys = np.array(maps, dtype=np.float32).ravel()  # always a copy, overwritten in place below
         keys += np.float32(0.0)  # -0.0 -> +0.0: equal scores must get equal keys
@@ -176,12 +178,14 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
     return _aupro(_Ranked(m, a), fpr_limit)
 
 
-def localisation(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> tuple[float, float]:
-    """(pixel AUROC, AUPRO) sharing one sort of all pixels (what `drdc tune` evaluates many times)."""
+def localisation(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3,
+                 valid: np.ndarray | None = None) -> tuple[float, float]:
+    """(pixel AUROC, AUPRO) sharing one sort of all pixels (what `drdc tune` evaluates many times); valid as in
+    compute_metrics."""
     _check_fpr_limit(fpr_limit)
     m, a = _pixel_inputs(masks, maps)
-    _require_both("masks", m, "pixels")
-    r = _Ranked(m, a)
+    _require_both("masks", m if valid is None else m[valid], "pixels")
+    r = _Ranked(m, a, valid)
     keep = _thresholds(r)
     fpr, pro = _pro_curve(r, keep)
     return _binary_curves(r, keep)[0], float(_partial_trapezoid(fpr, pro, fpr_limit) / fpr_limit)
@@ -249,8 +253,10 @@ def compute_metrics(
     masks: np.ndarray | None,
     maps: np.ndarray | None,
     fpr_limit: float = 0.3,
+    valid: np.ndarray | None = None,
 ) -> dict[str, float | None]:
-    """All METRIC_NAMES for one category; labels/scores (N,), masks/maps (N,H,W) or None.
+    """All METRIC_NAMES for one category; labels/scores (N,), masks/maps (N,H,W) or None; valid (N,H,W) bool or
+    None: the pixel metrics count only those pixels (the image, not the fill of a padded one).
 
     Image metrics are None when ``labels`` hold a single class; pixel metrics are None when masks or maps is None
     or when the masks hold a single class (no anomalous pixel: nothing to localise). Invalid input raises DataError.
@@ -267,8 +273,11 @@ def compute_metrics(
     m, a = _pixel_inputs(masks, maps)
     if m.shape[0] != y.shape[0]:
         raise DataError(f"masks: expected {y.shape[0]} images (same as labels), got {m.shape[0]}")
-    if _has_both(m):
-        r = _Ranked(m, a)  # one sort and one set of thresholds shared by all four pixel metrics
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        _check_same_shape("masks", m, "valid", valid)
+    if _has_both(m if valid is None else m[valid]):
+        r = _Ranked(m, a, valid)  # one sort and one set of thresholds shared by all four pixel metrics
         keep = _thresholds(r)
         out["p_auroc"], out["p_ap"], out["p_f1max"] = _binary_curves(r, keep)
         fpr, pro = _pro_curve(r, keep)

@@ -31,6 +31,7 @@ from .extract import images_to_tensor
 from .fusion import check_fusion
 from .heatmaps import CrossFitStats, FusionSettings, array_name, default_settings, fuse_maps, select
 from .validation import folds
+from .geometry import to_original, valid
 from .images import IMAGE_SUFFIXES, load_mask, load_rgb, to_model_space
 from .infer_diff import InferDiffParams, image_heatmaps
 from .masks import check_grid
@@ -246,9 +247,11 @@ class Predictor:
         return d
 
     @torch.inference_mode()
-    def run(self, images: np.ndarray, ids: np.ndarray, categories: list[str | None] | None = None) -> Batch:
+    def run(self, images: np.ndarray, ids: np.ndarray, categories: list[str | None] | None = None,
+            valid: np.ndarray | None = None) -> Batch:
         """images (k, S, S, 3) uint8 at the run's image size, ids (k,) int64 (record index or content id),
-        categories (for normalised fusion: each category's own statistics; None: the mean over categories)."""
+        categories (for normalised fusion: each category's own statistics; None: the mean over categories),
+        valid (k, S, S) bool: the pixels that show the image (index --resize pad; None: all)."""
         f_in = self.backbone(images_to_tensor(images, self.dev))
         h_base = base_heatmap(f_in, self.base(f_in)).cpu()  # Eq 2, (k, fs, fs)
         h_diff = self._diffusion(images, ids) if self.unet is not None else None
@@ -256,7 +259,7 @@ class Predictor:
         stats = (self.stats.per_row(cats, [self._fold.get(int(i)) for i in ids]) if self.stats is not None
                  else None)
         hb, h_st, h_out = fuse_maps(h_base, h_diff, self.size, self.fusion, self.c_feat, stats)
-        scores = image_score(h_out, self.pool)
+        scores = image_score(h_out, self.pool, None if valid is None else torch.from_numpy(valid))
         return Batch(hb.numpy(), None if h_st is None else h_st.numpy(), h_out.numpy(), scores.numpy())
 
     def _diffusion(self, images: np.ndarray, ids: np.ndarray) -> torch.Tensor:
@@ -305,6 +308,24 @@ class Prediction:
     pixel_normal: float | None = None  # median calibration-normal pixel (the pictures' colour scale)
     picture: Path | None = None
     seconds: float = 0.0  # scoring wall time per image of its batch (pictures not included)
+    orig: tuple[int, int] | None = None  # (width, height) of the file
+    resize: str = "squash"  # the run's index --resize: how the image became the square
+
+    def shown(self) -> dict[str, np.ndarray | None]:
+        """image, maps and ground truth as a user sees the file: its own aspect (the longer side S). Squashed
+        images are unsquashed, the fill of padded ones cut away, a center crop's lost borders read NaN."""
+        s = self.image.shape[0]
+        if self.orig is None or self.resize == "squash" and self.orig[0] == self.orig[1]:
+            return {"image": self.image, "h_base": self.h_base, "h_st": self.h_st, "h_out": self.h_out,
+                    "gt_mask": self.gt_mask}
+        w, h = self.orig
+        w, h = max(1, round(w * s / max(w, h))), max(1, round(h * s / max(w, h)))
+        back = lambda m: None if m is None else to_original(m, w, h, self.resize)  # noqa: E731
+        rgb = np.stack([np.nan_to_num(back(self.image[..., i].astype(np.float32))) for i in range(3)], -1)
+        gt = back(self.gt_mask)
+        return {"image": rgb.round().clip(0, 255).astype(np.uint8), "h_base": back(self.h_base),
+                "h_st": back(self.h_st), "h_out": back(self.h_out),
+                "gt_mask": None if gt is None else (np.nan_to_num(gt) >= 0.5).astype(np.uint8)}
 
     def row(self) -> dict:
         return {"path": str(self.path), "category": self.category or "", "score": float(self.score),
@@ -325,22 +346,24 @@ def predict(pred: Predictor, paths: list[Path], thresholds, category: str | None
             t0 = time.perf_counter()
             chunk = paths[a : a + CHUNK]
             known = [identify(p, pred.index, category) for p in chunk]
-            imgs, origs = zip(*(load_rgb(p, pred.size) for p in chunk))
+            resize = pred.index.params.get("resize", "squash")
+            imgs, origs = zip(*(load_rgb(p, pred.size, resize) for p in chunk))
             ids = np.array([k.record if k.record is not None else content_id(p) for p, k in zip(chunk, known)],
                            dtype=np.int64)
-            b = pred.run(np.stack(imgs), ids, [k.category for k in known])
+            shows = (np.stack([valid(w, h, pred.size, resize) for w, h in origs]) if resize == "pad" else None)
+            b = pred.run(np.stack(imgs), ids, [k.category for k in known], shows)
             dt = (time.perf_counter() - t0) / len(chunk)
             root = Path(pred.index.params["root"])
             batch = []
             for j, (p, k) in enumerate(zip(chunk, known)):
                 thr = thresholds.image_threshold(k.category) if thresholds is not None else None
                 verdict = "uncalibrated" if thr is None else ("anomalous" if b.scores[j] > thr else "normal")
-                gt = load_mask(root / k.mask, origs[j], pred.size) if k.mask else None
+                gt = load_mask(root / k.mask, origs[j], pred.size, resize) if k.mask else None
                 batch.append(Prediction(p, k.category, float(b.scores[j]), thr, verdict, k.defect, imgs[j],
                                         b.h_base[j], None if b.h_st is None else b.h_st[j], b.h_out[j], gt,
                                         thresholds.pixel_threshold(k.category) if thresholds is not None else None,
                                         thresholds.pixel_normal_level(k.category) if thresholds is not None else None,
-                                        seconds=dt))
+                                        seconds=dt, orig=origs[j], resize=resize))
             if on_batch is not None:
                 on_batch(batch)
             for q in batch:  # keep the table, drop the maps

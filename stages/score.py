@@ -50,6 +50,14 @@ def category_maps(index: Entry, maps_entry: Entry, array: str, category: str, sp
     return pos, labels, masks, upsample(raw, size).numpy()
 
 
+def content(index: Entry, records: np.ndarray) -> np.ndarray | None:
+    """(n, S, S) bool: which pixels of these index records show the image (index --resize pad), or None when
+    every pixel does (squash, center-crop)."""
+    if not index.has("valid"):
+        return None
+    return index.array("valid").get_orthogonal_selection((np.asarray(records),)).astype(bool)
+
+
 def run(store: RunStore, p: ScoreParams, progress: bool = True) -> StageResult:
     t0 = time.perf_counter()
     src_stage, array = SOURCES[p.source]
@@ -66,20 +74,25 @@ def run(store: RunStore, p: ScoreParams, progress: bool = True) -> StageResult:
     kinds = sorted({k for r in records if (k := kind_of(r))})
     metrics, val_metrics = {}, {}
     by_kind: dict[str, dict] = {k: {} for k in kinds}
+    rec_idx = src.array("record")[:]
     for cat in tqdm(cats, desc="score", unit="category", disable=not progress):
         pos, labels, masks, maps = category_maps(index, src, array, cat)
-        s = image_score(torch.from_numpy(maps), p.pool).numpy()
+        v = content(index, rec_idx[pos])
+        s = image_score(torch.from_numpy(maps), p.pool, v).numpy()
         scores[pos] = s
-        metrics[cat] = compute_metrics(labels, s, masks if cat in masked else None, maps if cat in masked else None)
+        metrics[cat] = compute_metrics(labels, s, masks if cat in masked else None, maps if cat in masked else None,
+                                       valid=v)
         pos, labels, masks, maps = category_maps(index, src, array, cat, "val")
         if len(pos):  # validation: every image has a mask (the normals' are empty), so every category localises
-            s = image_score(torch.from_numpy(maps), p.pool).numpy()
+            v = content(index, rec_idx[pos])
+            s = image_score(torch.from_numpy(maps), p.pool, v).numpy()
             scores[pos] = s
-            val_metrics[cat] = compute_metrics(labels, s, masks, maps)
+            val_metrics[cat] = compute_metrics(labels, s, masks, maps, valid=v)
             kind = np.array([kind_of(records[k]) or "" for k in pos])
             for k in kinds:
                 sel = (labels == 0) | (kind == k)
-                by_kind[k][cat] = compute_metrics(labels[sel], s[sel], masks[sel], maps[sel])
+                by_kind[k][cat] = compute_metrics(labels[sel], s[sel], masks[sel], maps[sel],
+                                                  valid=None if v is None else v[sel])
     for table in (metrics, val_metrics, *by_kind.values()):
         if table:
             table["mean"] = mean_over_categories(table)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from .anomaly_map import image_score
 from .commands import with_validation
+from .score import content
 from .cache import Entry, RunStore
 from .common import StageResult, check
 from .errors import CacheMissError, ConfigError
@@ -95,6 +96,10 @@ class ValidationSet:
         masks = torch.from_numpy(self.index.array("masks").get_orthogonal_selection((rec[self.pos],))).float()
         self.factor = max(1, self.size // p.eval_size)
         self.masks = F.max_pool2d(masks[:, None], self.factor)[:, 0].numpy().astype(bool)
+        v = content(self.index, rec[self.pos])  # padded images: score only what shows the image
+        self.valid = None if v is None else torch.from_numpy(v)
+        self.valid_small = (None if v is None else
+                            (F.avg_pool2d(self.valid[:, None].float(), self.factor)[:, 0] >= 0.5).numpy())
         self.h_base = torch.from_numpy(self.base.array("h_base").get_orthogonal_selection((self.pos,)))
         try:  # the paper's fusion of every cached map is where the search starts
             self.start, self.diffs = resolve(store, FuseParams())
@@ -132,22 +137,24 @@ class ValidationSet:
             stats = cf.per_row(self.cats, [self.fold[k] for k in range(len(self.cats))])
         with torch.no_grad():
             h_out = combine(hb, h_st, s, self.c_feat, stats)
-            scores = image_score(h_out, pool).numpy()
+            scores = image_score(h_out, pool, self.valid).numpy()
             small = F.avg_pool2d(h_out[:, None], self.factor)[:, 0].numpy() if self.factor > 1 else h_out.numpy()
         cats = np.array(self.cats)
         per_kind: dict[str, list[dict]] = {}
         overall = []
         for c in dict.fromkeys(self.cats):
             sel = cats == c
-            overall.append(_metrics(self.labels[sel], scores[sel], self.masks[sel], small[sel]))
+            vs = lambda rows: None if self.valid_small is None else self.valid_small[rows]  # noqa: E731
+            overall.append(_metrics(self.labels[sel], scores[sel], self.masks[sel], small[sel], vs(sel)))
             for k in sorted(set(self.kinds[sel & (self.labels == 1)])):
                 ks = sel & ((self.labels == 0) | (self.kinds == k))
-                per_kind.setdefault(k, []).append(_metrics(self.labels[ks], scores[ks], self.masks[ks], small[ks]))
+                per_kind.setdefault(k, []).append(_metrics(self.labels[ks], scores[ks], self.masks[ks], small[ks],
+                                                           vs(ks)))
         return {"metrics": _mean(overall), "by_kind": {k: _mean(v) for k, v in per_kind.items()}}
 
 
-def _metrics(labels, scores, masks, maps) -> dict:
-    p_auroc, p_aupro = localisation(masks, maps)
+def _metrics(labels, scores, masks, maps, valid=None) -> dict:
+    p_auroc, p_aupro = localisation(masks, maps, valid=valid)
     out = {"i_auroc": image_auroc(labels, scores), "p_auroc": p_auroc, "p_aupro": p_aupro}
     out["mean"] = float(np.mean(list(out.values())))
     return out
