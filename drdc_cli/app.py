@@ -141,7 +141,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except DrdcError as e:
             roll_back(dataset_error=isinstance(e, DataError))
-            err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)  # [table] is text, not markup
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # the environment, not a bug: name the file and the reason
             roll_back(dataset_error=False)

@@ -46,8 +46,9 @@ def run_all(store: RunStore, data: Path, preset: str, device: str, progress: boo
 @app.command("run", rich_help_panel="Stages")
 @guarded
 def run_cmd(
-    data: Annotated[Path, typer.Option(help="Dataset root (MVTec-AD or BTAD layout).")],
-    run: RunOpt,
+    data: Annotated[Optional[Path], typer.Option(help="Dataset root (MVTec-AD or BTAD layout).")] = None,
+    run: Annotated[Optional[Path], typer.Option("--run", "-r", help="Run store: a .zarr directory holding every stage's results.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="A run file (TOML, as `drdc config` writes): every stage's options; instead of --data / --preset.")] = None,
     preset: PresetOpt = None,
     base_epochs: Annotated[Optional[int], typer.Option(help="Override the preset's train-base epochs.")] = None,
     diff_steps: Annotated[Optional[int], typer.Option(help="Override the preset's train-diff steps.")] = None,
@@ -55,5 +56,17 @@ def run_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Run every stage in order (base model, diffusion refinement, fusion, scores, report); cached stages are reused."""
+    from stages.errors import ConfigError
+
+    if config is not None:
+        if data is not None or preset is not None or base_epochs is not None or diff_steps is not None:
+            raise ConfigError("--config holds the data, preset and every stage's options; give it alone (with "
+                              "--run, --device, -q)")
+        from .runfile import run_file
+
+        run_file(config, run, device, quiet)
+        return
+    if data is None or run is None:
+        raise ConfigError("--data and --run are needed (or --config FILE)")
     store = RunStore(run, create=True)
     run_all(store, data, preset_of(store, preset), device, not quiet, base_epochs, diff_steps)

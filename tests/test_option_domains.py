@@ -117,7 +117,7 @@ def _base(path: tuple[str, ...], store: Path, tiny_data: Path, new: Path) -> lis
     image = sorted((tiny_data / "disc" / "test").rglob("*.png"))[0]
     return {("index",): ["--data", tiny_data, "--run", new], ("run",): ["--data", tiny_data, "--run", new],
             ("bound",): ["--data", tiny_data], ("predict",): [image, "--run", store], ("make-data",): [new],
-            ("demo",): ["--out", new]}.get(path, ["--run", store])
+            ("demo",): ["--out", new], ("export",): ["--run", store, "--out", new]}.get(path, ["--run", store])
 
 
 def _refused(res, args) -> str:
@@ -143,7 +143,7 @@ def test_out_of_domain_values_are_refused(path, store, tiny_data, tmp_path, cli,
     before = _snapshot(store)
     tried = 0
     for name, (flag, is_bool) in flags(cmd.callback).items():
-        if is_bool or flag in ("--run", "--data", "IMAGES", "DEST") or (flag == "--out" and path == ("demo",)):
+        if is_bool or flag in ("--run", "--data", "IMAGES", "DEST") or (flag == "--out" and path in (("demo",), ("export",))):
             continue  # the base command line's own paths, walked by the rejected-dataset tests
         for v in hostile(flag, _kind(cmd.callback, name)):
             args = [*path, *_base(path, store, tiny_data, new), flag, v]

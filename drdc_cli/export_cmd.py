@@ -1,0 +1,31 @@
+"""`drdc export`: the run's trained models as ONNX or TorchScript graphs, a manifest and a standalone example."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from stages.cache import RunStore
+
+from .app import app, guarded, out
+from .pipeline import RunOpt
+
+
+@app.command("export", rich_help_panel="Results")
+@guarded
+def export_cmd(
+    run: RunOpt,
+    dest: Annotated[Path, typer.Option("--out", "-o", help="Folder for the graphs, manifest.json and infer.py.")],
+    format: Annotated[str, typer.Option(help="onnx (opset 18, dynamic batch) or torchscript.")] = "onnx",  # noqa: A002
+    base_only: Annotated[bool, typer.Option("--base-only", help="Only the base graph (image -> H_base).")] = False,
+    weights: Annotated[Optional[Path], typer.Option(help="Backbone weight file, if `drdc extract` was given one.")] = None,
+) -> None:
+    """Export the run's models for deployment: image -> H_base as one graph, the conditional UNet, a manifest
+    (preprocessing, fusion and its statistics, thresholds, keys) and infer.py, which needs only onnxruntime."""
+    from stages.export import export
+
+    m = export(RunStore(run), dest, format, weights, base_only)
+    out.print(f"[green]✓[/] export: {', '.join(m['graphs'].values())}, manifest.json, infer.py in {dest} "
+              f"({m['format']}{', opset ' + str(m['opset']) if m['opset'] else ''}); try "
+              f"`python {dest / 'infer.py'} IMAGE...`", soft_wrap=True)

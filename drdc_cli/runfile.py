@@ -1,0 +1,263 @@
+"""Run files: `drdc config --run R` prints a run's effective settings as TOML; `drdc run --config FILE` runs them.
+
+A run file has one table per stage command, keyed by that command's own flags (without the dashes), plus [run]:
+
+    [run]
+    data = "/data/mvtec"        # dataset root (index --data)
+    preset = "cpu"              # fills whatever a table leaves out
+    [index]
+    image-size = 224
+    [train-base]
+    epochs = 25
+    ...
+
+A table's presence runs its stage (infer-base runs after train-base, and score after infer-base with
+--source base and after fuse with --source fuse, with [score]'s pool). Before anything runs, every key is checked:
+an unknown table or key, a wrong type or an out-of-range value is one error line naming the file, the line and
+the key. `drdc config` writes every option an entry was made with (stages.commands), so feeding its output back
+on the same data makes the same keys.
+"""
+from __future__ import annotations
+
+import inspect
+import sys
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from stages.cache import RunStore
+from stages.commands import ABSENT, FLAGS
+from stages.errors import ConfigError
+from stages.registry import STAGES
+
+from .app import app, guarded, out
+from .domains import List, domains, flags
+from .pipeline import RunOpt
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
+
+ORDER = ("index", "extract", "train-base", "train-diff", "infer-diff", "fuse", "score")  # the tables, in run order
+DEVICE = {"extract", "train-base", "infer-base", "train-diff", "infer-diff"}  # commands with --device
+RUN_KEYS = {"data": str, "preset": str, "store": str}
+
+
+def _command(name: str):
+    return typer.main.get_command(app).commands[name]
+
+
+def _lines(text: str) -> dict[tuple[str, str], int]:
+    """{(table, key): line number} of a TOML text (simple tables and bare or quoted keys, as config writes)."""
+    where, table = {}, ""
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("[") and line.endswith("]"):
+            table = line.strip("[] ").strip('"')
+            where[(table, "")] = n
+        elif "=" in line:
+            where[(table, line.split("=", 1)[0].strip().strip('"'))] = n
+    return where
+
+
+def _kind(fn, name: str) -> type:
+    hint = typing.get_type_hints(inspect.unwrap(fn))[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _as_arg(v: Any) -> str:
+    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
+def parse(path: Path) -> tuple[dict, list[tuple[str, list[str]]]]:
+    """([run] table, [(command, its options as CLI args)] in run order), every key checked first."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path} ({e.strerror or e})") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    where = _lines(text)
+
+    def fail(table: str, key: str, why: str) -> None:
+        at = where.get((table, key)) or where.get((table, ""))
+        raise ConfigError(f"{path}:{at or '?'}: [{table}] {key + ': ' if key else ''}{why}")
+
+    for table in doc:
+        if table != "run" and table not in ORDER:
+            fail(table, "", f"unknown table; expected run, {', '.join(ORDER)}")
+        if not isinstance(doc[table], dict):
+            fail(table, "", "must be a table")
+    head = doc.get("run", {})
+    for key, v in head.items():
+        if key not in RUN_KEYS:
+            fail("run", key, f"unknown key; expected {', '.join(RUN_KEYS)}")
+        if not isinstance(v, str) or not v:
+            fail("run", key, f"must be a non-empty string (got {v!r})")
+    if "index" in doc and "data" not in head:
+        fail("run", "data", "missing: the dataset root the [index] table reads")
+    table = domains()
+    steps = []
+    for name in ORDER:
+        if name not in doc:
+            continue
+        fn = _command(name).callback
+        known = {f.lstrip("-"): (p, is_bool) for p, (f, is_bool) in flags(fn).items()
+                 if f not in ("--run", "--data", "--device", "--quiet", "--preset")}
+        args: list[str] = []
+        for key, v in doc[name].items():
+            if key not in known:
+                fail(name, key, f"unknown key; {name} takes {', '.join(sorted(known))}")
+            param, is_bool = known[key]
+            kind = _kind(fn, param)
+            dom = table.get(f"--{key}")
+            if is_bool:
+                if not isinstance(v, bool):
+                    fail(name, key, f"must be true or false (got {v!r})")
+                opt = next(o for o in _command(name).params if o.name == param)
+                if v or opt.secondary_opts:
+                    args.append(f"--{key}" if v else opt.secondary_opts[0])
+                continue
+            if isinstance(dom, List):
+                if not isinstance(v, list) or not v:
+                    fail(name, key, f"must be a non-empty list (got {v!r})")
+                if any(isinstance(x, bool) or not isinstance(x, (int, float, str)) for x in v):
+                    fail(name, key, f"must hold numbers or names (got {v!r})")
+            elif kind is int and (isinstance(v, bool) or not isinstance(v, int)):
+                fail(name, key, f"must be an integer (got {v!r})")
+            elif kind is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                fail(name, key, f"must be a number (got {v!r})")
+            elif kind in (str, Path) and not isinstance(v, str):
+                fail(name, key, f"must be a string (got {v!r})")
+            try:
+                dom.check(f"--{key}", _as_arg(v) if isinstance(dom, List) else (float(v) if kind is float else v))
+            except ConfigError as e:
+                fail(name, key, str(e).split(": ", 1)[-1])
+            args += [f"--{key}", _as_arg(v)]
+        _check_together(name, doc[name], head, fail)
+        steps.append((name, args))
+    return head, steps
+
+
+PARAMS = {"index": "stages.index:IndexParams", "extract": "stages.extract:ExtractParams",
+          "train-base": "stages.train_base:TrainBaseParams", "train-diff": "stages.train_diff:TrainDiffParams",
+          "infer-diff": "stages.infer_diff:InferDiffParams", "fuse": "stages.fuse:FuseParams",
+          "score": "stages.score:ScoreParams"}
+
+
+def _check_together(name: str, values: dict, head: dict, fail) -> None:
+    """The rules that join a table's options (--hidden-dim % --heads, a grid against the size ...), checked by
+    building the stage's parameters as the command will, before any stage runs."""
+    import importlib
+    from dataclasses import fields
+
+    from stages.presets import DEFAULT_PRESET, build
+
+    stage = name.replace("-", "_")
+    mod, cls_name = PARAMS[name].split(":")
+    cls = getattr(importlib.import_module(mod), cls_name)
+    to_param = {flag.lstrip("-"): p for p, flag in FLAGS.get(stage, {}).items()}
+    names = {f.name for f in fields(cls)}
+    kw = {to_param.get(k, k.replace("-", "_")): tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    kw = {k: v for k, v in kw.items() if k in names}
+    if stage == "index":
+        kw["root"] = head.get("data", ".")
+    try:
+        build(cls, stage, head.get("preset", DEFAULT_PRESET), **kw)
+    except ConfigError as e:
+        fail(name, "", str(e))
+
+
+def _invoke(args: list[str]) -> None:
+    code = typer.main.get_command(app).main(args, standalone_mode=False)
+    if code:
+        raise typer.Exit(code)
+
+
+def run_file(path: Path, run: Path | None, device: str, quiet: bool) -> None:
+    """Every table of the run file, in pipeline order, through the commands themselves (same checks, cache,
+    resume and output as typing them)."""
+    head, steps = parse(path)
+    store = run or (Path(head["store"]) if "store" in head else None)
+    if store is None:
+        raise ConfigError(f"--run: give the run store (or store = \"...\" in [run] of {path})")
+    common = ["--run", str(store)] + (["-q"] if quiet else [])
+    pool = next((a[a.index("--pool") + 1] for n, a in steps if n == "score" and "--pool" in a), None)
+    scored = [] if pool is None else ["--pool", pool]
+    for name, args in steps:
+        if name == "score":
+            continue
+        extra = (["--data", head["data"]] if name == "index" else []) + (
+            ["--preset", head["preset"]] if name in ("index", "extract", "train-base", "train-diff", "infer-diff")
+            and "preset" in head else []) + (["--device", device] if name in DEVICE else [])
+        _invoke([name, *common, *extra, *args])
+        if name == "train-base":
+            _invoke(["infer-base", *common, "--device", device])
+            _invoke(["score", *common, "--source", "base", *scored])
+        if name == "fuse":
+            _invoke(["score", *common, "--source", "fuse", *scored])
+    if any(n in ("train-base", "fuse") for n, _ in steps):
+        _invoke(["report", "--run", str(store)])
+
+
+def settings(store: RunStore) -> dict[str, dict]:
+    """The run file of a store's current entries: every option each was made with."""
+    cur = store.current_keys
+    doc: dict[str, dict] = {"run": {}}
+    get = lambda stage: store.current(stage) if stage in cur else None  # noqa: E731
+    index = get("index")
+    if index is not None:
+        doc["run"] = {"data": index.params["root"], "store": store.name}
+    if store.attr("preset"):
+        doc["run"]["preset"] = store.attr("preset")
+    fused = get("fuse")
+    entries = {s: get(s) for s in ("index", "extract", "train_base", "train_diff")}
+    for stage, e in entries.items():
+        if e is not None:
+            doc[STAGES[stage].command] = _table(stage, e.params)
+    if entries["extract"] is not None and entries["extract"].attrs.get("weights_file"):
+        doc["extract"]["weights"] = entries["extract"].attrs["weights_file"]
+    diffs = [store.get("infer_diff", k) for n, k in (fused.inputs.items() if fused else []) if n.startswith("infer_diff@")]
+    if not diffs and "infer_diff" in cur:
+        diffs = [store.current("infer_diff")]
+    if diffs:
+        q = {**diffs[0].params, "c": sorted(e.params["c"] for e in diffs)}
+        doc["infer-diff"] = _table("infer_diff", q)
+    if fused is not None:
+        doc["fuse"] = _table("fuse", fused.params)
+    if "score" in cur:
+        doc["score"] = {"pool": store.current("score").params["pool"]}
+    doc.get("index", {}).pop("data", None)  # [run] data
+    return doc
+
+
+def _table(stage: str, params: dict) -> dict:
+    params = {**ABSENT.get(stage, {}), **params}
+    out_: dict[str, Any] = {}
+    for key, flag in FLAGS[stage].items():
+        v = params.get(key)
+        if v is None or (isinstance(v, (list, tuple)) and not v):
+            continue
+        out_[flag.lstrip("-")] = list(v) if isinstance(v, tuple) else v
+    return out_
+
+
+@app.command("config", rich_help_panel="Stages")
+@guarded
+def config_cmd(run: RunOpt, out_file: Annotated[Optional[Path], typer.Option("--toml", help="Write the run file here (default: print it).")] = None) -> None:
+    """Print the run's effective settings as a run file (TOML); `drdc run --config FILE` reproduces its keys."""
+    import tomli_w
+
+    text = ("# drdc run file: `drdc run --config FILE` runs each table's stage with these options\n"
+            + tomli_w.dumps(settings(RunStore(run))))
+    if out_file is None:
+        out.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+    else:
+        out_file.write_text(text)
+        out.print(f"wrote {out_file}")
