@@ -247,7 +247,7 @@ def _domains() -> dict[str, Any]:
         "--distance": Choice(DISTANCES), "--gamma": Real(0.0, 1.0), "--filter": Int(1, 255, odd=True),
         "--norm": Choice(NORMS), "--pool": Int(1, 256),
         # results
-        "--source": Choice(SOURCES), "--csv": Output(), "--json": Output(), "--toml": Output(), "--format": Choice(FORMATS), "--config": Existing("file"), "--per-image": Output(), "--plots": Output("dir"),
+        "--source": Choice(SOURCES), "--csv": Output(), "--json": Output(), "--toml": Output(), "--html": Output(), "--format": Choice(FORMATS), "--config": Existing("file"), "--per-image": Output(), "--plots": Output("dir"),
         "--variant": Text(), "--worst": Int(0, 1000), "--fpr": Real(0.0, 1.0, lo_open=True, hi_open=True),
         "--percentile": Real(0.0, 100.0, lo_open=True), "--scales": List(Int(1, 2048)),
         "--down": Choice(DOWN_MODES), "--up": Choice(UP_MODES),

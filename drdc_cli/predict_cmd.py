@@ -16,6 +16,7 @@ from stages import calibrate as cal
 from stages.cache import RunStore
 from stages.errors import ConfigError
 from stages.figures import save_mask, save_prediction
+from stages.geometry import to_original
 from stages.predict import (FuseOverrides, Prediction, Predictor, collect_images, display_names, picture_names,
                             predict)
 
@@ -83,7 +84,7 @@ def write_results(rows: list[Prediction], dest: Path, meta: dict) -> tuple[Path,
     return csv_path, json_path
 
 
-def picture_writer(dest: Path, names: dict[Path, str], shown: dict[Path, str], masks: bool):
+def picture_writer(dest: Path, names: dict[Path, str], shown: dict[Path, str], masks: bool, full_size: bool = False):
     """on_batch callback: one figure per image (and a binary mask when a pixel threshold exists and masks)."""
     def write(batch: list[Prediction]) -> None:
         for p in batch:
@@ -97,14 +98,17 @@ def picture_writer(dest: Path, names: dict[Path, str], shown: dict[Path, str], m
                                         pixel_threshold=p.pixel_threshold, pixel_normal=p.pixel_normal,
                                         gt_mask=view["gt_mask"])
             if masks and p.pixel_threshold is not None:
-                save_mask(p.picture.with_name(p.picture.stem + "_mask.png"), p.h_out, p.pixel_threshold)
+                # full size: H_out mapped back onto the file's own pixels (a center crop's lost borders: 0)
+                h = to_original(p.h_out, *p.orig, p.resize) if full_size and p.orig else p.h_out
+                save_mask(p.picture.with_name(p.picture.stem + "_mask.png"), h, p.pixel_threshold)
     return write
 
 
 def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category: str | None = None,
                 fuse: FuseOverrides = FuseOverrides(), base_only: bool = False, pictures: bool = True,
                 masks: bool = True, device: str = "auto", weights: Path | None = None,
-                progress: bool = True, show: int = MAX_ROWS, pred: Predictor | None = None) -> list[Prediction]:
+                progress: bool = True, show: int = MAX_ROWS, pred: Predictor | None = None,
+                full_size_masks: bool = False) -> list[Prediction]:
     """The predict command's body (also used by `drdc demo`, which passes its loaded `pred`)."""
     paths = collect_images(inputs)  # bad paths and options fail before any model loads
     if category is not None:
@@ -125,7 +129,7 @@ def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category
     writer = None
     if dest is not None and pictures:
         names = dict(zip(paths, picture_names(paths)))
-        writer = picture_writer(dest / "pictures", names, shown, masks)
+        writer = picture_writer(dest / "pictures", names, shown, masks, full_size_masks)
     t1 = time.perf_counter()
     rows = predict(pred, paths, thresholds, category, progress=progress, on_batch=writer)
     per_image = (time.perf_counter() - t1) / len(rows)
@@ -166,6 +170,7 @@ def predict_cmd(
     base_only: BaseOnlyOpt = False,
     pictures: Annotated[bool, typer.Option("--pictures/--no-pictures", help="One PNG per image: input | base | diffusion | fused overlay.")] = True,
     masks: Annotated[bool, typer.Option("--masks/--no-masks", help="Binary defect mask PNGs (needs `drdc calibrate --pixel`).")] = True,
+    full_size_masks: Annotated[bool, typer.Option("--full-size-masks", help="Masks at each file's own size and aspect (default: the run's image size).")] = False,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
@@ -178,4 +183,4 @@ def predict_cmd(
     if dest is not None and dest.exists() and not dest.is_dir():
         raise ConfigError(f"--out: {dest} exists and is not a folder")
     run_predict(store, images, dest, category, overrides(gamma, filter_, t, c, l, base_only), base_only, pictures, masks,
-                device, weights, progress=not quiet)
+                device, weights, progress=not quiet, full_size_masks=full_size_masks)

@@ -56,7 +56,8 @@ def report(
     per_image: Annotated[Optional[Path], typer.Option(help="Write every test image's score as CSV.")] = None,
     variant: Annotated[Optional[list[str]], typer.Option(help="Score entry key (prefix) to show; repeat for side-by-side columns. Default: the current one.")] = None,
     plots: Annotated[Optional[Path], typer.Option(help="Write per-category PNGs here: ROC curves, score histograms, worst false positives/negatives (and index.html).")] = None,
-    worst: Annotated[int, typer.Option(help="With --plots: images per side of the worst-cases grid.")] = 3,
+    worst: Annotated[int, typer.Option(help="With --plots / --html: images per side of the worst-cases grid.")] = 3,
+    html: Annotated[Optional[Path], typer.Option(help="Write one self-contained HTML file: tables (validation and test; base only and DRDC unless --variant), ROC curves, histograms, worst cases, images embedded.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Per-category and mean metrics of scored heatmaps, as in the paper's Tables 2/3."""
@@ -76,6 +77,10 @@ def report(
     if per_image:
         n = rep.per_image(store, entries[0], per_image)
         out.print(f"wrote {per_image} ({n} images)")
+    if html:
+        from stages.html_report import write_html
+
+        out.print(f"wrote {write_html(store, html, variant, worst, progress=not quiet)}")
     if plots:
         from stages.plots import write_plots
 

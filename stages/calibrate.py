@@ -25,7 +25,7 @@ from .cache import Entry, RunStore
 from .common import StageResult, check
 from .errors import CacheMissError, ConfigError
 from .predict import Predictor
-from .score import category_maps
+from .score import category_maps, content
 from .train_base import split_train, validation_normals
 
 STAGE = "calibrate"
@@ -128,7 +128,8 @@ def run(store: RunStore, pred: Predictor, fpr: float | None = None, percentile: 
                   disable=not progress) as bar:
             for a, b in todo:
                 out = pred.run(images.get_orthogonal_selection((rec[a:b],)), rec[a:b],
-                               [index.attrs["records"][i]["category"] for i in rec[a:b]])
+                               [index.attrs["records"][i]["category"] for i in rec[a:b]],
+                               content(index, rec[a:b]))  # padded images: as predict scores them
                 scores[a:b] = out.scores
                 maps[a:b] = out.h_out
                 entry.mark_done(done, a, b)
@@ -141,7 +142,13 @@ def run(store: RunStore, pred: Predictor, fpr: float | None = None, percentile: 
     pix = pix_global = pix_normal = pix_normal_global = None
     if pixel:
         m = entry.array("maps")
-        normal_pixels = {c: m.get_orthogonal_selection((np.flatnonzero(cats == c),)).ravel() for c in by_cat}
+        def pixels(c: str) -> np.ndarray:  # the normal pixels that show the image (not a padded image's fill)
+            rows = np.flatnonzero(cats == c)
+            v = m.get_orthogonal_selection((rows,))
+            shown = content(index, rec[rows])
+            return v.ravel() if shown is None else v[shown]
+
+        normal_pixels = {c: pixels(c) for c in by_cat}
         pix, pix_global = quantile_thresholds(normal_pixels, q)
         pix_normal, pix_normal_global = quantile_thresholds(normal_pixels, 0.5)  # the pictures' colour scale
     rule = f"{rule} on {n} held-out normal images"
@@ -183,8 +190,10 @@ def run_on_test_labels(store: RunStore, pred: Predictor, pixel: bool = False) ->
         pix = {}
         for c in image:
             if c in masked:
-                _, _, masks, maps = category_maps(index, src, array, c)
-                pix[c] = f1max_threshold(masks.ravel(), maps.ravel())
+                pos, _, masks, maps = category_maps(index, src, array, c)
+                shown = content(index, src.array("record")[:][pos])
+                pix[c] = (f1max_threshold(masks.ravel(), maps.ravel()) if shown is None
+                          else f1max_threshold(masks[shown], maps[shown]))
     th = {"rule": f"F1-max on the test labels of {len(rec)} images (score {score.key})", "image": image,
           "image_global": f1max_threshold(labels, scores), "pixel": pix,
           "pixel_global": float(np.median(list(pix.values()))) if pix else None,

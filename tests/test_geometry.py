@@ -115,3 +115,8 @@ def test_pad_end_to_end(tiny_data, tmp_path, cli):
             on_batch=lambda batch: views.extend(p.shown() for p in batch))
     (shown,) = views
     assert shown["h_out"].shape == (43, 64) and shown["image"].shape == (43, 64, 3)
+    # calibrated on padded normals, masks at the file's own size on request
+    cli("calibrate", "--run", run, "--base-only", "--pixel", "-q")
+    cli("predict", image, "--run", run, "--base-only", "--out", tmp_path / "p", "--full-size-masks", "-q")
+    (mask,) = (tmp_path / "p" / "pictures").rglob("*_mask.png")
+    assert Image.open(mask).size == (96, 64)

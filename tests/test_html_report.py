@@ -1,0 +1,88 @@
+"""drdc report --html: one self-contained file, checked as data and in a real headless browser (Debian's
+chromium, when installed): it loads with no console error and its screenshot shows the metric table."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages.cache import RunStore
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.srcs, self.tags, self.text = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.srcs += [v for k, v in attrs if k in ("src", "href")]
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def page(full_run_pristine, tmp_path_factory) -> Path:
+    from typer.testing import CliRunner
+
+    from drdc_cli.app import app, register_commands
+
+    register_commands()
+    path = tmp_path_factory.mktemp("html") / "report.html"
+    res = CliRunner().invoke(app, ["report", "--run", str(full_run_pristine), "--html", str(path), "-q"])
+    assert res.exit_code == 0, res.output
+    return path
+
+
+def test_the_page_holds_everything_itself(page, full_run_pristine):
+    p = _Page()
+    p.feed(page.read_text())
+    assert "script" not in p.tags, "no script: nothing to fail in a browser"
+    assert p.srcs and all(s.startswith("data:image/png;base64,") for s in p.srcs), "an external file or URL"
+    text = " ".join(p.text)
+    store = RunStore(full_run_pristine)
+    base, fused = (e.key for e in store.entries() if e.stage == "score")
+    assert "TEST" in text and "VALIDATION" in text and base in text and fused in text  # base and DRDC side by side
+    n_cats = len(store.current("index").attrs["categories"])
+    assert p.tags.count("img") == n_cats * 4  # per category: ROC, histograms, worst cases of base and of DRDC
+
+
+def test_a_console_error_would_be_seen(tmp_path):
+    """The detector of the browser test below, on a page that has one."""
+    if not CHROMIUM:
+        pytest.skip("no chromium on this machine")
+    bad = tmp_path / "bad.html"
+    bad.write_text("<p>x</p><script>undefined_fn();</script>")
+    assert _console_errors(_browse(bad, tmp_path / "bad.png"))
+
+
+def _browse(page: Path, shot: Path) -> str:
+    res = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                          "--window-size=1100,900", f"--screenshot={shot}", "--enable-logging=stderr", "--v=0",
+                          page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
+    return res.stderr
+
+
+def _console_errors(log: str) -> list[str]:
+    return [ln for ln in log.splitlines() if ":CONSOLE" in ln and re.search(r"error|uncaught|failed", ln, re.I)]
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="no chromium on this machine (apt-get install chromium)")
+def test_the_page_loads_in_a_browser_and_shows_the_table(page, tmp_path):
+    shot = tmp_path / "shot.png"
+    assert not _console_errors(_browse(page, shot))
+    a = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    top = a[80:400]  # under the title: the test table's grid lines and digits
+    assert (top < 100).mean() > 0.01 and (top > 200).mean() > 0.3, "no table drawn where it belongs"
+    rows = (a[80:400] < 150).mean(axis=1)
+    assert (rows > 0.3).sum() >= 4, "no horizontal grid lines of a table"
