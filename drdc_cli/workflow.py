@@ -11,7 +11,7 @@ from stages.cache import RunStore
 from stages.presets import build
 
 from .app import app, guarded, report_stage
-from .pipeline import DeviceOpt, PresetOpt, QuietOpt, RunOpt, preset_of
+from .pipeline import DeviceOpt, PresetOpt, QuietOpt, preset_of
 from .report import print_report
 from .tune_cmd import tune_and_apply
 
