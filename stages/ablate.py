@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .anomaly_map import image_score, upsample
 from .cache import Entry, RunStore
+from .commands import command
 from .errors import CacheMissError
 from .metrics import compute_metrics
 from .score import content, mean_over_categories
@@ -86,15 +87,6 @@ class Row:
     entries: dict[str, str] = field(default_factory=dict)  # store entries it read
 
 
-def _fmt(v) -> str:
-    return ",".join(map(str, v))
-
-
-_TRAIN_DIFF_FLAGS = {"size": "--size", "model_channels": "--model-channels", "channel_mult": "--channel-mult",
-                     "num_res_blocks": "--res-blocks", "attention_resolutions": "--attention",
-                     "num_head_channels": "--head-channels", "steps": "--steps", "batch_size": "--batch-size",
-                     "lr": "--lr", "ema": "--ema", "grid": "--grid", "n_s": "--ns", "t_max": "--t-max",
-                     "ckpt_every": "--ckpt-every", "seed": "--seed"}
 _TASK_FIELDS = ("task", "chain", "t_max")  # what differs between the keys of the two training tasks
 DEFAULT_CHAIN = (250, 200, 150, 100, 50, 0)
 
@@ -104,26 +96,23 @@ def _task(params: dict) -> str:
 
 
 def train_diff_command(store: RunStore, params: dict, model_condition: bool, task: str | None = None) -> str:
-    """The `drdc train-diff` line that makes an entry with these params (every CLI-settable one spelled out),
-    with another --task when given."""
+    """The `drdc train-diff` line that makes an entry with these params (every CLI-settable one spelled out,
+    stages.commands), with another --task when given."""
     task = task or _task(params)
-    parts = [f"drdc train-diff --run {store.name}"]
-    for k, flag in _TRAIN_DIFF_FLAGS.items():
-        if k == "t_max" and task == "inpaint":
-            continue
-        v = params.get(k, 999) if k == "t_max" else params[k]
-        parts.append(f"{flag} {_fmt(v) if isinstance(v, list) else v}")
-    parts.append("--model-condition" if model_condition else "--no-model-condition")
+    q = {k: v for k, v in params.items() if k not in _TASK_FIELDS}
+    q.update(model_condition=model_condition, task=task)
     if task == "inpaint":
-        parts.append(f"--task inpaint --chain {_fmt(params.get('chain', DEFAULT_CHAIN))}")
-    return " ".join(parts)
+        q["chain"] = params.get("chain", DEFAULT_CHAIN)
+    else:
+        q["t_max"] = params.get("t_max", 999)
+    return command("train_diff", store.name, q)
 
 
 def infer_diff_command(store: RunStore, t, c, l, n_s: int, seed: int, ttc: bool, init: str = "paper",  # noqa: E741
                        distance: str = "pixel") -> str:
-    return (f"drdc infer-diff --run {store.name} --t {_fmt(t)} --c {_fmt(c)} --l {_fmt(l)} --ns {n_s} --seed {seed}"
-            + ("" if ttc else " --no-test-time-condition") + f" --init {init} --distance {distance}")  # spelled
-            # out: the run's preset may start otherwise
+    """The `drdc infer-diff` line of these maps; --init and --distance spelled out (the preset may differ)."""
+    return command("infer_diff", store.name, {"t": list(t), "c": list(c), "l": list(l), "n_s": n_s, "seed": seed,
+                                              "test_time_condition": ttc, "init": init, "distance": distance})
 
 
 def _preset_maps(store: RunStore) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
