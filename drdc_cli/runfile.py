@@ -28,7 +28,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from stages.cache import RunStore
-from stages.commands import ABSENT, FLAGS
+from stages.commands import FLAGS, options
 from stages.errors import ConfigError
 from stages.registry import STAGES
 
@@ -238,14 +238,7 @@ def settings(store: RunStore) -> dict[str, dict]:
 
 
 def _table(stage: str, params: dict) -> dict:
-    params = {**ABSENT.get(stage, {}), **params}
-    out_: dict[str, Any] = {}
-    for key, flag in FLAGS[stage].items():
-        v = params.get(key)
-        if v is None or (isinstance(v, (list, tuple)) and not v):
-            continue
-        out_[flag.lstrip("-")] = list(v) if isinstance(v, tuple) else v
-    return out_
+    return {flag.lstrip("-"): list(v) if isinstance(v, tuple) else v for flag, v in options(stage, params).items()}
 
 
 @app.command("config", rich_help_panel="Stages")

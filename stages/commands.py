@@ -47,6 +47,14 @@ def _value(v: Any) -> str:
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else shlex.quote(str(v))
 
 
+def options(stage: str, params: dict) -> dict[str, Any]:
+    """{flag: value} of every param of `params` this stage's CLI sets (ABSENT defaults spelled out; None and ()
+    left out: they are the stage's "all" or "newest"), in the CLI's order."""
+    params = {**ABSENT.get(stage, {}), **params}
+    return {flag: params[key] for key, flag in FLAGS[stage].items()
+            if params.get(key) is not None and not (isinstance(params[key], (list, tuple)) and not params[key])}
+
+
 def entry_command(entry: Any, merge_c: Iterable[int] | None = None) -> str:
     """The line that makes `entry` again (an extract entry made from a local weight file names that file)."""
     weights = entry.attrs.get("weights_file") if entry.stage == "extract" else None
@@ -62,14 +70,10 @@ def command(stage: str, run: str, params: dict | None = None, merge_c: Iterable[
     if params is None or stage not in FLAGS:
         extra = f" {info.extra}" if info.extra else ""
         return f"drdc {info.command}{extra} --run {shlex.quote(str(run))}"
-    params = {**ABSENT.get(stage, {}), **params}
     if merge_c is not None:
-        params["c"] = sorted(merge_c)
+        params = {**params, "c": sorted(merge_c)}
     parts = [f"drdc {info.command}", f"--run {shlex.quote(str(run))}"]
-    for key, flag in FLAGS[stage].items():
-        v = params.get(key)
-        if v is None or (isinstance(v, (list, tuple)) and not v):  # None / (): the stage's "all" or "newest"
-            continue
+    for flag, v in options(stage, params).items():
         if isinstance(v, bool):
             if flag in SWITCH_ONLY:
                 parts += [flag] if v else []
