@@ -212,6 +212,7 @@ def _domains() -> dict[str, Any]:
     from stages.infer_diff import DISTANCES
     from stages.inpaint import INITS
     from stages.presets import PRESETS
+    from stages.residual import RESIDUAL_NORMS
     from stages.score import SOURCES
     from stages.train_base import SCHEDULES
     from stages.train_diff import TASKS
@@ -236,6 +237,8 @@ def _domains() -> dict[str, Any]:
         "--seed": seed, "--hidden-dim": Int(1, 8192), "--ffn-dim": Int(1, 65_536), "--heads": Int(1, 256),
         "--encoder-layers": Int(1, 64), "--decoder-layers": Int(1, 64), "--dropout": Real(0.0, 1.0, hi_open=True),
         "--neighbor-size": Int(1, 63, odd=True), "--jitter-scale": Real(0.0, 1e3),
+        # infer-base
+        "--residual-norm": Choice(RESIDUAL_NORMS), "--residual-stages": List(Int(1, 16)),
         # train-diff
         "--steps": Int(1, 10**9), "--ema": Real(0.0, 1.0, hi_open=True), "--grid": List(Int(1, 2048)),
         "--ns": Int(2, 4096), "--t-max": Int(0, 999), "--ckpt-every": Int(1, 10**9), "--model-channels": Int(1, 4096),

@@ -102,6 +102,7 @@ def train_base(
     dropout: Annotated[Optional[float], typer.Option(rich_help_panel=_MODEL)] = None,
     neighbor_size: Annotated[Optional[int], typer.Option(help="Side of the neighbour attention mask (odd).", rich_help_panel=_MODEL)] = None,
     jitter_scale: Annotated[Optional[float], typer.Option(help="Feature jitter scale (0: off).", rich_help_panel=_MODEL)] = None,
+    standardize: Annotated[Optional[bool], typer.Option("--standardize/--no-standardize", help="The model works on per-channel z-scores of the train features (drdc option; UniAD: off).", rich_help_panel=_MODEL)] = None,
     device: DeviceOpt = "auto",
     preset: PresetOpt = None,
     quiet: QuietOpt = False,
@@ -113,15 +114,25 @@ def train_base(
               warmup_epochs=warmup_epochs, grad_clip=grad_clip, holdout=holdout, seed=seed, hidden_dim=hidden_dim,
               dim_feedforward=ffn_dim, nhead=heads, num_encoder_layers=encoder_layers,
               num_decoder_layers=decoder_layers, dropout=dropout, neighbor_size=neighbor_size,
-              jitter_scale=jitter_scale)
+              jitter_scale=jitter_scale, standardize=standardize)
     report_stage(train_base_stage.run(store, p, device=device, progress=not quiet))
 
 
 @app.command("infer-base", rich_help_panel="Stages")
 @guarded
-def infer_base(run: RunOpt, device: DeviceOpt = "auto", quiet: QuietOpt = False) -> None:
-    """Base heatmaps H_base (Eq 2) of every test image."""
-    report_stage(infer_base_stage.run(RunStore(run), device=device, progress=not quiet))
+def infer_base(
+    run: RunOpt,
+    residual_norm: Annotated[Optional[str], typer.Option(help="Norm of F_in - F_out in Eq 2: l2 (the paper) or mahalanobis (a per-category, per-position Gaussian of the train images' residuals; drdc option).")] = None,
+    residual_stages: Annotated[Optional[str], typer.Option(help="Backbone stages (1-4, comma-separated) whose channels the mahalanobis norm sees (ignored by l2); default all.")] = None,
+    device: DeviceOpt = "auto",
+    preset: PresetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Base heatmaps H_base (Eq 2) of every validation and test image."""
+    store = RunStore(run)
+    p = build(infer_base_stage.InferBaseParams, "infer_base", preset_of(store, preset), residual_norm=residual_norm,
+              residual_stages=_ints(residual_stages, "--residual-stages"))
+    report_stage(infer_base_stage.run(store, p, device=device, progress=not quiet))
 
 
 @app.command(rich_help_panel="Stages")

@@ -11,7 +11,8 @@ A run file has one table per stage command, keyed by that command's own flags (w
     epochs = 25
     ...
 
-A table's presence runs its stage (infer-base runs after train-base, and score after infer-base with
+A table's presence runs its stage (infer-base runs after train-base, with the preset's options when it has no
+table, and score after infer-base with
 --source base and after fuse with --source fuse, with [score]'s pool). Before anything runs, every key is checked:
 an unknown table or key, a wrong type or an out-of-range value is one error line naming the file, the line and
 the key. `drdc config` writes every option an entry was made with (stages.commands), so feeding its output back
@@ -41,7 +42,7 @@ if sys.version_info >= (3, 11):
 else:  # the same parser, before it joined the standard library
     import tomli as tomllib
 
-ORDER = ("index", "extract", "train-base", "train-diff", "infer-diff", "fuse", "score")  # the tables, in run order
+ORDER = ("index", "extract", "train-base", "infer-base", "train-diff", "infer-diff", "fuse", "score")  # the tables, in run order
 DEVICE = {"extract", "train-base", "infer-base", "train-diff", "infer-diff"}  # commands with --device
 RUN_KEYS = {"data": str, "preset": str, "store": str}
 
@@ -146,7 +147,8 @@ def parse(path: Path) -> tuple[dict, list[tuple[str, list[str]]]]:
 
 
 PARAMS = {"index": "stages.index:IndexParams", "extract": "stages.extract:ExtractParams",
-          "train-base": "stages.train_base:TrainBaseParams", "train-diff": "stages.train_diff:TrainDiffParams",
+          "train-base": "stages.train_base:TrainBaseParams", "infer-base": "stages.infer_base:InferBaseParams",
+          "train-diff": "stages.train_diff:TrainDiffParams",
           "infer-diff": "stages.infer_diff:InferDiffParams", "fuse": "stages.fuse:FuseParams",
           "score": "stages.score:ScoreParams"}
 
@@ -188,17 +190,20 @@ def run_file(path: Path, run: Path | None, device: str, quiet: bool) -> None:
     if store is None:
         raise ConfigError(f"--run: give the run store (or store = \"...\" in [run] of {path})")
     common = ["--run", str(store)] + (["-q"] if quiet else [])
+    tables = {n for n, _ in steps}
     pool = next((a[a.index("--pool") + 1] for n, a in steps if n == "score" and "--pool" in a), None)
     scored = [] if pool is None else ["--pool", pool]
     for name, args in steps:
         if name == "score":
             continue
         extra = (["--data", head["data"]] if name == "index" else []) + (
-            ["--preset", head["preset"]] if name in ("index", "extract", "train-base", "train-diff", "infer-diff")
-            and "preset" in head else []) + (["--device", device] if name in DEVICE else [])
+            ["--preset", head["preset"]] if name in ("index", "extract", "train-base", "infer-base", "train-diff",
+                                                     "infer-diff") and "preset" in head else []) + (
+            ["--device", device] if name in DEVICE else [])
         _invoke([name, *common, *extra, *args])
-        if name == "train-base":
-            _invoke(["infer-base", *common, "--device", device])
+        if name == "train-base" and "infer-base" not in tables:  # the base map the preset makes
+            _invoke(["infer-base", *common, *extra])
+        if name == "infer-base" or (name == "train-base" and "infer-base" not in tables):
             _invoke(["score", *common, "--source", "base", *scored])
         if name == "fuse":
             _invoke(["score", *common, "--source", "fuse", *scored])
@@ -217,7 +222,7 @@ def settings(store: RunStore) -> dict[str, dict]:
     if store.attr("preset"):
         doc["run"]["preset"] = store.attr("preset")
     fused = get("fuse")
-    entries = {s: get(s) for s in ("index", "extract", "train_base", "train_diff")}
+    entries = {s: get(s) for s in ("index", "extract", "train_base", "infer_base", "train_diff")}
     for stage, e in entries.items():
         if e is not None:
             doc[STAGES[stage].command] = _table(stage, e.params)

@@ -27,7 +27,8 @@ def run_all(store: RunStore, data: Path, preset: str, device: str, progress: boo
     report_stage(extract.run(store, build(extract.ExtractParams, "extract", preset), device=device, progress=progress))
     report_stage(train_base.run(store, build(train_base.TrainBaseParams, "train_base", preset, epochs=base_epochs),
                                 device=device, progress=progress))
-    report_stage(infer_base.run(store, device=device, progress=progress))
+    report_stage(infer_base.run(store, build(infer_base.InferBaseParams, "infer_base", preset), device=device,
+                                progress=progress))
     base_score = score.run(store, score.ScoreParams(source="base"), progress=progress)
     report_stage(base_score)
     report_stage(train_diff.run(store, build(train_diff.TrainDiffParams, "train_diff", preset, steps=diff_steps),

@@ -21,8 +21,9 @@ FLAGS: dict[str, dict[str, str]] = {  # entry param -> CLI flag, per stage
                    "grad_clip": "--grad-clip", "holdout": "--holdout", "seed": "--seed", "hidden_dim": "--hidden-dim",
                    "dim_feedforward": "--ffn-dim", "nhead": "--heads", "num_encoder_layers": "--encoder-layers",
                    "num_decoder_layers": "--decoder-layers", "dropout": "--dropout",
-                   "neighbor_size": "--neighbor-size", "jitter_scale": "--jitter-scale"},
-    "infer_base": {},
+                   "neighbor_size": "--neighbor-size", "jitter_scale": "--jitter-scale",
+                   "standardize": "--standardize"},
+    "infer_base": {"residual_norm": "--residual-norm", "residual_stages": "--residual-stages"},
     "train_diff": {"size": "--size", "model_channels": "--model-channels", "channel_mult": "--channel-mult",
                    "num_res_blocks": "--res-blocks", "attention_resolutions": "--attention",
                    "num_head_channels": "--head-channels", "steps": "--steps", "batch_size": "--batch-size",
@@ -39,7 +40,8 @@ FLAGS: dict[str, dict[str, str]] = {  # entry param -> CLI flag, per stage
 }
 # Params a key leaves out while they hold the class default (keys made before the option existed stay valid):
 # the preset may set another value, so the line spells the default out.
-ABSENT = {"infer_diff": {"init": "paper", "distance": "pixel"}, "train_diff": {"task": "paper"}}
+ABSENT = {"infer_diff": {"init": "paper", "distance": "pixel"}, "train_diff": {"task": "paper"},
+          "train_base": {"standardize": False}, "infer_base": {"residual_norm": "l2"}}
 SWITCH_ONLY = {"--bf16"}  # on/off flags without a --no- form
 
 

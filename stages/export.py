@@ -1,7 +1,8 @@
 """Export a trained run for deployment: graphs, a manifest, and a standalone inference example.
 
   base.onnx / base.pt   image (B, 3, S, S) float RGB in [0, 1] -> H_base (B, S, S): the frozen backbone, the
-                        reconstruction transformer and Eq 2, upsampled bilinearly to the image (as predict does)
+                        reconstruction transformer and Eq 2, upsampled bilinearly to the image (as predict does);
+                        with --residual-norm mahalanobis also category (B,) int64 (-1: nearest category)
   unet.onnx / unet.pt   the conditional UNet: (x_t (B, 3, s, s), t (B,) int64, I_in (B, 3, s, s)) -> eps
   manifest.json         preprocessing (size, --resize, value range), the image score (pool), the fusion settings
                         and their normalisation statistics, thresholds per category, drdc's version, the keys
@@ -33,15 +34,32 @@ EXAMPLE = Path(__file__).with_name("export_example.py")
 
 
 class BaseGraph(nn.Module):
-    """image (B, 3, S, S) in [0, 1] -> H_base (B, S, S): backbone, reconstruction, Eq 2, bilinear upsampling."""
+    """image (B, 3, S, S) in [0, 1] -> H_base (B, S, S): backbone, reconstruction, Eq 2, bilinear upsampling.
 
-    def __init__(self, backbone: nn.Module, base: nn.Module, size: int) -> None:
+    With the run's residual Gaussians (infer-base --residual-norm mahalanobis) the graph takes a second input,
+    category (B,) int64: the row's index in the manifest's residual categories, or -1 for the nearest one at
+    each position (as predict scores an image of unknown category)."""
+
+    def __init__(self, backbone: nn.Module, base: nn.Module, size: int, residual=None) -> None:
         super().__init__()
         self.backbone, self.base, self.size = backbone, base, size
+        self.mahalanobis = residual is not None
+        if residual is not None:
+            self.register_buffer("channels", torch.tensor(residual.channels, dtype=torch.long))
+            self.register_buffer("mu", residual.mu.float())  # (K, P, C')
+            self.register_buffer("prec", residual.prec.float())  # (K, P, C', C')
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, category: torch.Tensor | None = None) -> torch.Tensor:
         f_in = self.backbone(images)
-        h = torch.linalg.vector_norm(f_in - self.base(f_in), dim=1)  # Eq 2
+        r = f_in - self.base(f_in)
+        if not self.mahalanobis:
+            h = torch.linalg.vector_norm(r, dim=1)  # Eq 2
+        else:  # stages.residual.mahalanobis for every category at once, then the row's own (or the nearest)
+            b, _, fh, fw = r.shape
+            d = r[:, self.channels].flatten(2).transpose(1, 2)[:, None] - self.mu[None]  # (B, K, P, C')
+            m = torch.einsum("bkpc,kpcd,bkpd->bkp", d, self.prec, d).clamp_min(0).sqrt()
+            own = m.gather(1, category.clamp_min(0)[:, None, None].expand(-1, 1, m.shape[-1]))[:, 0]
+            h = torch.where(category[:, None] >= 0, own, m.amin(dim=1)).reshape(b, fh, fw)
         return F.interpolate(h[:, None], size=(self.size, self.size), mode="bilinear", align_corners=False)[:, 0]
 
 
@@ -87,8 +105,10 @@ def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None 
     pred = Predictor(store, "cpu", base_only=base_only, weights=weights)
     dest.mkdir(parents=True, exist_ok=True)
     s = pred.size
-    graphs = {"base": _save(BaseGraph(pred.backbone, pred.base, s), (torch.rand(2, 3, s, s),), ["image"],
-                            "h_base", dest / "base", fmt).name}
+    base = BaseGraph(pred.backbone, pred.base, s, pred.residual)
+    inputs, names = ((torch.rand(2, 3, s, s), torch.tensor([0, -1])), ["image", "category"]) if base.mahalanobis \
+        else ((torch.rand(2, 3, s, s),), ["image"])
+    graphs = {"base": _save(base, inputs, names, "h_base", dest / "base", fmt).name}
     if pred.unet is not None:
         d = pred.diff_size
         x, t = torch.randn(2, 3, d, d), torch.tensor([250, 50])
@@ -102,6 +122,8 @@ def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None 
                        "range": "float32 in [0, 1] (uint8 / 255), NCHW", "resample": "bilinear"},
         "score": {"pool": pred.pool, "rule": "max of the pool x pool average-pooled map (stride 1)"},
         "mode": pred.mode, "categories": pred.index.attrs["categories"],
+        "base_inputs": names,  # "category": index into residual_categories, -1 = nearest
+        "residual_categories": None if pred.residual is None else pred.residual.categories,
         "fusion": None if pred.fusion is None else pred.fusion.as_dict(),
         "diffusion_size": getattr(pred, "diff_size", None),
         "normalisation": None if pred.stats is None else {  # (n_cat, 2, S, S): shift, scale of each source map

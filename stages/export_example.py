@@ -59,16 +59,19 @@ def image_score(h: np.ndarray, pool: int, valid: np.ndarray) -> float:
 
 
 def load(export: Path, manifest: dict):
+    """f(images (B, 3, S, S), category (B,) int64) -> H_base (B, S, S); the category is used only by a run whose
+    base map is the residual's Mahalanobis norm (index into manifest["residual_categories"], -1: nearest)."""
     graph = export / manifest["graphs"]["base"]
+    takes_category = "category" in manifest.get("base_inputs", ["image"])
     if graph.suffix == ".onnx":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-        return lambda x: session.run(None, {"image": x})[0]
+        return lambda x, c: session.run(None, {"image": x, **({"category": c} if takes_category else {})})[0]
     import torch
 
     model = torch.jit.load(str(graph)).eval()
-    return lambda x: model(torch.from_numpy(x)).detach().numpy()
+    return lambda x, c: model(torch.from_numpy(x), *((torch.from_numpy(c),) if takes_category else ())).detach().numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     run = load(a.dir, manifest)
     th = manifest["thresholds"] if manifest["mode"] == "base" else None
     print("path,score,verdict")
+    cats = manifest.get("residual_categories") or []
+    cat = np.array([cats.index(a.category) if a.category in cats else -1], dtype=np.int64)
     for n, path in enumerate(a.images):
         x, valid = preprocess(path, pre["size"], pre["resize"])
-        h = run(x[None])[0]
+        h = run(x[None], cat)[0]
         score = image_score(h, pool, valid)
         limit = None if th is None else th["image"].get(a.category, th["image_global"])
         verdict = "uncalibrated" if limit is None else ("anomalous" if score > limit else "normal")

@@ -2,50 +2,140 @@
 
 Stored at feature resolution (test, h_feat, w_feat) exactly as Eq 2 defines it; consumers upsample it to the
 image with `stages.anomaly_map.upsample` so every consumer sees the same interpolation.
+
+Option `--residual-norm mahalanobis` (stages.residual): the residual's norm under a per-category, per-position
+Gaussian of the residuals of the images train-base fitted (never validation or test images). Its statistics are
+stored in the entry (residual_mu, residual_prec), so predict and export score new images the same way.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import dist
-from .cache import RunStore, claim_chunks
+from .cache import Entry, RunStore, claim_chunks
+from .common import StageResult, check, keyed, resolve_device
 from .data import EVAL_SPLITS, split_indices
-from .common import StageResult, resolve_device
-from .models.reconstruction import base_heatmap
-from .train_base import load_model
+from .models.reconstruction import UniADReconstruction
+from .residual import RESIDUAL_NORMS, fit_gaussian, residual_map, stage_channels
+from .train_base import load_model, split_train
 
 STAGE = "infer_base"
 
 
-def run(store: RunStore, device: str = "auto", progress: bool = True) -> StageResult:
+@dataclass(frozen=True)
+class InferBaseParams:
+    residual_norm: str = "l2"  # Eq 2 as printed; mahalanobis: a drdc option (stages.residual)
+    residual_stages: tuple[int, ...] = ()  # backbone stages whose channels the Gaussian sees (): all
+
+    def __post_init__(self) -> None:
+        check(self.residual_norm in RESIDUAL_NORMS, "--residual-norm", f"must be one of {', '.join(RESIDUAL_NORMS)}",
+              self.residual_norm)
+        # only the mahalanobis norm reads the stages (a preset's stages must not refuse `--residual-norm l2`)
+        object.__setattr__(self, "residual_stages",
+                           tuple(sorted(self.residual_stages)) if self.residual_norm != "l2" else ())
+
+    def key_params(self) -> dict:
+        """Eq 2 as printed keeps the key it had before the option ({})."""
+        return {} if self.residual_norm == "l2" else keyed(self)
+
+
+class ResidualStats:
+    """The per-category Gaussians of an infer-base entry: categories (K), channels (C'), mu (K, P, C'),
+    prec (K, P, C', C'). `heatmap` scores rows of a known category with its own Gaussian, and a row of unknown
+    category (None) with the nearest one (the smallest distance at each position)."""
+
+    def __init__(self, categories: list[str], channels: list[int], mu: torch.Tensor, prec: torch.Tensor) -> None:
+        self.categories, self.channels, self.mu, self.prec = list(categories), list(channels), mu, prec
+
+    @classmethod
+    def load(cls, entry: Entry) -> "ResidualStats | None":
+        if entry.params.get("residual_norm", "l2") == "l2":
+            return None
+        return cls(entry.attrs["residual_categories"], entry.attrs["residual_channels"],
+                   torch.from_numpy(entry.array("residual_mu")[:]), torch.from_numpy(entry.array("residual_prec")[:]))
+
+    def heatmap(self, f_in: torch.Tensor, f_out: torch.Tensor, categories: list[str | None]) -> torch.Tensor:
+        """(B, C, h, w) x2, B categories -> H_base (B, h, w)."""
+        out = torch.empty(f_in.shape[0], *f_in.shape[2:])
+        for i, cat in enumerate(categories):
+            ks = [self.categories.index(cat)] if cat is not None else range(len(self.categories))
+            if cat is not None and cat not in self.categories:
+                raise ValueError(f"category {cat!r} has no residual statistics (run has {self.categories})")
+            maps = [residual_map(f_in[i:i + 1].cpu(), f_out[i:i + 1].cpu(), self.channels, self.mu[k:k + 1],
+                                 self.prec[k:k + 1]) for k in ks]
+            out[i] = torch.stack(maps).amin(dim=0)[0]
+        return out
+
+
+def _fit(model: UniADReconstruction, feats, records: list[dict], trained: Entry, channels: list[int],
+         dev: torch.device, progress: bool) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Gaussians of the residuals of train-base's own fit images, per category (index order)."""
+    tp = trained.params
+    fit, _ = split_train(records, float(tp.get("holdout", 0.0)), int(tp.get("seed", 0)))
+    cats = sorted({records[i]["category"] for i in fit})
+    mus, precs = [], []
+    for cat in tqdm(cats, desc="residual Gaussians", unit="category", disable=not progress or len(cats) < 2):
+        idx = np.array([i for i in fit if records[i]["category"] == cat])
+        res = []
+        for a in range(0, len(idx), 32):
+            f_in = torch.from_numpy(feats.get_orthogonal_selection((idx[a:a + 32],))).to(dev)
+            res.append((f_in - model(f_in)).cpu()[:, channels])
+        mu, prec = fit_gaussian(torch.cat(res))
+        mus.append(mu.numpy()), precs.append(prec.numpy())
+    return cats, np.stack(mus), np.stack(precs)
+
+
+def run(store: RunStore, p: InferBaseParams = InferBaseParams(), device: str = "auto",
+        progress: bool = True) -> StageResult:
     t0 = time.perf_counter()
     extract = store.current("extract")
     trained = store.current("train_base")
     index = store.get("index", extract.inputs["index"])
     dev = resolve_device(device)
-    entry, cached = store.begin(STAGE, {}, {"extract": extract.key, "train_base": trained.key},
-                                 exclusive=False)
-    idx = split_indices(index.attrs["records"], EVAL_SPLITS)
+    records = index.attrs["records"]
+    n_stages = len(extract.attrs["backbone_channels"])
+    check(all(1 <= s <= n_stages for s in p.residual_stages), "--residual-stages",
+          f"the backbone has stages 1..{n_stages}", ",".join(map(str, p.residual_stages)))
+    channels = stage_channels(extract.attrs["backbone_channels"], p.residual_stages)
+    entry, cached = store.begin(STAGE, p.key_params(), {"extract": extract.key, "train_base": trained.key},
+                                exclusive=False)
+    idx = split_indices(records, EVAL_SPLITS)
     n = len(idx)
     feats = extract.array("features")
     fs = feats.shape[-1]
+    what = "" if p.residual_norm == "l2" else f", {p.residual_norm} residual norm"
     if cached:
-        return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, f"{n} validation + test heatmaps")
+        return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, f"{n} validation + test heatmaps{what}")
     dist.start_together(dev)  # torchrun: ranks begin claiming at once, so each takes its own share
     model = load_model(trained, dev)
-    entry.require_array("record", (n,), "int64")[:] = idx
-    maps = entry.require_array("h_base", (n, fs, fs), "float32")
-    done = entry.require_done(n)
-    todo = entry.pending(n)
-    with torch.inference_mode(), tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="infer-base",
-                                      unit="img", disable=not progress) as bar:
-        for a, b in claim_chunks([entry], n, rank=dist.rank(), world=dist.world_size()):
-            f_in = torch.from_numpy(feats.get_orthogonal_selection((idx[a:b],))).to(dev)
-            maps[a:b] = base_heatmap(f_in, model(f_in)).cpu().numpy()  # Eq 2
-            entry.mark_done(done, a, b)
-            bar.update(b - a)
+    stats = None
+    with torch.inference_mode():
+        if p.residual_norm == "mahalanobis":  # deterministic: every rank fits the same Gaussians
+            cats, mu, prec = _fit(model, feats, records, trained, channels, dev, progress)
+            if dist.is_main():
+                entry.require_array("residual_mu", mu.shape, "float32", chunk=1)[:] = mu
+                entry.require_array("residual_prec", prec.shape, "float32", chunk=1)[:] = prec
+                entry.update(residual_categories=cats, residual_channels=channels)
+            stats = ResidualStats(cats, channels, torch.from_numpy(mu), torch.from_numpy(prec))
+        entry.require_array("record", (n,), "int64")[:] = idx
+        maps = entry.require_array("h_base", (n, fs, fs), "float32")
+        done = entry.require_done(n)
+        todo = entry.pending(n)
+        with tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="infer-base", unit="img",
+                  disable=not progress) as bar:
+            for a, b in claim_chunks([entry], n, rank=dist.rank(), world=dist.world_size()):
+                f_in = torch.from_numpy(feats.get_orthogonal_selection((idx[a:b],))).to(dev)
+                f_out = model(f_in)
+                h = (residual_map(f_in, f_out) if stats is None  # Eq 2
+                     else stats.heatmap(f_in, f_out, [records[i]["category"] for i in idx[a:b]]))
+                maps[a:b] = h.cpu().numpy()
+                entry.mark_done(done, a, b)
+                bar.update(b - a)
     entry.complete(device=str(dev))
-    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, f"{n} validation + test heatmaps ({fs}x{fs})")
+    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0,
+                       f"{n} validation + test heatmaps ({fs}x{fs}){what}")

@@ -2,7 +2,7 @@
 infer-diff -> fuse -> score, applied to images that are not in the run store.
 
 Every step calls the functions the stages use: `images.load_rgb` (decode + resize exactly as `index`),
-`extract.images_to_tensor` + `backbone.load_backbone` (as `extract`), `train_base.load_model` + `base_heatmap`
+`extract.images_to_tensor` + `backbone.load_backbone` (as `extract`), `train_base.load_model` + `residual_map`
 (as `infer-base`), `infer_diff.image_heatmaps` with per-(image, c) generators (as `infer-diff`, heatmaps rounded
 to float16 as the store keeps them) and `fusion`'s Eq 17-19 with the run's current `fuse` settings.
 
@@ -34,8 +34,10 @@ from .geometry import to_original, valid
 from .images import IMAGE_SUFFIXES, load_mask, load_rgb, to_model_space
 from .infer_diff import InferDiffParams, image_heatmaps
 from .masks import check_grid
-from .models.reconstruction import base_heatmap
 from .presets import DEFAULT_PRESET, build
+from .commands import command
+from .infer_base import ResidualStats
+from .residual import residual_map
 from .train_base import load_model
 from .train_diff import load_unet
 
@@ -206,8 +208,17 @@ class Predictor:
         ep = self.extract.params
         self.backbone = load_matching(ep, weights).to(self.dev).eval()
         self.base = load_model(self.train_base, self.dev)
-        self.pool = _score_pool(store)
+        # H_base as infer-base made it: Eq 2, or the run's residual Gaussians (--residual-norm mahalanobis)
+        ib = store.get("infer_base", store.current_keys["infer_base"]) if "infer_base" in store.current_keys else None
+        self.residual = ResidualStats.load(ib) if ib is not None else None
         self.notes: list[str] = []
+        if ib is None:
+            self.notes.append("no infer-base result in the run: H_base is Eq 2's L2 norm")
+        elif self.residual is not None and ib.inputs.get("train_base") != self.train_base.key:
+            raise CacheMissError(f"the residual Gaussians of infer-base {ib.key} belong to another base model than "
+                                 f"the current {self.train_base.key}; refit them with "
+                                 f"`{command('infer_base', store.name, ib.params)}`")
+        self.pool = _score_pool(store)
         self.fusion: FusionSettings | None = None
         self.unet = None
         self.train_diff: Entry | None = None
@@ -241,6 +252,8 @@ class Predictor:
         """Everything a score depends on: a calibration holds only for the same settings."""
         d = {"mode": self.mode, "train_base": self.train_base.key, "extract": self.extract.key,
              "image_size": self.size, "pool": self.pool}
+        if self.residual is not None:
+            d["residual_channels"] = self.residual.channels
         if self.fusion is not None:
             d.update(train_diff=self.train_diff.key, fusion=self.fusion.as_dict())
         return d
@@ -252,9 +265,11 @@ class Predictor:
         categories (for normalised fusion: each category's own statistics; None: the mean over categories),
         valid (k, S, S) bool: the pixels that show the image (index --resize pad; None: all)."""
         f_in = self.backbone(images_to_tensor(images, self.dev))
-        h_base = base_heatmap(f_in, self.base(f_in)).cpu()  # Eq 2, (k, fs, fs)
-        h_diff = self._diffusion(images, ids) if self.unet is not None else None
         cats = list(categories) if categories is not None else [None] * len(images)
+        f_out = self.base(f_in)
+        h_base = (residual_map(f_in, f_out) if self.residual is None  # Eq 2, (k, fs, fs)
+                  else self.residual.heatmap(f_in, f_out, cats)).cpu()
+        h_diff = self._diffusion(images, ids) if self.unet is not None else None
         stats = (self.stats.per_row(cats, [self._fold.get(int(i)) for i in ids]) if self.stats is not None
                  else None)
         hb, h_st, h_out = fuse_maps(h_base, h_diff, self.size, self.fusion, self.c_feat, stats)

@@ -54,6 +54,7 @@ class TrainBaseParams:
     lr_gamma: float = 0.1
     warmup_epochs: int = 0
     grad_clip: float = 0.1
+    standardize: bool = False  # drdc option: the model works on per-channel z-scores of the train features
     holdout: float = 0.0  # fraction of split "train" per category kept out of training too (the index's "val" always is)
     seed: int = 0
 
@@ -81,7 +82,15 @@ class TrainBaseParams:
             num_encoder_layers=self.num_encoder_layers, num_decoder_layers=self.num_decoder_layers,
             nhead=self.nhead, dim_feedforward=self.dim_feedforward, dropout=self.dropout,
             neighbor_size=self.neighbor_size, jitter_scale=self.jitter_scale, jitter_prob=self.jitter_prob,
+            standardize=self.standardize,
         )
+
+    def key_params(self) -> dict:
+        """The params that key the entry: without --standardize they keep the keys they had before it."""
+        d = keyed(self)
+        if not self.standardize:
+            d.pop("standardize")
+        return d
 
 
 def split_train(records: list[dict], holdout: float, seed: int) -> tuple[list[int], list[int]]:
@@ -169,7 +178,7 @@ def run(store: RunStore, p: TrainBaseParams, device: str = "auto", progress: boo
     world, main = dist.world_size(), dist.is_main()
     # rank 0's entry (None on the other ranks, which never write to the store)
     entry, key, cached, resume, summary = dist.begin_training(
-        store, STAGE, dist.ddp_params(keyed(p), p.batch_size), {"extract": extract.key}, p.seed,
+        store, STAGE, dist.ddp_params(p.key_params(), p.batch_size), {"extract": extract.key}, p.seed,
         cfg.to_dict(), "epochs", p.epochs)
     if cached:
         return StageResult(STAGE, key, True, time.perf_counter() - t0, summary)
@@ -180,6 +189,8 @@ def run(store: RunStore, p: TrainBaseParams, device: str = "auto", progress: boo
 
     seed_everything(p.seed)
     model = UniADReconstruction(cfg).to(dev).train()
+    if cfg.standardize:  # statistics of the fitted images only (a resumed run loads the same ones)
+        model.set_standardization(fit)
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     sched = _scheduler(opt, p)
     ckpt_path = store.path / STAGE / key / "files" / "last.pt"

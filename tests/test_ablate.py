@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from stages.ablate import OPTIONS, TABLE5
+from stages.ablate import BASE, BASE_MAHALANOBIS, OPTIONS, TABLE5
 from stages.cache import RunStore
 from stages.metrics import METRIC_NAMES
 
@@ -62,10 +62,10 @@ def test_fusion_rows_equal_fuse_then_score(ablated, cli):
     rows = _rows(tmp / "t5.json")
     s = RunStore(run)
     stored = {e.params["source"]: e.attrs["metrics"] for e in s.entries() if e.stage == "score"}
-    _same(rows["base only (UniAD)"]["metrics"], stored["base"])
+    _same(rows[BASE_MAHALANOBIS]["metrics"], stored["base"])  # the cpu preset's base map
     _same(rows["DRDC (full)"]["metrics"], stored["fuse"])  # the fixture ran `fuse --c 1,8` then score
     val = {e.params["source"]: e.attrs["val_metrics"] for e in s.entries() if e.stage == "score"}
-    _same(rows["base only (UniAD)"]["validation_metrics"], val["base"])
+    _same(rows[BASE_MAHALANOBIS]["validation_metrics"], val["base"])
     _same(rows["DRDC (full)"]["validation_metrics"], val["fuse"])
     _same(rows["w/o spatio-temporal fusion"]["metrics"], _fuse_and_score(cli, run, "--no-spatio-temporal"))
     _same(rows["+ multi-scale base heatmap"]["metrics"], _fuse_and_score(cli, run, "--multiscale-base"))
@@ -103,6 +103,22 @@ def test_missing_rows_name_commands_that_fill_them(ablated, cli, tmp_path):
     # model condition off: make the ablated UNet current (cached, instant), fuse + score, compare
     _run_commands(cli, [mc["commands"][0].replace(str(run), str(run2))])
     _same(after["w/o model condition"]["metrics"], _fuse_and_score(cli, run2))
+
+
+def test_the_eq2_base_row_names_its_commands_and_they_restore_the_current_map(ablated, cli, tmp_path):
+    run, tmp, output = ablated
+    row = _rows(tmp / "t5.json")[BASE]
+    assert row["metrics"] is None and len(row["commands"]) == 2 and "--residual-norm l2" in row["commands"][0]
+    run2 = copy_run(run, tmp_path / "r2.zarr")
+    before = RunStore(run2).current_keys["infer_base"]
+    _run_commands(cli, [c.replace(str(run), str(run2)) for c in row["commands"]])
+    assert RunStore(run2).current_keys["infer_base"] == before
+    cli("ablate", "--run", run2, "--json", tmp_path / "t.json", "-q")
+    after = _rows(tmp_path / "t.json")[BASE]
+    cli("infer-base", "--run", run2, "--residual-norm", "l2", "-q")
+    cli("score", "--run", run2, "--source", "base", "-q")
+    s = RunStore(run2)
+    _same(after["metrics"], s.get("score", s.current_keys["score"]).attrs["metrics"])
 
 
 def test_option_rows_name_commands_that_fill_them(ablated, cli, tmp_path):

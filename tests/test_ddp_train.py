@@ -58,12 +58,12 @@ def test_single_process_params_and_keys_unchanged(no_torchrun, monkeypatch):
     """The params (and keys) of a plain run are the pre-DDP ones: existing caches stay valid. The hex keys were
     computed before DDP support was added."""
     base, diff = TrainBaseParams(), TrainDiffParams()
-    assert dist.ddp_params(keyed(base), base.batch_size) == OLD_BASE
+    assert dist.ddp_params(base.key_params(), base.batch_size) == OLD_BASE
     assert dist.ddp_params(diff.key_params(), diff.batch_size) == OLD_DIFF  # --task paper adds no key field
-    assert make_key("train_base", dist.ddp_params(keyed(base), 8), UP) == "db8439cf5d4d"
+    assert make_key("train_base", dist.ddp_params(base.key_params(), 8), UP) == "db8439cf5d4d"
     assert make_key("train_diff", dist.ddp_params(diff.key_params(), 16), {"index": "0123456789ab"}) == "69a64e3f3cdc"
     monkeypatch.setenv("WORLD_SIZE", "4")
-    ddp = dist.ddp_params(keyed(base), base.batch_size)
+    ddp = dist.ddp_params(base.key_params(), base.batch_size)
     assert ddp == {**OLD_BASE, "world_size": 4, "effective_batch_size": 32}
     assert make_key("train_base", ddp, UP) != "db8439cf5d4d"  # a 4-rank run never reuses or resumes a 1-rank one
 

@@ -41,18 +41,22 @@ def test_manifest_says_how_to_use_the_graphs(exported):
 
 def test_standalone_example_gives_predicts_scores_and_maps(exported, tiny_data, tmp_path):
     run, dest, _ = exported
-    images = sorted((tiny_data / "disc" / "test").rglob("*.png"))[:3] + sorted((tiny_data / "weave" / "test").rglob("*.png"))[:2]
-    res = subprocess.run([sys.executable, str(dest / "infer.py"), *map(str, images), "--maps", str(tmp_path)],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert res.returncode == 0, res.stderr
-    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    groups = {"disc": sorted((tiny_data / "disc" / "test").rglob("*.png"))[:3],
+              "weave": sorted((tiny_data / "weave" / "test").rglob("*.png"))[:2]}
+    images, rows = [], []
+    for cat, files in groups.items():  # the cpu preset's base map scores an image with its category's Gaussian
+        res = subprocess.run([sys.executable, str(dest / "infer.py"), *map(str, files), "--maps", str(tmp_path / cat),
+                              "--category", cat], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert res.returncode == 0, res.stderr
+        rows += [(cat, n, r) for n, r in enumerate(csv.DictReader(io.StringIO(res.stdout)))]
+        images += files
     maps = {}
     ref = predict(Predictor(RunStore(run), "cpu", base_only=True), images, None, progress=False,
                   on_batch=lambda b: maps.update({p.path: p.h_out.copy() for p in b}))
-    assert [r["path"] for r in rows] == [str(p.path) for p in ref]
-    for n, (row, p) in enumerate(zip(rows, ref)):
+    assert [r["path"] for _, _, r in rows] == [str(p.path) for p in ref]
+    for (cat, n, row), p in zip(rows, ref):
         assert float(row["score"]) == pytest.approx(p.score, rel=1e-4), row
-        h = np.load(tmp_path / f"{n}_{p.path.stem}.npy")
+        h = np.load(tmp_path / cat / f"{n}_{p.path.stem}.npy")
         assert np.abs(h - maps[p.path]).max() <= 1e-4 * np.abs(maps[p.path]).max()
 
 
@@ -79,8 +83,11 @@ def test_torchscript_export_matches_the_onnx_graph(exported, tmp_path):
     m = export(RunStore(run), tmp_path / "ts", "torchscript", base_only=True)
     assert m["graphs"] == {"base": "base.pt"} and m["mode"] == "base"
     x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
-    ts = torch.jit.load(str(tmp_path / "ts" / "base.pt"))(torch.from_numpy(x)).detach().numpy()
-    (ox,) = ort.InferenceSession(str(dest / "base.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    cat = np.array([1, -1])  # the residual Gaussians of the cpu preset's base map: a category, and the nearest
+    assert m["base_inputs"] == ["image", "category"]
+    ts = torch.jit.load(str(tmp_path / "ts" / "base.pt"))(torch.from_numpy(x), torch.from_numpy(cat)).detach().numpy()
+    (ox,) = ort.InferenceSession(str(dest / "base.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": x, "category": cat})
     assert np.abs(ts - ox).max() <= 1e-4 * np.abs(ox).max()
 
 

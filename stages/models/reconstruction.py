@@ -40,6 +40,7 @@ class ReconstructionConfig(ModelConfig):
     neighbor_mask: bool = True
     jitter_scale: float = 20.0
     jitter_prob: float = 1.0
+    standardize: bool = False  # drdc option: model space is per-channel z-scores of the train features
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -179,12 +180,29 @@ class UniADReconstruction(nn.Module):
         self.output_proj = nn.Linear(c.hidden_dim, c.in_channels)
         mask = neighbor_mask(c.feature_size, c.neighbor_size) if c.neighbor_mask else None
         self.register_buffer("attn_mask", mask, persistent=False)
+        if c.standardize:  # per-channel (mu_c, sigma_c) of the train features, saved with the weights
+            self.register_buffer("feat_shift", torch.zeros(c.in_channels))
+            self.register_buffer("feat_scale", torch.ones(c.in_channels))
         # UniAD initializer "xavier_uniform": every nn.Linear (incl. attention out_proj) gets xavier weights and
         # zero bias; MHA's in_proj is xavier/zero by default; embeddings and LayerNorms keep their own init.
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    @torch.no_grad()
+    def set_standardization(self, features: Tensor) -> None:
+        """Per-channel mean and std of train features (N, C_feat, h, w) (standardize only).
+
+        Why: F_in's channels have means far from 0 and stds of 1-6 while the output projection starts near 0 with
+        unit scale; at a CPU's few hundred AdamW steps the output bias moves ~lr per step and never reaches the
+        means, so F_out stays near 0 and H_base measures |F_in|, not a reconstruction error. In z-score space the
+        untrained model already predicts the mean, and every step goes into reconstruction."""
+        if not self.config.standardize:
+            raise ValueError("set_standardization: the config has standardize false")
+        x = features.double()
+        self.feat_shift.copy_(x.mean(dim=(0, 2, 3)).to(self.feat_shift))
+        self.feat_scale.copy_(x.std(dim=(0, 2, 3)).clamp_min(1e-6).to(self.feat_scale))
 
     def add_jitter(self, tokens: Tensor) -> Tensor:
         """UniAD feature jitter on the raw feature tokens (B, L, C_feat), before input_proj.
@@ -202,6 +220,8 @@ class UniADReconstruction(nn.Module):
         c = self.config
         b, ch, h, w = _check_features(features, c)
         tokens = features.flatten(2).transpose(1, 2)  # (B, h*w, C_feat), token index y*w + x
+        if c.standardize:
+            tokens = (tokens - self.feat_shift) / self.feat_scale
         if self.training:
             tokens = self.add_jitter(tokens)
         src = self.input_proj(tokens)  # (B, L, hidden)
@@ -214,6 +234,8 @@ class UniADReconstruction(nn.Module):
         for layer in self.decoder_layers:
             out = layer(out, memory, pos, mask)
         rec = self.output_proj(self.decoder_norm(out))  # (B, L, C_feat)
+        if c.standardize:  # back to feature space: Eq 1's loss and Eq 2's H_base are unchanged
+            rec = rec * self.feat_scale + self.feat_shift
         return rec.transpose(1, 2).reshape(b, ch, h, w)
 
 
