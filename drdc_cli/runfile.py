@@ -190,7 +190,9 @@ def run_file(path: Path, run: Path | None, device: str, quiet: bool) -> None:
     if store is None:
         raise ConfigError(f"--run: give the run store (or store = \"...\" in [run] of {path})")
     common = ["--run", str(store)] + (["-q"] if quiet else [])
-    tables = {n for n, _ in steps}
+    if any(n == "train-base" for n, _ in steps) and not any(n == "infer-base" for n, _ in steps):
+        at = next(i for i, (n, _) in enumerate(steps) if n == "train-base")
+        steps = [*steps[:at + 1], ("infer-base", []), *steps[at + 1:]]  # the base map the preset makes
     pool = next((a[a.index("--pool") + 1] for n, a in steps if n == "score" and "--pool" in a), None)
     scored = [] if pool is None else ["--pool", pool]
     for name, args in steps:
@@ -201,9 +203,7 @@ def run_file(path: Path, run: Path | None, device: str, quiet: bool) -> None:
                                                      "infer-diff") and "preset" in head else []) + (
             ["--device", device] if name in DEVICE else [])
         _invoke([name, *common, *extra, *args])
-        if name == "train-base" and "infer-base" not in tables:  # the base map the preset makes
-            _invoke(["infer-base", *common, *extra])
-        if name == "infer-base" or (name == "train-base" and "infer-base" not in tables):
+        if name == "infer-base":
             _invoke(["score", *common, "--source", "base", *scored])
         if name == "fuse":
             _invoke(["score", *common, "--source", "fuse", *scored])

@@ -25,6 +25,7 @@ from .score import content, mean_over_categories
 from .fuse import FuseParams, matches, newest_init, normal_stats, row_folds
 from .fusion import FILTER, GAMMA
 from .heatmaps import FusionSettings, fuse_maps, read_diff
+from .presets import PRESETS
 
 
 @dataclass(frozen=True)
@@ -229,8 +230,8 @@ def _base_rows(store: RunStore, base: Entry, index: Entry, c_feat: int, sel: Sel
         e = others[-1]
         other = Row(name[other_norm], None, *_both(index, e, c_feat, sel, None, {}, progress, "base"),
                     entries={"infer_base": e.key})
-    else:  # infer-base makes its entry current: the second line makes this one current again
-        stages = base.params.get("residual_stages") or [3, 4]
+    else:  # the stages validation chose; infer-base makes its entry current, the second line restores this one
+        stages = base.params.get("residual_stages") or list(PRESETS["cpu"]["infer_base"]["residual_stages"])
         other = Row(name[other_norm], None, commands=[
             command("infer_base", store.name, {"residual_norm": other_norm,
                                                **({"residual_stages": stages} if other_norm != "l2" else {})}),

@@ -27,6 +27,7 @@ from torch import nn
 
 from .cache import RunStore
 from .errors import ConfigError
+from .residual import residual_map
 
 OPSET = 18
 FORMATS = ("onnx", "torchscript")
@@ -44,22 +45,14 @@ class BaseGraph(nn.Module):
         super().__init__()
         self.backbone, self.base, self.size = backbone, base, size
         self.mahalanobis = residual is not None
-        if residual is not None:
-            self.register_buffer("channels", torch.tensor(residual.channels, dtype=torch.long))
-            self.register_buffer("mu", residual.mu.float())  # (K, P, C')
-            self.register_buffer("prec", residual.prec.float())  # (K, P, C', C')
+        on = self.mahalanobis  # without the Gaussians (None buffers) residual_map is Eq 2
+        self.register_buffer("channels", torch.tensor(residual.channels, dtype=torch.long) if on else None)
+        self.register_buffer("mu", residual.mu.float() if on else None)  # (K, P, C')
+        self.register_buffer("prec", residual.prec.float() if on else None)  # (K, P, C', C'): float32 in the graph
 
     def forward(self, images: torch.Tensor, category: torch.Tensor | None = None) -> torch.Tensor:
         f_in = self.backbone(images)
-        r = f_in - self.base(f_in)
-        if not self.mahalanobis:
-            h = torch.linalg.vector_norm(r, dim=1)  # Eq 2
-        else:  # stages.residual.mahalanobis for every category at once, then the row's own (or the nearest)
-            b, _, fh, fw = r.shape
-            d = r[:, self.channels].flatten(2).transpose(1, 2)[:, None] - self.mu[None]  # (B, K, P, C')
-            m = torch.einsum("bkpc,kpcd,bkpd->bkp", d, self.prec, d).clamp_min(0).sqrt()
-            own = m.gather(1, category.clamp_min(0)[:, None, None].expand(-1, 1, m.shape[-1]))[:, 0]
-            h = torch.where(category[:, None] >= 0, own, m.amin(dim=1)).reshape(b, fh, fw)
+        h = residual_map(f_in, self.base(f_in), self.channels, self.mu, self.prec, category)
         return F.interpolate(h[:, None], size=(self.size, self.size), mode="bilinear", align_corners=False)[:, 0]
 
 

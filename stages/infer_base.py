@@ -20,6 +20,7 @@ from . import dist
 from .cache import Entry, RunStore, claim_chunks
 from .common import StageResult, check, keyed, resolve_device
 from .data import EVAL_SPLITS, split_indices
+from .errors import ConfigError
 from .models.reconstruction import UniADReconstruction
 from .residual import RESIDUAL_NORMS, fit_gaussian, residual_map, stage_channels
 from .train_base import load_model, split_train
@@ -60,16 +61,12 @@ class ResidualStats:
                    torch.from_numpy(entry.array("residual_mu")[:]), torch.from_numpy(entry.array("residual_prec")[:]))
 
     def heatmap(self, f_in: torch.Tensor, f_out: torch.Tensor, categories: list[str | None]) -> torch.Tensor:
-        """(B, C, h, w) x2, B categories -> H_base (B, h, w)."""
-        out = torch.empty(f_in.shape[0], *f_in.shape[2:])
-        for i, cat in enumerate(categories):
-            ks = [self.categories.index(cat)] if cat is not None else range(len(self.categories))
-            if cat is not None and cat not in self.categories:
-                raise ValueError(f"category {cat!r} has no residual statistics (run has {self.categories})")
-            maps = [residual_map(f_in[i:i + 1].cpu(), f_out[i:i + 1].cpu(), self.channels, self.mu[k:k + 1],
-                                 self.prec[k:k + 1]) for k in ks]
-            out[i] = torch.stack(maps).amin(dim=0)[0]
-        return out
+        """(B, C, h, w) x2, B categories -> H_base (B, h, w) float32."""
+        unknown = sorted({c for c in categories if c is not None and c not in self.categories})
+        if unknown:
+            raise ValueError(f"categories {unknown} have no residual statistics (run has {self.categories})")
+        k = torch.tensor([self.categories.index(c) if c is not None else -1 for c in categories])
+        return residual_map(f_in.cpu(), f_out.cpu(), self.channels, self.mu, self.prec.double(), k).float()
 
 
 def _fit(model: UniADReconstruction, feats, records: list[dict], trained: Entry, channels: list[int],
@@ -98,10 +95,10 @@ def run(store: RunStore, p: InferBaseParams = InferBaseParams(), device: str = "
     index = store.get("index", extract.inputs["index"])
     dev = resolve_device(device)
     records = index.attrs["records"]
-    n_stages = len(extract.attrs["backbone_channels"])
-    check(all(1 <= s <= n_stages for s in p.residual_stages), "--residual-stages",
-          f"the backbone has stages 1..{n_stages}", ",".join(map(str, p.residual_stages)))
-    channels = stage_channels(extract.attrs["backbone_channels"], p.residual_stages)
+    try:  # before any entry is made
+        channels = stage_channels(extract.attrs["backbone_channels"], p.residual_stages)
+    except ValueError as e:
+        raise ConfigError(f"--residual-stages: {e} (the backbone's stages)") from None
     entry, cached = store.begin(STAGE, p.key_params(), {"extract": extract.key, "train_base": trained.key},
                                 exclusive=False)
     idx = split_indices(records, EVAL_SPLITS)

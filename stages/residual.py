@@ -22,6 +22,8 @@ import torch
 from sklearn.covariance import LedoitWolf
 from torch import Tensor
 
+from .models.reconstruction import base_heatmap, residual
+
 RESIDUAL_NORMS = ("l2", "mahalanobis")
 
 
@@ -50,24 +52,28 @@ def fit_gaussian(residuals: Tensor) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(mu).float(), torch.from_numpy(prec).float()
 
 
-def mahalanobis(residual: Tensor, mu: Tensor, prec: Tensor) -> Tensor:
-    """(B, C, h, w) residuals, mu (B, P, C), prec (B, P, C, C) (each row its own category's) -> (B, h, w)."""
-    b, c, h, w = residual.shape
-    d = residual.flatten(2).transpose(1, 2).double() - mu.double()  # (B, P, C)
-    m2 = torch.einsum("bpc,bpcd,bpd->bp", d, prec.double(), d).clamp_min(0)
-    return m2.sqrt().float().reshape(b, h, w)
+def mahalanobis(r: Tensor, mu: Tensor, prec: Tensor) -> Tensor:
+    """The distance of every residual to every category's Gaussian: r (B, C, h, w), mu (K, P, C),
+    prec (K, P, C, C) -> (B, K, h, w), computed in prec's dtype (the store's maps in float64)."""
+    b, c, h, w = r.shape
+    d = r.flatten(2).transpose(1, 2).to(prec.dtype)[:, None] - mu.to(prec.dtype)[None]  # (B, K, P, C)
+    m2 = torch.einsum("bkpc,kpcd,bkpd->bkp", d, prec, d).clamp_min(0)
+    return m2.sqrt().reshape(b, -1, h, w)
 
 
-def residual_map(f_in: Tensor, f_out: Tensor, channels: Sequence[int] | None = None, mu: Tensor | None = None,
-                 prec: Tensor | None = None) -> Tensor:
+def own_or_nearest(m: Tensor, k: Tensor) -> Tensor:
+    """(B, K, h, w) distances, k (B,) int64 each row's category (-1: unknown) -> (B, h, w): the row's own
+    category's distance, or the smallest over categories at each position."""
+    own = m.gather(1, k.clamp_min(0)[:, None, None, None].expand(-1, 1, *m.shape[2:]))[:, 0]
+    return torch.where(k[:, None, None] >= 0, own, m.amin(dim=1))
+
+
+def residual_map(f_in: Tensor, f_out: Tensor, channels: Sequence[int] | Tensor | None = None,
+                 mu: Tensor | None = None, prec: Tensor | None = None, k: Tensor | None = None) -> Tensor:
     """H_base (B, h, w) of f_in, f_out (B, C, h, w): Eq 2's L2 norm when mu is None, else the Mahalanobis norm of
-    the residual's `channels` under per-row statistics mu (B, P, C'), prec (B, P, C', C')."""
-    if f_in.shape != f_out.shape or f_in.ndim != 4:
-        raise ValueError(f"f_in and f_out must share a (B, C, h, w) shape, got {tuple(f_in.shape)} and "
-                         f"{tuple(f_out.shape)}")
-    r = f_in - f_out
-    if mu is None or prec is None:
-        return torch.linalg.vector_norm(r, dim=1)  # Eq 2
-    if channels is not None:
-        r = r[:, list(channels)]
-    return mahalanobis(r, mu, prec)
+    the residual's `channels` under the Gaussians mu (K, P, C'), prec (K, P, C', C') of the rows' categories k
+    (B,) (-1: the nearest), in prec's dtype."""
+    if mu is None or prec is None or k is None:
+        return base_heatmap(f_in, f_out)  # Eq 2
+    r = residual(f_in, f_out)
+    return own_or_nearest(mahalanobis(r if channels is None else r[:, channels], mu, prec), k)

@@ -239,15 +239,20 @@ class UniADReconstruction(nn.Module):
         return rec.transpose(1, 2).reshape(b, ch, h, w)
 
 
+def residual(f_in: Tensor, f_out: Tensor) -> Tensor:
+    """r = F_in - F_out, the residual whose norm is H_base. (B, C, h, w) x2 -> (B, C, h, w)."""
+    if f_in.shape != f_out.shape or f_in.ndim != 4:
+        raise ValueError(f"f_in and f_out must share a (B, C, h, w) shape, got {tuple(f_in.shape)} and "
+                         f"{tuple(f_out.shape)}")
+    return f_in - f_out
+
+
 def base_heatmap(f_in: Tensor, f_out: Tensor) -> Tensor:
     """Eq (2): H_base = || F_in - F_out ||_2 over channels. (B, C, h, w) x2 -> (B, h, w).
 
     Upsampling to the image (bilinear) is the caller's job.
     """
-    if f_in.shape != f_out.shape or f_in.ndim != 4:
-        raise ValueError(f"f_in and f_out must share a (B, C, h, w) shape, got {tuple(f_in.shape)} and "
-                         f"{tuple(f_out.shape)}")
-    return torch.linalg.vector_norm(f_in - f_out, dim=1)
+    return torch.linalg.vector_norm(residual(f_in, f_out), dim=1)
 
 
 def _check_features(features: Tensor, c: ReconstructionConfig) -> tuple[int, int, int, int]:
