@@ -5,7 +5,8 @@ image with `stages.anomaly_map.upsample` so every consumer sees the same interpo
 
 Option `--residual-norm mahalanobis` (stages.residual): the residual's norm under a per-category, per-position
 Gaussian of the residuals of the images train-base fitted (never validation or test images). Its statistics are
-stored in the entry (residual_mu, residual_prec), so predict and export score new images the same way.
+saved with the entry (files/residual.pt, like a checkpoint: every array of an entry is per image), so predict and
+export score new images the same way.
 """
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from . import dist
-from .cache import Entry, RunStore, claim_chunks
+from .cache import Entry, RunStore, atomic_save, claim_chunks, load_weights
 from .common import StageResult, check, keyed, resolve_device
 from .data import EVAL_SPLITS, split_indices
 from .errors import ConfigError
@@ -26,6 +28,7 @@ from .residual import RESIDUAL_NORMS, fit_gaussian, residual_map, stage_channels
 from .train_base import load_model, split_train
 
 STAGE = "infer_base"
+RESIDUAL_FILE = "residual.pt"  # the Gaussians of --residual-norm mahalanobis: mu (K, P, C'), prec (K, P, C', C')
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,16 @@ class ResidualStats:
 
     @classmethod
     def load(cls, entry: Entry) -> "ResidualStats | None":
+        """The entry's Gaussians (None for Eq 2). A missing or damaged file is a StoreError naming the fix."""
         if entry.params.get("residual_norm", "l2") == "l2":
             return None
-        return cls(entry.attrs["residual_categories"], entry.attrs["residual_channels"],
-                   torch.from_numpy(entry.array("residual_mu")[:]), torch.from_numpy(entry.array("residual_prec")[:]))
+        cats, channels = entry.attrs["residual_categories"], entry.attrs["residual_channels"]
+        k, p, c = len(cats), entry.array("h_base").shape[-1] ** 2, len(channels)
+        held = nn.Module()  # load_weights' checks: weights-only, the expected shapes, one error line
+        held.register_buffer("mu", torch.zeros(k, p, c))
+        held.register_buffer("prec", torch.zeros(k, p, c, c))
+        load_weights(held, entry.files / RESIDUAL_FILE)
+        return cls(cats, channels, held.mu, held.prec)
 
     def heatmap(self, f_in: torch.Tensor, f_out: torch.Tensor, categories: list[str | None]) -> torch.Tensor:
         """(B, C, h, w) x2, B categories -> H_base (B, h, w) float32."""
@@ -115,8 +124,8 @@ def run(store: RunStore, p: InferBaseParams = InferBaseParams(), device: str = "
         if p.residual_norm == "mahalanobis":  # deterministic: every rank fits the same Gaussians
             cats, mu, prec = _fit(model, feats, records, trained, channels, dev, progress)
             if dist.is_main():
-                entry.require_array("residual_mu", mu.shape, "float32", chunk=1)[:] = mu
-                entry.require_array("residual_prec", prec.shape, "float32", chunk=1)[:] = prec
+                atomic_save(lambda tmp: torch.save({"mu": torch.from_numpy(mu), "prec": torch.from_numpy(prec)}, tmp),
+                            entry.files / RESIDUAL_FILE)
                 entry.update(residual_categories=cats, residual_channels=channels)
             stats = ResidualStats(cats, channels, torch.from_numpy(mu), torch.from_numpy(prec))
         entry.require_array("record", (n,), "int64")[:] = idx

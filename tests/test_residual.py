@@ -168,3 +168,15 @@ def test_export_with_residual_gaussians_matches_predict(maha_run, tiny_data, tmp
             assert float(row["score"]) == pytest.approx(float(ref.scores[n]), rel=1e-4), (category, row)
             h = np.load(tmp_path / str(category) / f"{n}_{images[n].stem}.npy")
             assert np.abs(h - ref.h_base[n]).max() <= 1e-4 * np.abs(ref.h_base[n]).max()
+
+
+def test_a_damaged_gaussians_file_is_one_line_naming_it_and_the_fix(maha_run, tmp_path, cli, tiny_data):
+    from conftest import copy_run
+
+    run = copy_run(maha_run, tmp_path / "r.zarr")
+    ib = RunStore(run).current("infer_base")
+    (ib.files / "residual.pt").write_bytes(b"not a checkpoint")
+    image = sorted((tiny_data / "disc" / "test").rglob("*.png"))[0]
+    res = cli("predict", "--run", run, str(image), "--base-only", "--out", tmp_path / "p", code=None)
+    assert res.exit_code != 0 and "residual.pt" in res.output and "drdc cache gc" in res.output
+    assert len(res.output.strip().splitlines()) == 1
