@@ -188,6 +188,7 @@ def train_diff(
     model_condition: Annotated[Optional[bool], typer.Option("--model-condition/--no-model-condition", help="UNet sees concat(x_t, I_in) (Eq 12); off: the ablation.", rich_help_panel=_MODEL)] = None,
     task: Annotated[Optional[str], typer.Option(help="paper: Eq 12 as printed; inpaint: train on the reverse process's own states (--chain), x0 target I_ori on the masked region.", rich_help_panel=_TRAIN)] = None,
     chain: Annotated[Optional[str], typer.Option(help="--task inpaint: the infer-diff t-list to train along, e.g. 250,150,50.", rich_help_panel=_TRAIN)] = None,
+    crop: Annotated[Optional[int], typer.Option(help="Train on random N x N crops of the --size images (0: whole image); infer-diff runs on the whole image.", rich_help_panel=_TRAIN)] = None,
     device: DeviceOpt = "auto",
     preset: PresetOpt = None,
     quiet: QuietOpt = False,
@@ -199,7 +200,7 @@ def train_diff(
               ckpt_every=ckpt_every, seed=seed, size=size, model_channels=model_channels,
               channel_mult=_ints(channel_mult, "--channel-mult"), num_res_blocks=res_blocks,
               attention_resolutions=_ints(attention, "--attention"), num_head_channels=head_channels,
-              model_condition=model_condition, task=task, chain=_ints(chain, "--chain"))
+              model_condition=model_condition, task=task, chain=_ints(chain, "--chain"), crop=crop)
     report_stage(train_diff_stage.run(store, p, device=device, progress=not quiet))
 
 

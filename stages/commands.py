@@ -29,7 +29,7 @@ FLAGS: dict[str, dict[str, str]] = {  # entry param -> CLI flag, per stage
                    "num_head_channels": "--head-channels", "steps": "--steps", "batch_size": "--batch-size",
                    "lr": "--lr", "ema": "--ema", "grid": "--grid", "n_s": "--ns", "t_max": "--t-max",
                    "ckpt_every": "--ckpt-every", "seed": "--seed", "model_condition": "--model-condition",
-                   "task": "--task", "chain": "--chain"},
+                   "task": "--task", "chain": "--chain", "crop": "--crop"},
     "infer_diff": {"t": "--t", "c": "--c", "l": "--l", "n_s": "--ns", "test_time_condition": "--test-time-condition",
                    "seed": "--seed", "bf16": "--bf16", "init": "--init", "distance": "--distance"},
     "fuse": {"gamma": "--gamma", "filter": "--filter", "t": "--t", "c": "--c", "l": "--l",
@@ -40,7 +40,7 @@ FLAGS: dict[str, dict[str, str]] = {  # entry param -> CLI flag, per stage
 }
 # Params a key leaves out while they hold the class default (keys made before the option existed stay valid):
 # the preset may set another value, so the line spells the default out.
-ABSENT = {"infer_diff": {"init": "paper", "distance": "pixel"}, "train_diff": {"task": "paper"},
+ABSENT = {"infer_diff": {"init": "paper", "distance": "pixel"}, "train_diff": {"task": "paper", "crop": 0},
           "train_base": {"standardize": False}, "infer_base": {"residual_norm": "l2"}}
 SWITCH_ONLY = {"--bf16"}  # on/off flags without a --no- form
 

@@ -4,6 +4,11 @@ Each sample: a grid size c from --grid and one of its n_s mask sets, drawn like 
 concat(x_t, I_in) with I_in = M * I_ori + (1 - M) * N(0, 1), and regresses the noise added to I_ori (Eq 12).
 `--no-model-condition` trains the ablation that sees x_t only.
 
+`--crop N` (not in the paper; issue 12) trains on random N x N crops of the --size images, masks cut from the
+full image's grid (cells stay c pixels, as at inference), and infer-diff runs the fully convolutional UNet on
+the whole --size image: a training step costs what it costs at N px while the heatmaps are made at --size, so a
+thin defect keeps more of its contrast (a 1-px line keeps about a fifth of it at 64 px from 224, half at 128).
+
 `--task inpaint` (not in the paper; GUIDE section 3 has why) trains what the test-time loop asks instead:
   - a step k of the inference t-list `--chain` is drawn, and the reverse process of `infer-diff --init noise`
     (stages.inpaint.reverse_process: masked region pure noise independent of I_in's, known region q_sample of
@@ -72,6 +77,7 @@ class TrainDiffParams:
     ckpt_every: int = 500
     task: str = "paper"  # TASKS; inpaint trains along the inference t-list `chain` (t_max is then unused)
     chain: tuple[int, ...] = (250, 200, 150, 100, 50, 0)
+    crop: int = 0  # train on random crop x crop windows of the size x size images; 0: the whole image
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, "--steps", "must be >= 1", self.steps)
@@ -83,6 +89,10 @@ class TrainDiffParams:
         check(len(self.grid) >= 1, "--grid", "needs at least one grid size", self.grid)
         check(self.task in TASKS, "--task", f"must be one of {', '.join(TASKS)}", self.task)
         object.__setattr__(self, "chain", check_timesteps(self.chain, option="--chain"))
+        factor = 2 ** (len(self.channel_mult) - 1)
+        check(self.crop == 0 or (0 < self.crop <= self.size and self.crop % factor == 0), "--crop",
+              f"must be 0 (whole image) or a multiple of {factor} (the UNet's downsampling) up to --size "
+              f"{self.size}", self.crop)
         for c in self.grid:
             try:
                 check_grid(self.size, c, self.n_s)
@@ -92,6 +102,8 @@ class TrainDiffParams:
     def key_params(self) -> dict:
         """The params that key the entry: those of the paper's task keep the keys they had before --task."""
         d = keyed(self)
+        if self.crop == 0:
+            d.pop("crop")
         if self.task == "paper":
             d.pop("task"), d.pop("chain")
         else:
@@ -113,12 +125,26 @@ def load_unet(entry: Entry, device: torch.device) -> ConditionalUNet:
     return model.to(device).eval()
 
 
-def _batch(p: TrainDiffParams, images: torch.Tensor, step: int, rank: int = 0) -> tuple[torch.Tensor, ...]:
-    """Step `step`'s samples for a rank, from their own generator: x0, I_in, t, eps (CPU)."""
-    g = image_generator(p.seed, step, stream=STREAM + rank * RANK_STRIDE)
+def _images_and_masks(p: TrainDiffParams, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A step's I_ori (b, 3, S, S) in [-1, 1] and masks (b, 1, S, S), S = --crop or --size: with --crop, each
+    sample is cut at its own random offset from the full image and from its full-size mask (whole cells stay
+    c pixels wide, as infer-diff meets them). Draw order: images, masks, offsets (--crop 0 draws no offsets, so
+    its samples are those of runs made before --crop)."""
     b, n = p.batch_size, images.shape[0]
     x0 = images[torch.randint(n, (b,), generator=g)].float().div(127.5).sub(1.0)
     M = _masks(p, g, b)  # noqa: N806
+    if p.crop == 0 or p.crop == p.size:
+        return x0, M
+    at = torch.randint(p.size - p.crop + 1, (b, 2), generator=g)
+    window = lambda v, k: v[k, :, at[k, 0]:at[k, 0] + p.crop, at[k, 1]:at[k, 1] + p.crop]  # noqa: E731
+    return (torch.stack([window(x0, k) for k in range(b)]), torch.stack([window(M, k) for k in range(b)]))
+
+
+def _batch(p: TrainDiffParams, images: torch.Tensor, step: int, rank: int = 0) -> tuple[torch.Tensor, ...]:
+    """Step `step`'s samples for a rank, from their own generator: x0, I_in, t, eps (CPU)."""
+    g = image_generator(p.seed, step, stream=STREAM + rank * RANK_STRIDE)
+    b = p.batch_size
+    x0, M = _images_and_masks(p, images, g)  # noqa: N806
     I_in = make_input(x0, M, torch.randn(x0.shape, generator=g))  # noqa: N806  Eq 12's image condition
     t = torch.randint(0, p.t_max + 1, (b,), generator=g)
     eps = torch.randn(x0.shape, generator=g)
@@ -137,9 +163,7 @@ def inpaint_batch(p: TrainDiffParams, model, images: torch.Tensor, step: int, sc
     """Step `step`'s samples of --task inpaint: (I_ori, M, x_t, cond, t) on dev, x_t the state the reverse
     process of `infer-diff --init noise` reaches at a drawn step k of --chain, run with `model` (no gradient)."""
     g = image_generator(p.seed, step, stream=STREAM + rank * RANK_STRIDE)
-    b, n = p.batch_size, images.shape[0]
-    x0 = images[torch.randint(n, (b,), generator=g)].float().div(127.5).sub(1.0)
-    M = _masks(p, g, b)  # noqa: N806
+    x0, M = _images_and_masks(p, images, g)  # noqa: N806
     k = int(torch.randint(len(p.chain), (1,), generator=g))
     x0, M = x0.to(dev), M.to(dev)  # noqa: N806
     process = reverse_process(x0, M, p.chain, sched, g, p.model_condition, True, init="noise")
@@ -233,8 +257,9 @@ def run(store: RunStore, p: TrainDiffParams, device: str = "auto", progress: boo
         atomic_save(lambda tmp: torch.save(ema.state_dict(), tmp), entry.files / "model.pt")
         entry.complete(history=history)
         on = f" x {world} ranks" if world > 1 else ""
+        crop = f" ({p.crop} px crops)" if p.crop else ""
         return StageResult(STAGE, entry.key, False, time.perf_counter() - t0,
-                           f"{p.steps} steps on {len(train_idx)} images at {p.size} px{on}, "
+                           f"{p.steps} steps on {len(train_idx)} images at {p.size} px{crop}{on}, "
                            f"final loss {history[-1]['loss']:.4g}")
 
     dist.barrier()

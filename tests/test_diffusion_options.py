@@ -149,6 +149,56 @@ def test_bad_training_task_options(kw, needle) -> None:
         TrainDiffParams(**kw)
 
 
+# ------------------------------------------------------------------------------------------------ --crop
+@pytest.mark.parametrize("task", ["paper", "inpaint"])
+def test_crops_cut_image_and_mask_at_the_same_place(task: str) -> None:
+    """--crop: every sample is a window of one training image and the same window of a full-size grid mask
+    (cells stay c pixels wide), at an offset drawn after the images and masks; --crop 0 draws what it drew."""
+    images = (torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(4)) * 255).to(torch.uint8)
+    p = TrainDiffParams(size=32, grid=(1, 4, 8), batch_size=16, crop=16, task=task, chain=CHAIN, channel_mult=(1, 2))
+    if task == "paper":
+        x0, I_in, _, _ = _batch(p, images, 3)  # noqa: N806
+        M = (I_in == x0).all(1, keepdim=True).float()  # noqa: N806  known pixels are copied from I_ori
+    else:
+        x0, M, _, _, _ = inpaint_batch(p, LinearEps(), images, 3, S, torch.device("cpu"))  # noqa: N806
+    assert x0.shape == (16, 3, 16, 16) and M.shape == (16, 1, 16, 16)
+    g = image_generator(p.seed, 3, stream=STREAM)
+    idx = torch.randint(5, (16,), generator=g)
+    which_c, which_set = torch.randint(3, (16,), generator=g), torch.randint(2, (16,), generator=g)
+    full = [grid_masks(32, p.grid[int(k)], 2, g)[int(i)] for k, i in zip(which_c, which_set)]
+    at = torch.randint(32 - 16 + 1, (16, 2), generator=g)
+    for b in range(16):
+        y, x = int(at[b, 0]), int(at[b, 1])
+        img = images[idx[b]].float().div(127.5).sub(1.0)
+        assert torch.equal(x0[b], img[:, y:y + 16, x:x + 16])
+        assert torch.equal(M[b], full[b][:, y:y + 16, x:x + 16])
+    assert len({tuple(a) for a in at.tolist()}) > 8  # the windows move
+    whole = TrainDiffParams(size=32, grid=(1, 4, 8), batch_size=16)
+    assert "crop" not in whole.key_params() and p.key_params()["crop"] == 16  # older keys stay valid
+    x_whole, *_ = _batch(whole, images, 3)
+    assert torch.equal(x_whole, images[idx].float().div(127.5).sub(1.0))
+
+
+@pytest.mark.parametrize("crop", [10, 48, -16])
+def test_bad_crop_is_one_line(crop: int) -> None:
+    with pytest.raises(ConfigError, match="--crop"):
+        TrainDiffParams(size=32, grid=(1, 4), channel_mult=(1, 2, 2), crop=crop)
+
+
+def test_a_unet_trained_on_crops_makes_maps_of_the_whole_image(full_run_pristine, tmp_path, cli) -> None:
+    run = copy_run(full_run_pristine, tmp_path / "r.zarr")
+    cli("train-diff", "--run", run, *TINY_DIFF, "--crop", "16")
+    cli("infer-diff", "--run", run, *TINY_INFER, "--c", "4")
+    s = RunStore(run)
+    unet = s.current("train_diff")
+    assert unet.params["crop"] == 16 and unet.params["size"] == 32
+    e = next(e for e in s.entries() if e.stage == "infer_diff" and e.inputs["train_diff"] == unet.key)
+    h = e.array("heatmaps")[:].astype(np.float32)
+    assert h.shape[-2:] == (32, 32) and np.isfinite(h).all() and h.std() > 0
+    from stages.commands import entry_command
+    assert "--crop 16" in entry_command(unet)  # hints and run files remake the same key
+
+
 # ------------------------------------------------------------------------------------- feature distance
 def test_feature_heatmap_against_a_numpy_cosine() -> None:
     g = torch.Generator().manual_seed(4)

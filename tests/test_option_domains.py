@@ -32,6 +32,7 @@ ZERO_OK = {  # 0 is a real setting of these, the rest must refuse it
     "--val-seed", "--seed",  # a seed
     "--weight-decay", "--warmup-epochs", "--grad-clip", "--holdout", "--dropout", "--jitter-scale", "--ema",  # off
     "--t-max",  # train only t = 0
+    "--crop",  # train on the whole image
     "--gamma",  # base only
     "--worst",  # no worst-case pictures
 }
