@@ -1,9 +1,9 @@
 """Benchmark: the base branch, production stages against a plain fp32 loop, side by side.
 
 A real run store is built in a temp dir (synthetic data, index, extract). Then, alternating:
-  train-base  stages.train_base.run (a new seed each repeat: a new entry; per-epoch checkpoints, the store)
+  train-base  stages.pipeline.train_base.run (a new seed each repeat: a new entry; per-epoch checkpoints, the store)
       vs      a plain loop: same model config, AdamW, MSE, grad clip and batches, features already in memory
-  infer-base  stages.infer_base.run (reads features from the store chunk by chunk, writes H_base)
+  infer-base  stages.pipeline.infer_base.run (reads features from the store chunk by chunk, writes H_base)
       vs      a plain loop: model(f) and Eq 2 over in-memory batches of the same size
 The ratios show what the production bookkeeping (store IO, checkpoints, resume state) costs.
 
@@ -22,16 +22,17 @@ import time
 from pathlib import Path
 
 import torch
+from common import alternate, fmt, machine, median, save_json, show
+from runstore import StoreSpec, build
 from torch import nn
 
-from common import alternate, fmt, machine, median, save_json, show
-
-from runstore import StoreSpec, build
-from stages import infer_base, train_base
-from stages.cache import CHUNK, RunStore
-from stages.data import split_indices
+from stages.data.dataset import split_indices, split_train
 from stages.models.reconstruction import UniADReconstruction, base_heatmap
-from stages.presets import build as preset_build
+from stages.pipeline import infer_base, train_base
+from stages.pipeline.trained import load_model
+from stages.store.cache import RunStore
+from stages.store.claims import CHUNK
+from stages.store.presets import build as preset_build
 
 
 def plain_train(fit: torch.Tensor, p: train_base.TrainBaseParams, cfg) -> None:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         ex = store.current("extract")
         records = store.current("index").attrs["records"]
         feats_all = ex.array("features")
-        fit_idx, _ = train_base.split_train(records, 0.0, p.seed)
+        fit_idx, _ = split_train(records, 0.0, p.seed)
         fit = torch.from_numpy(feats_all.get_orthogonal_selection((fit_idx,)))
         test = torch.from_numpy(feats_all.get_orthogonal_selection((split_indices(records, "test"),)))
         cfg = p.model_config(fit.shape[1], fit.shape[-1])
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         train = alternate({"train-base (stage)": prod_train, "plain fp32 loop": lambda: plain_train(fit, p, cfg)},
                           a.repeats, torch.device("cpu"), warmup=False)
         trained = store.current("train_base")
-        model = train_base.load_model(trained, torch.device("cpu"))
+        model = load_model(trained, torch.device("cpu"))
         plain_infer(model, test)  # warm-up
         infer: dict[str, list[float]] = {"infer-base (stage)": [], "plain fp32 loop": []}
         for r in range(a.repeats * 3):  # infer-base is cached once done: each production run gets a fresh copy

@@ -2,8 +2,8 @@
 
 A real run store is built in a temp dir (synthetic data, every stage through its production function, the
 preset's UNet shape and t / c / l lists). Then, alternating, each repeat times:
-  infer-diff   stages.infer_diff.run on every test image (a new seed each repeat, so nothing is cached)
-  fuse+score   stages.fuse.run + stages.score.run (source fuse) (a new gamma each repeat: a new entry)
+  infer-diff   stages.pipeline.infer_diff.run on every test image (a new seed each repeat, so nothing is cached)
+  fuse+score   stages.pipeline.fuse.run + stages.pipeline.score.run (source fuse) (a new gamma each repeat: a new entry)
   plain read   the same zarr arrays fuse reads (heatmaps of every c, h_base), chunk by chunk, into numpy
 fuse's MB/s counts the bytes of the maps it reads (float16 heatmaps + float32 h_base).
 
@@ -20,17 +20,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from common import alternate, fmt, machine, median, save_json, show
-
 import torch
-
+from common import alternate, fmt, machine, median, save_json, show
 from runstore import StoreSpec, build, n_test
-from stages import fuse, infer_diff, score
-from stages.cache import CHUNK, RunStore
-from stages.infer_diff import InferDiffParams
-from stages.presets import build as preset_build
-from stages.train_diff import TrainDiffParams
+
+from stages.pipeline import fuse, infer_diff, score
+from stages.pipeline.infer_diff import InferDiffParams
+from stages.pipeline.selection import FuseParams, diff_entries
+from stages.pipeline.train_diff import TrainDiffParams
+from stages.store.cache import RunStore
+from stages.store.claims import CHUNK
+from stages.store.presets import build as preset_build
 
 
 def plain_read(store: RunStore, diffs: dict) -> int:
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         store = build(Path(tmp), spec)
         build_s = time.perf_counter() - t0
         n = n_test(store)
-        fp = fuse.FuseParams(t=inf.t, c=inf.c, l=inf.l, n_s=inf.n_s, seed=inf.seed)
-        diffs = fuse.diff_entries(store, fp)
+        fp = FuseParams(t=inf.t, c=inf.c, l=inf.l, n_s=inf.n_s, seed=inf.seed)
+        diffs = diff_entries(store, fp)
         rounds = {"k": 0}
 
         def run_diff() -> None:

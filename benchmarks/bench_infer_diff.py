@@ -2,7 +2,7 @@
 
 A: kept here on purpose: one UNet call per (c, i) sequence and DDIM step, batch 1, fp32, contiguous tensors, the
    same noise and masks as production (drawn from the same per-(image, c) generators in the same order).
-B: the production code, ``stages.infer_diff.image_heatmaps`` over chunks of ``stages.cache.CHUNK`` images (every
+B: the production code, ``stages.pipeline.infer_diff.image_heatmaps`` over chunks of ``stages.store.cache.CHUNK`` images (every
    (image, c, i) sequence of a chunk in one UNet batch per step), with the UNet wrapped by
    ``stages.models.unet.InferenceUNet`` when --channels-last / --bf16 / --compile are given.
 B0 (only when B has options): production with the plain fp32 contiguous model, to show what the options add.
@@ -24,20 +24,19 @@ import time
 
 import numpy as np
 import torch
+from common import alternate, fmt, machine, matmul_peak_gflops, median, save_json, show, sync
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import alternate, fmt, machine, matmul_peak_gflops, median, save_json, show, sync
-
-from stages.cache import CHUNK
-from stages.diffusion import ddim_step, linear_schedule, predict_x0, q_sample
-from stages.fusion import diff_heatmap
-from stages.images import to_model_space
-from stages.infer_diff import InferDiffParams, image_heatmaps
-from stages.masks import grid_masks, image_generator
+from stages.data.images import to_model_space
+from stages.data.synthetic import CATEGORIES, render_sample
+from stages.method.diffusion import ddim_step, linear_schedule, predict_x0, q_sample
+from stages.method.fusion import diff_heatmap
+from stages.method.masks import grid_masks, image_generator
 from stages.models.unet import ConditionalUNet, InferenceUNet, UNetConfig
-from stages.presets import build
-from stages.synthetic import CATEGORIES, render_sample
-from stages.train_diff import TrainDiffParams
+from stages.pipeline.infer_diff import InferDiffParams, image_heatmaps
+from stages.pipeline.train_diff import TrainDiffParams
+from stages.store.claims import CHUNK
+from stages.store.presets import build
 
 # fp32 paths differ from A only by float rounding in other batch shapes / layouts; bf16 keeps ~3 significant
 # digits. Heatmaps are stored as float16 (step 2e-3 at 2.0), so 1e-3 is below what the cache keeps.

@@ -19,14 +19,13 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import machine, peak_rss_mb, save_json, show
-
 from runstore import StoreSpec, build
-from stages import infer_diff
-from stages.cache import RunStore
-from stages.infer_diff import InferDiffParams
-from stages.train_diff import TrainDiffParams
+
+from stages.pipeline import infer_diff
+from stages.pipeline.infer_diff import InferDiffParams
+from stages.pipeline.train_diff import TrainDiffParams
+from stages.store.cache import RunStore
 
 TOLERANCE_MB = 16.0  # allowed peak-RSS growth from the small to the large run (allocator noise, zarr metadata)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from stages import extract, index, infer_base, infer_diff, train_base, train_diff
-from stages.cache import RunStore
-from stages.synthetic import SyntheticSpec, make_dataset
+from stages.data.synthetic import SyntheticSpec, make_dataset
+from stages.pipeline import extract, index, infer_base, infer_diff, train_base, train_diff
+from stages.store.cache import RunStore
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,12 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from stages import ablate as abl
-from stages.cache import RunStore
-from stages.metrics import METRIC_NAMES
+from stages.apps import ablate as abl
+from stages.method.metrics import METRIC_NAMES
+from stages.store.cache import RunStore
 
 from .app import app, guarded, out
-from .pipeline import QuietOpt, RunOpt, _ints, NormOpt
-from stages.fusion import FILTER, GAMMA
+from .pipeline import NormOpt, QuietOpt, RunOpt, _ints
 
 
 def _pct(v) -> str:
@@ -83,32 +82,32 @@ def write_json(rows: list[abl.Row], path: Path) -> None:
 @guarded
 def ablate(
     run: RunOpt,
-    gamma: Annotated[float, typer.Option(help="Weight of the diffusion heatmap (Eq 19).")] = GAMMA,
-    filter_: Annotated[int, typer.Option("--filter", help="Mean filter size m (Eq 18), odd.")] = FILTER,
+    gamma: Annotated[float, typer.Option(help="Weight of the diffusion heatmap (Eq 19).")] = abl.Selection.gamma,
+    filter_: Annotated[int, typer.Option("--filter", help="Mean filter size m (Eq 18), odd.")] = abl.Selection.filter,
     t: Annotated[Optional[str], typer.Option("--t", help="Subset of cached timesteps (default: all).")] = None,
     c: Annotated[Optional[str], typer.Option("--c", help="Subset of cached grid sizes (default: all).")] = None,
     l: Annotated[Optional[str], typer.Option("--l", help="Subset of cached scales (default: all).")] = None,  # noqa: E741
-    ns: Annotated[int, typer.Option("--ns", help="Which infer-diff variant: its n_s.")] = 2,
-    seed: Annotated[int, typer.Option(help="Which infer-diff variant: its seed.")] = 0,
-    pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = 16,
-    norm: NormOpt = "none",
+    ns: Annotated[int, typer.Option("--ns", help="Which infer-diff variant: its n_s.")] = abl.Selection.n_s,
+    seed: Annotated[int, typer.Option(help="Which infer-diff variant: its seed.")] = abl.Selection.seed,
+    pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = abl.Selection.pool,
+    norm: NormOpt = abl.Selection.norm,
     init: Annotated[Optional[str], typer.Option(help="Table 5's rows: which infer-diff --init (default: that of the newest cached maps).")] = None,
-    distance: Annotated[str, typer.Option(help="Table 5's rows: pixel or feature maps.")] = "pixel",
+    distance: Annotated[str, typer.Option(help="Table 5's rows: pixel or feature maps.")] = abl.Selection.distance,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-category metrics of every row as CSV.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Rows, switches, settings and commands as JSON.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """The paper's Table 5 (ablations) from cached heatmaps: fusion switches computed in memory, without the UNet;
     rows that need another diffusion model or other heatmaps name the commands that make them."""
-    from stages.common import check
-    from stages.fusion import check_fusion, check_norm
+    from stages.errors import check
+    from stages.method.fusion import check_fusion, check_norm
 
     check_fusion(gamma, filter_)
     check_norm(norm)
     check(ns >= 2, "--ns", "must be >= 2", ns)
     check(1 <= pool <= 256, "--pool", "must be in [1, 256]", pool)
-    from stages.infer_diff import DISTANCES
-    from stages.inpaint import check_init
+    from stages.method.feature_distance import DISTANCES
+    from stages.method.inpaint import check_init
 
     if init is not None:
         check_init(init)

@@ -17,8 +17,11 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from stages.common import StageResult
 from stages.errors import DrdcError
+from stages.store.common import StageResult
+
+from . import flags
+
 
 class StrictGroup(TyperGroup):
     """The command groups' parsing, with two house rules: a usage error (a wrong type, an unknown option, a
@@ -130,9 +133,9 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from stages.cache import active_summary, forget_active, roll_back
         from stages.errors import DataError
-        from stages.locks import release_all
+        from stages.store.locks import release_all
+        from stages.store.rollback import active_summary, forget_active, roll_back
 
         try:
             from .domains import check_options
@@ -141,7 +144,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except DrdcError as e:
             roll_back(dataset_error=isinstance(e, DataError))
-            err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)  # [table] is text, not markup
+            err.print(f"[bold red]error:[/] {escape(flags.message(e))}", soft_wrap=True)  # [table] is text, not markup
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # the environment, not a bug: name the file and the reason
             roll_back(dataset_error=False)
@@ -177,7 +180,7 @@ def _out_of_memory(e: BaseException) -> bool:
 
 
 def report_stage(r: StageResult) -> None:
-    from stages import dist
+    from stages.store import dist
 
     if not dist.is_main():  # under torchrun every rank finishes the stage; one line is enough
         return
@@ -185,16 +188,18 @@ def report_stage(r: StageResult) -> None:
     out.print(f"[green]✓[/] {r.stage.replace('_', '-')} [cyan]{r.key}[/] {what}: {r.summary}", soft_wrap=True)
 
 
+# The modules that declare commands on `app` (typer registers a command when its module is imported); the order
+# is that of `drdc --help` within each panel. A new command module is added here (tests/test_layers.py checks).
+COMMAND_MODULES = ("ablate_cmd", "bound_cmd", "cache_cmd", "calibrate_cmd", "demo", "export_cmd", "pipeline",
+                   "predict_cmd", "report", "runfile", "tune_cmd", "workflow")
+
+
 def register_commands() -> None:
-    """Import every module of this package once: each registers its commands on `app` when imported."""
+    """Import each of COMMAND_MODULES once, which registers its commands on `app`."""
     import importlib
-    import pkgutil
 
-    from . import __path__ as pkg_path
-
-    for m in pkgutil.iter_modules(pkg_path):
-        if m.name not in ("app", "__main__"):
-            importlib.import_module(f"{__package__}.{m.name}")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}")
 
 
 def main() -> None:

@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from stages import bound as bnd
-from stages import report as rep
-from stages.cache import RunStore
+from stages.apps import bound as bnd
+from stages.apps import report as rep
 from stages.errors import ConfigError
+from stages.store.cache import RunStore
 
 from .app import app, guarded, out
 from .pipeline import QuietOpt, _ints

@@ -6,8 +6,8 @@ import json
 import typer
 from rich.table import Table
 
-from stages.cache import RunStore
-from stages.registry import STAGES
+from stages.store.cache import RunStore
+from stages.store.registry import STAGES
 
 from .app import cache_app, guarded, out
 from .pipeline import RunOpt
@@ -55,8 +55,8 @@ def verify_cmd(
     """Check every complete entry (shapes, done flags, chunks decode, no NaN/inf, checkpoints and required files,
     inputs exist); every fault is one row; exit 1 if anything is wrong (unless --repair mended it)."""
     from stages.errors import StoreError
-    from stages.verify import repair as repair_store
-    from stages.verify import verify
+    from stages.store.verify import repair as repair_store
+    from stages.store.verify import verify
 
     store = RunStore(run)
     t = Table(title=f"verify {store.name}", title_justify="left", header_style="bold")
@@ -91,7 +91,7 @@ def gc_cmd(
     """Free space: remove abandoned partial entries, stale entries, or named ones. Entries being written by
     another process are never removed."""
     from stages.errors import ConfigError
-    from stages.verify import collect, remove
+    from stages.store.verify import collect, remove
 
     store = RunStore(run)
     if not (partial or stale or key):

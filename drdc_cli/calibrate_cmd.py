@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from stages import calibrate as cal
-from stages.cache import RunStore
-from stages.predict import Predictor
+from stages.apps import calibrate as cal
+from stages.apps.predictor import Predictor
+from stages.store.cache import RunStore
 
 from .app import app, err, guarded, out, report_stage
 from .pipeline import DeviceOpt, QuietOpt, RunOpt

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from stages import calibrate, synthetic
-from stages.cache import RunStore
-from stages.predict import Predictor
+from stages.apps import calibrate
+from stages.apps.predictor import Predictor
+from stages.data import synthetic
+from stages.store.cache import RunStore
 
 from .app import app, guarded, out, report_stage
 from .pipeline import DeviceOpt, QuietOpt

@@ -196,27 +196,27 @@ class Device:
     """--device: auto, cpu, cuda or cuda:N, and present on this machine (checked before any data is made)."""
 
     def check(self, option: str, v: Any) -> None:
-        from stages.common import resolve_device
+        from stages.store.common import resolve_device
 
         resolve_device(v)
 
 
 def _domains() -> dict[str, Any]:
     # choices come from the stages that own them, so a new choice needs no second edit
-    from stages.backbone import SUPPORTED
-    from stages.export import FORMATS
-    from stages.bound import DOWN_MODES, UP_MODES
-    from stages.fusion import NORMS
-    from stages.geometry import RESIZES
-    from stages.index import LAYOUTS
-    from stages.infer_diff import DISTANCES
-    from stages.inpaint import INITS
-    from stages.presets import PRESETS
-    from stages.residual import RESIDUAL_NORMS
-    from stages.score import SOURCES
-    from stages.train_base import SCHEDULES
-    from stages.train_diff import TASKS
-    from stages.tune import OBJECTIVES
+    from stages.apps.bound import DOWN_MODES, UP_MODES
+    from stages.apps.export import FORMATS
+    from stages.data.geometry import RESIZES
+    from stages.method.feature_distance import DISTANCES
+    from stages.method.fusion import NORMS
+    from stages.method.inpaint import INITS
+    from stages.method.residual import RESIDUAL_NORMS
+    from stages.models.backbone import SUPPORTED
+    from stages.pipeline.index import LAYOUTS
+    from stages.pipeline.score import SOURCES
+    from stages.pipeline.train_base import SCHEDULES
+    from stages.pipeline.train_diff import TASKS
+    from stages.pipeline.tune import OBJECTIVES
+    from stages.store.presets import PRESETS
 
     seed = Int(0, SEEDS - 1)
     timesteps = List(Int(0, 999))

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from stages.cache import RunStore
+from stages.store.cache import RunStore
 
 from .app import app, guarded, out
 from .pipeline import RunOpt
@@ -23,7 +23,7 @@ def export_cmd(
 ) -> None:
     """Export the run's models for deployment: image -> H_base as one graph, the conditional UNet, a manifest
     (preprocessing, fusion and its statistics, thresholds, keys) and infer.py, which needs only onnxruntime."""
-    from stages.export import export
+    from stages.apps.export import export
 
     m = export(RunStore(run), dest, format, weights, base_only)
     out.print(f"[green]✓[/] export: {', '.join(m['graphs'].values())}, manifest.json, infer.py in {dest} "

@@ -1,4 +1,5 @@
-"""Pipeline commands: index, extract, train-base, infer-base, score. Options -> frozen Params -> stage.run."""
+"""Pipeline commands: index, extract, train-base, infer-base, train-diff, infer-diff, fuse, score.
+Options -> frozen Params -> stage.run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,17 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from stages import extract as extract_stage
-from stages import fuse as fuse_stage
-from stages import infer_diff as infer_diff_stage
-from stages import train_diff as train_diff_stage
-from stages import index as index_stage
-from stages import infer_base as infer_base_stage
-from stages import score as score_stage
-from stages import train_base as train_base_stage
-from stages.cache import RunStore
-from stages.fusion import FILTER, GAMMA
-from stages.presets import DEFAULT_PRESET, PRESETS, build
+from stages.pipeline import extract as extract_stage
+from stages.pipeline import fuse as fuse_stage
+from stages.pipeline import index as index_stage
+from stages.pipeline import infer_base as infer_base_stage
+from stages.pipeline import infer_diff as infer_diff_stage
+from stages.pipeline import score as score_stage
+from stages.pipeline import train_base as train_base_stage
+from stages.pipeline import train_diff as train_diff_stage
+from stages.pipeline.selection import FuseParams
+from stages.store.cache import RunStore
+from stages.store.presets import DEFAULT_PRESET, PRESETS, build
 
 from .app import app, guarded, report_stage
 
@@ -235,24 +236,23 @@ def infer_diff(
 @guarded
 def fuse(
     run: RunOpt,
-    gamma: Annotated[float, typer.Option(help="Weight of the diffusion heatmap (Eq 19); 0: base only.")] = GAMMA,
-    filter: Annotated[int, typer.Option("--filter", help="Mean filter size m (Eq 18), odd.")] = FILTER,  # noqa: A002
+    gamma: Annotated[float, typer.Option(help="Weight of the diffusion heatmap (Eq 19); 0: base only.")] = FuseParams.gamma,
+    filter: Annotated[int, typer.Option("--filter", help="Mean filter size m (Eq 18), odd.")] = FuseParams.filter,  # noqa: A002
     t: Annotated[Optional[str], typer.Option("--t", help="Subset of cached timesteps (default: all).")] = None,
     c: Annotated[Optional[str], typer.Option("--c", help="Subset of cached grid sizes (default: all).")] = None,
     l: Annotated[Optional[str], typer.Option("--l", help="Subset of cached scales (default: all).")] = None,  # noqa: E741
-    spatio_temporal: Annotated[bool, typer.Option("--spatio-temporal/--no-spatio-temporal", help="Off: only the last step at l = 1 (Table 5).")] = True,
-    multiscale_base: Annotated[bool, typer.Option("--multiscale-base/--no-multiscale-base", help="Multi-scale base heatmap (Table 5).")] = False,
-    ns: Annotated[int, typer.Option("--ns", help="Which infer-diff variant: its n_s.")] = 2,
-    test_time_condition: Annotated[bool, typer.Option("--test-time-condition/--no-test-time-condition", help="Which infer-diff variant.")] = True,
-    seed: Annotated[int, typer.Option(help="Which infer-diff variant: its seed.")] = 0,
-    norm: NormOpt = "none",
+    spatio_temporal: Annotated[bool, typer.Option("--spatio-temporal/--no-spatio-temporal", help="Off: only the last step at l = 1 (Table 5).")] = FuseParams.spatio_temporal,
+    multiscale_base: Annotated[bool, typer.Option("--multiscale-base/--no-multiscale-base", help="Multi-scale base heatmap (Table 5).")] = FuseParams.multiscale_base,
+    ns: Annotated[int, typer.Option("--ns", help="Which infer-diff variant: its n_s.")] = FuseParams.n_s,
+    test_time_condition: Annotated[bool, typer.Option("--test-time-condition/--no-test-time-condition", help="Which infer-diff variant.")] = FuseParams.test_time_condition,
+    seed: Annotated[int, typer.Option(help="Which infer-diff variant: its seed.")] = FuseParams.seed,
+    norm: NormOpt = FuseParams.norm,
     init: Annotated[Optional[str], typer.Option(help="Which infer-diff variant: its --init (default: the newest cached).")] = None,
-    distance: Annotated[str, typer.Option(help="Which maps: pixel (Eq 16) or feature (infer-diff --distance feature).")] = "pixel",
+    distance: Annotated[str, typer.Option(help="Which maps: pixel (Eq 16) or feature (infer-diff --distance feature).")] = FuseParams.distance,
     quiet: QuietOpt = False,
 ) -> None:
     """Fuse cached base and diffusion heatmaps (Eq 17-19) on the CPU, without the UNet (--gamma 0: base only)."""
-    p = fuse_stage.FuseParams(gamma=gamma, filter=filter, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
-                              l=_ints(l, "--l") or (), spatio_temporal=spatio_temporal,
-                              multiscale_base=multiscale_base, n_s=ns, test_time_condition=test_time_condition,
-                              seed=seed, norm=norm, init=init, distance=distance)
+    p = FuseParams(gamma=gamma, filter=filter, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
+                   l=_ints(l, "--l") or (), spatio_temporal=spatio_temporal, multiscale_base=multiscale_base,
+                   n_s=ns, test_time_condition=test_time_condition, seed=seed, norm=norm, init=init, distance=distance)
     report_stage(fuse_stage.run(RunStore(run), p, progress=not quiet))

@@ -1,8 +1,6 @@
 """`drdc predict`: score new images with a run's trained models; a table, CSV/JSON and one picture per image."""
 from __future__ import annotations
 
-import csv
-import json
 import os
 import time
 from pathlib import Path
@@ -12,13 +10,14 @@ import typer
 from rich import box
 from rich.table import Table
 
-from stages import calibrate as cal
-from stages.cache import RunStore
+from stages.apps import calibrate as cal
+from stages.apps.predict import Prediction, predict
+from stages.apps.predict_inputs import check_category, collect_images, display_names, picture_names
+from stages.apps.predict_outputs import picture_writer, write_results
+from stages.apps.predict_settings import FuseOverrides
+from stages.apps.predictor import Predictor
 from stages.errors import ConfigError
-from stages.figures import save_mask, save_prediction
-from stages.geometry import to_original
-from stages.predict import (FuseOverrides, Prediction, Predictor, collect_images, display_names, picture_names,
-                            predict)
+from stages.store.cache import RunStore
 
 from .app import app, err, guarded, out
 from .pipeline import DeviceOpt, QuietOpt, RunOpt, _ints
@@ -72,38 +71,6 @@ def _table(rows: list[Prediction], shown: int, names: dict[Path, str], common: s
     return t
 
 
-def write_results(rows: list[Prediction], dest: Path, meta: dict) -> tuple[Path, Path]:
-    dest.mkdir(parents=True, exist_ok=True)
-    csv_path, json_path = dest / "predictions.csv", dest / "predictions.json"
-    recs = [p.row() for p in rows]
-    with csv_path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(recs[0]))
-        w.writeheader()
-        w.writerows(recs)
-    json_path.write_text(json.dumps({**meta, "predictions": recs}, indent=1))
-    return csv_path, json_path
-
-
-def picture_writer(dest: Path, names: dict[Path, str], shown: dict[Path, str], masks: bool, full_size: bool = False):
-    """on_batch callback: one figure per image (and a binary mask when a pixel threshold exists and masks)."""
-    def write(batch: list[Prediction]) -> None:
-        for p in batch:
-            cat = p.category or "unknown category"
-            thr = "" if p.threshold is None else f" (threshold {p.threshold:.4g})"
-            truth = f" · truth: {p.truth}" if p.truth else ""
-            title = f"{shown[p.path]} · {cat} · score {p.score:.4g}{thr} · {p.verdict}{truth}"
-            view = p.shown()  # the file's own aspect, whatever the run's --resize
-            p.picture = save_prediction(dest / names[p.path], image=view["image"], h_base=view["h_base"],
-                                        h_st=view["h_st"], h_out=view["h_out"], title=title, verdict=p.verdict,
-                                        pixel_threshold=p.pixel_threshold, pixel_normal=p.pixel_normal,
-                                        gt_mask=view["gt_mask"])
-            if masks and p.pixel_threshold is not None:
-                # full size: H_out mapped back onto the file's own pixels (a center crop's lost borders: 0)
-                h = to_original(p.h_out, *p.orig, p.resize) if full_size and p.orig else p.h_out
-                save_mask(p.picture.with_name(p.picture.stem + "_mask.png"), h, p.pixel_threshold)
-    return write
-
-
 def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category: str | None = None,
                 fuse: FuseOverrides = FuseOverrides(), base_only: bool = False, pictures: bool = True,
                 masks: bool = True, device: str = "auto", weights: Path | None = None,
@@ -111,10 +78,7 @@ def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category
                 full_size_masks: bool = False) -> list[Prediction]:
     """The predict command's body (also used by `drdc demo`, which passes its loaded `pred`)."""
     paths = collect_images(inputs)  # bad paths and options fail before any model loads
-    if category is not None:
-        cats = store.current("index").attrs["categories"]
-        if category not in cats:
-            raise ConfigError(f"--category: '{category}' is not a category of this run ({', '.join(cats)})")
+    check_category(store.current("index"), category)
     t0 = time.perf_counter()
     loaded = ""
     if pred is None:

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from stages import report as rep
-from stages.cache import RunStore
+from stages.apps import report as rep
+from stages.store.cache import RunStore
 
 from .app import app, guarded, out
 from .pipeline import QuietOpt, RunOpt
@@ -64,7 +64,7 @@ def report(
     store = RunStore(run)
     entries = rep.variants(store, variant)
     if plots:
-        from stages.plots import prepare  # matplotlib loads only when pictures are asked for
+        from stages.apps.plots import prepare  # matplotlib loads only when pictures are asked for
 
         prepare(plots, worst)
     table = print_report(store, variant)
@@ -78,11 +78,11 @@ def report(
         n = rep.per_image(store, entries[0], per_image)
         out.print(f"wrote {per_image} ({n} images)")
     if html:
-        from stages.html_report import write_html
+        from stages.apps.html_report import write_html
 
         out.print(f"wrote {write_html(store, html, variant, worst, progress=not quiet)}")
     if plots:
-        from stages.plots import write_plots
+        from stages.apps.plots import write_plots
 
         written = write_plots(store, entries, plots, k=worst, progress=not quiet)
         out.print(f"wrote {len(written)} files to {plots}: " + ", ".join(p.name for p in written), soft_wrap=True)

@@ -15,7 +15,7 @@ A table's presence runs its stage (infer-base runs after train-base, with the pr
 table, and score after infer-base with
 --source base and after fuse with --source fuse, with [score]'s pool). Before anything runs, every key is checked:
 an unknown table or key, a wrong type or an out-of-range value is one error line naming the file, the line and
-the key. `drdc config` writes every option an entry was made with (stages.commands), so feeding its output back
+the key. `drdc config` writes every option an entry was made with (stages.store.commands), so feeding its output back
 on the same data makes the same keys.
 """
 from __future__ import annotations
@@ -28,13 +28,14 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from stages.cache import RunStore
-from stages.commands import FLAGS, options
 from stages.errors import ConfigError
-from stages.registry import STAGES
+from stages.store.cache import RunStore
+from stages.store.commands import FLAGS, options
+from stages.store.registry import STAGES
 
 from .app import app, guarded, out
 from .domains import List, domains, flags
+from .flags import flag, message
 from .pipeline import RunOpt
 
 if sys.version_info >= (3, 11):
@@ -146,11 +147,11 @@ def parse(path: Path) -> tuple[dict, list[tuple[str, list[str]]]]:
     return head, steps
 
 
-PARAMS = {"index": "stages.index:IndexParams", "extract": "stages.extract:ExtractParams",
-          "train-base": "stages.train_base:TrainBaseParams", "infer-base": "stages.infer_base:InferBaseParams",
-          "train-diff": "stages.train_diff:TrainDiffParams",
-          "infer-diff": "stages.infer_diff:InferDiffParams", "fuse": "stages.fuse:FuseParams",
-          "score": "stages.score:ScoreParams"}
+PARAMS = {"index": "stages.pipeline.index:IndexParams", "extract": "stages.pipeline.extract:ExtractParams",
+          "train-base": "stages.pipeline.train_base:TrainBaseParams", "infer-base": "stages.pipeline.infer_base:InferBaseParams",
+          "train-diff": "stages.pipeline.train_diff:TrainDiffParams",
+          "infer-diff": "stages.pipeline.infer_diff:InferDiffParams", "fuse": "stages.pipeline.selection:FuseParams",
+          "score": "stages.pipeline.score:ScoreParams"}
 
 
 def _check_together(name: str, values: dict, head: dict, fail) -> None:
@@ -159,7 +160,7 @@ def _check_together(name: str, values: dict, head: dict, fail) -> None:
     import importlib
     from dataclasses import fields
 
-    from stages.presets import DEFAULT_PRESET, build
+    from stages.store.presets import DEFAULT_PRESET, build
 
     stage = name.replace("-", "_")
     mod, cls_name = PARAMS[name].split(":")
@@ -172,8 +173,9 @@ def _check_together(name: str, values: dict, head: dict, fail) -> None:
         kw["root"] = head.get("data", ".")
     try:
         build(cls, stage, head.get("preset", DEFAULT_PRESET), **kw)
-    except ConfigError as e:
-        fail(name, "", str(e))
+    except ConfigError as e:  # a rule joining keys: the table's line, the key the error names (flag sans dashes)
+        keys = "/".join(flag(q).lstrip("-") for q in e.param.split("/")) if e.param else ""
+        fail(name, "", f"{keys}: {e.detail}" if keys else message(e))
 
 
 def _invoke(args: list[str]) -> None:

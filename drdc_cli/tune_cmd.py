@@ -1,15 +1,16 @@
 """`drdc tune`: choose the fusion settings on the validation images (label-free), make the best one current."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.table import Table
 
-from stages import fuse as fuse_stage
-from stages import score as score_stage
-from stages import tune as tune_stage
-from stages.cache import RunStore
+from stages.pipeline import tune as tune_stage
+from stages.pipeline import workflow
+from stages.pipeline.selection import FuseParams
+from stages.store.cache import RunStore
+from stages.store.common import StageResult
 
 from .app import app, guarded, out, report_stage
 from .pipeline import QuietOpt, RunOpt, _ints, _numbers
@@ -34,32 +35,29 @@ def render(trials: list[dict], objective: str, top: int) -> Table:
     return t
 
 
-def tune_and_apply(store: RunStore, p: tune_stage.TuneParams, progress: bool, top: int = 10):
-    """Search on validation, print the ranking, then fuse + score the best settings: they become current."""
-    res, trials, best = tune_stage.run(store, p, progress=progress)
-    report_stage(res)
-    out.print(render(trials, p.objective, top))
-    report_stage(fuse_stage.run(store, best, progress=progress))
-    scored = score_stage.run(store, score_stage.ScoreParams(source="fuse", pool=p.pool), progress=progress)
-    report_stage(scored)
-    out.print(f"[bold]current fusion chosen on validation[/] ({p.objective}, tune {res.key}): "
-              f"maps={best.init or 'paper'}/{best.distance} norm={best.norm} "
-              f"gamma={best.gamma} m={best.filter} t={list(best.t)} c={list(best.c)} l={list(best.l)}",
-              soft_wrap=True)
-    return scored
+def show_ranking(objective: str, top: int = 10) -> Callable[[list[dict], StageResult, FuseParams], None]:
+    """What stages.pipeline.workflow calls between the search and the fusion: print the validation ranking and
+    the settings that become current."""
+    def show(trials: list[dict], res: StageResult, best: FuseParams) -> None:
+        out.print(render(trials, objective, top))
+        out.print(f"[bold]current fusion chosen on validation[/] ({objective}, tune {res.key}): "
+                  f"maps={best.init or 'paper'}/{best.distance} norm={best.norm} "
+                  f"gamma={best.gamma} m={best.filter} t={list(best.t)} c={list(best.c)} l={list(best.l)}",
+                  soft_wrap=True)
+    return show
 
 
 @app.command(rich_help_panel="Results")
 @guarded
 def tune(
     run: RunOpt,
-    objective: Annotated[str, typer.Option(help="What to maximise on validation: mean (of the three), p_auroc, p_aupro or i_auroc.")] = "mean",
+    objective: Annotated[str, typer.Option(help="What to maximise on validation: mean (of the three), p_auroc, p_aupro or i_auroc.")] = tune_stage.TuneParams.objective,
     norms: Annotated[Optional[str], typer.Option(help="Normalisations to try, e.g. none,pixel,quantile.")] = None,
     gammas: Annotated[Optional[str], typer.Option(help="gamma values to try (0: base only, 1: diffusion only).")] = None,
     filters: Annotated[Optional[str], typer.Option(help="Mean filter sizes m to try (odd).")] = None,
-    rounds: Annotated[int, typer.Option(help="Passes of the coordinate search.")] = 2,
-    eval_size: Annotated[int, typer.Option(help="Trials are scored at this map size (the chosen one exactly).")] = 112,
-    pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = 16,
+    rounds: Annotated[int, typer.Option(help="Passes of the coordinate search.")] = tune_stage.TuneParams.rounds,
+    eval_size: Annotated[int, typer.Option(help="Trials are scored at this map size (the chosen one exactly).")] = tune_stage.TuneParams.eval_size,
+    pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = tune_stage.TuneParams.pool,
     top: Annotated[int, typer.Option(help="Trials shown in the ranking.")] = 10,
     quiet: QuietOpt = False,
 ) -> None:
@@ -70,4 +68,4 @@ def tune(
         objective=objective, norms=tuple(v.strip() for v in norms.split(",") if v.strip()) if norms else defaults.norms,
         gammas=_numbers(gammas, "--gammas") or defaults.gammas, filters=_ints(filters, "--filters") or defaults.filters,
         rounds=rounds, eval_size=eval_size, pool=pool)
-    tune_and_apply(RunStore(run), p, not quiet, top)
+    workflow.tune_and_apply(RunStore(run), p, not quiet, report_stage, show_ranking(objective, top))

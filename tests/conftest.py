@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from stages.synthetic import SyntheticSpec, make_dataset
+from stages.data.synthetic import SyntheticSpec, make_dataset
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 MTD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mtd"

@@ -8,9 +8,9 @@ import shlex
 
 import pytest
 
-from stages.ablate import BASE, BASE_MAHALANOBIS, OPTIONS, TABLE5
-from stages.cache import RunStore
-from stages.metrics import METRIC_NAMES
+from stages.apps.ablate import BASE, BASE_MAHALANOBIS, OPTIONS, TABLE5
+from stages.store.cache import RunStore
+from stages.method.metrics import METRIC_NAMES
 
 from conftest import copy_run
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from stages.backbone import SUPPORTED, Backbone, load_backbone
+from stages.models.backbone import SUPPORTED, Backbone, load_backbone
 from stages.errors import ConfigError
 
 
@@ -96,7 +96,7 @@ def test_truncated_blocks_give_timm_features(lite0: Backbone) -> None:
 
 
 def test_b4_without_weights_is_config_error(empty_hub: Path) -> None:
-    with pytest.raises(ConfigError, match="--weights") as info:
+    with pytest.raises(ConfigError, match="^weights: ") as info:
         load_backbone("efficientnet_b4")
     msg = str(info.value)
     assert "efficientnet_b4" in msg and str(empty_hub) in msg and "\n" not in msg

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.cache import RunStore
+from stages.store.cache import RunStore
 
 from conftest import TINY_EXTRACT, TINY_INDEX
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from stages.cache import SCHEMA_VERSION, RunStore, make_key
+from stages.store.cache import SCHEMA_VERSION, RunStore, make_key
 from stages.errors import CacheMissError, StoreError
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.cache import RunStore
-from stages.calibrate import f1max_threshold
-from stages.train_base import split_train
+from stages.store.cache import RunStore
+from stages.apps.calibrate import f1max_threshold
+from stages.data.dataset import split_train
 
 from conftest import TINY_EXTRACT, TINY_INDEX, TINY_TRAIN, copy_run
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from stages.cache import RunStore
+from stages.store.cache import RunStore
 
 from conftest import TINY_EXTRACT, TINY_INDEX, TINY_TRAIN
 

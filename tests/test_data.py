@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.data import discover, fingerprint
+from stages.data.dataset import discover, fingerprint
 from stages.errors import DataError
 
 from conftest import MTD, TINY

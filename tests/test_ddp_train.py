@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages import dist
-from stages.cache import RunStore, make_key
-from stages.common import keyed
+from stages.store import dist
+from stages.store.cache import RunStore, make_key
+from stages.store.common import keyed
 from stages.errors import StoreError
 from stages.models.reconstruction import ReconstructionConfig, UniADReconstruction
-from stages.train_base import TrainBaseParams
-from stages.train_diff import TrainDiffParams, _batch, load_unet
+from stages.pipeline.train_base import TrainBaseParams
+from stages.pipeline.train_diff import TrainDiffParams, _batch
+from stages.pipeline.trained import load_unet
 
 from conftest import TINY_DIFF, TINY_EXTRACT, TINY_INDEX, TINY_TRAIN, copy_run, options
 
@@ -178,7 +179,7 @@ def test_collectives_on_two_ranks(no_torchrun):
 
 
 def _train_base(run: Path, params: dict) -> str:
-    from stages import train_base
+    from stages.pipeline import train_base
 
     return train_base.run(RunStore(run), TrainBaseParams(**params), device="cpu", progress=False).key
 

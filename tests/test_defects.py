@@ -1,11 +1,11 @@
-"""stages.defects: synthetic defects with exact masks for the label-free validation set."""
+"""stages.data.defects: synthetic defects with exact masks for the label-free validation set."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from stages.defects import KINDS, paint_defect
+from stages.data.defects import KINDS, paint_defect
 
 S = 224
 SEEDS = range(5)

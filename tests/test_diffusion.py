@@ -1,4 +1,4 @@
-"""Tests for stages.diffusion: the schedule's closed form, agreement with diffusers' DDIMScheduler, --t validation."""
+"""Tests for stages.method.diffusion: the schedule's closed form, agreement with diffusers' DDIMScheduler, --t validation."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from stages.diffusion import check_timesteps, ddim_step, linear_schedule, predict_x0, q_sample
+from stages.method.diffusion import check_timesteps, ddim_step, linear_schedule, predict_x0, q_sample
 from stages.errors import ConfigError
 
 S = linear_schedule()
@@ -126,12 +126,12 @@ def test_check_timesteps_sorts_descending() -> None:
 
 
 @pytest.mark.parametrize("ts, message", [
-    ([250, 1000], r"^--t: 1000 is out of range \[0, 999\]$"),
-    ([-1], r"^--t: -1 is out of range \[0, 999\]$"),
-    ([50, 0, 50], r"^--t: duplicate value 50$"),
-    ([], r"^--t: no timestep given"),
-    ([2.5], r"^--t: 2.5 is not an integer"),
-    ([True], r"^--t: True is not an integer"),
+    ([250, 1000], r"^t: 1000 is out of range \[0, 999\]$"),
+    ([-1], r"^t: -1 is out of range \[0, 999\]$"),
+    ([50, 0, 50], r"^t: duplicate value 50$"),
+    ([], r"^t: no timestep given"),
+    ([2.5], r"^t: 2.5 is not an integer"),
+    ([True], r"^t: True is not an integer"),
 ])
 def test_check_timesteps_errors_name_the_option(ts: list, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from stages.anomaly_map import upsample
-from stages.cache import RunStore
-from stages.fusion import drdc_map
+from stages.method.anomaly_map import upsample
+from stages.store.cache import RunStore
+from stages.method.fusion import drdc_map
 
 from conftest import TINY_DIFF, TINY_INFER, copy_run
 

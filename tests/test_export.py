@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from stages.cache import RunStore
-from stages.predict import Predictor, predict
+from stages.store.cache import RunStore
+from stages.apps.predict import predict
+from stages.apps.predictor import Predictor
 
 from conftest import copy_run
 
@@ -23,7 +24,7 @@ ort = pytest.importorskip("onnxruntime")
 
 @pytest.fixture(scope="module")
 def exported(full_run_pristine, tmp_path_factory):
-    from stages.export import export
+    from stages.apps.export import export
 
     root = tmp_path_factory.mktemp("export")
     run = copy_run(full_run_pristine, root / "r.zarr")
@@ -61,7 +62,7 @@ def test_standalone_example_gives_predicts_scores_and_maps(exported, tiny_data, 
 
 
 def test_unet_graph_gives_the_unets_eps_at_any_batch(exported):
-    from stages.train_diff import load_unet
+    from stages.pipeline.trained import load_unet
 
     run, dest, _ = exported
     unet = load_unet(RunStore(run).current("train_diff"), torch.device("cpu")).eval()
@@ -77,7 +78,7 @@ def test_unet_graph_gives_the_unets_eps_at_any_batch(exported):
 
 
 def test_torchscript_export_matches_the_onnx_graph(exported, tmp_path):
-    from stages.export import export
+    from stages.apps.export import export
 
     run, dest, _ = exported
     m = export(RunStore(run), tmp_path / "ts", "torchscript", base_only=True)

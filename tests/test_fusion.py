@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stages.errors import ConfigError
-from stages.fusion import (check_fusion, diff_heatmap, drdc_map, fuse, mean_filter, multiscale_base,
+from stages.method.fusion import (check_fusion, diff_heatmap, drdc_map, fuse, mean_filter, multiscale_base,
                            spatio_temporal)
 
 RNG = np.random.default_rng(0)
@@ -139,10 +139,10 @@ def test_multiscale_base(fixture):
     assert not torch.allclose(drdc_map(ms, fixture["maps"], m=3), drdc_map(t(full), fixture["maps"], m=3))
 
 
-@pytest.mark.parametrize("gamma, m, option", [(1.5, 41, "--gamma: must be in [0, 1] (got 1.5)"),
-                                              (-0.1, 41, "--gamma"), (float("nan"), 41, "--gamma"),
-                                              (0.9, 40, "--filter: must be an odd integer >= 1 (got 40)"),
-                                              (0.9, 0, "--filter"), (0.9, 3.0, "--filter")])
+@pytest.mark.parametrize("gamma, m, option", [(1.5, 41, "gamma: must be in [0, 1] (got 1.5)"),
+                                              (-0.1, 41, "gamma"), (float("nan"), 41, "gamma"),
+                                              (0.9, 40, "filter: must be an odd integer >= 1 (got 40)"),
+                                              (0.9, 0, "filter"), (0.9, 3.0, "filter")])
 def test_check_fusion_errors(gamma, m, option):
     with pytest.raises(ConfigError, match="^" + re.escape(option)):
         check_fusion(gamma, m)
@@ -151,11 +151,11 @@ def test_check_fusion_errors(gamma, m, option):
 def test_bad_scale_and_empty_selection(fixture):
     x = t(fixture["ori"])
     for bad in (3, 0):
-        with pytest.raises(ConfigError, match=f"^--l: .*16x16 \\(got {bad}\\)$"):
+        with pytest.raises(ConfigError, match=f"^l: .*16x16 \\(got {bad}\\)$"):
             diff_heatmap(x, x, bad)
-    with pytest.raises(ConfigError, match="^--l"):
+    with pytest.raises(ConfigError, match="^l: "):
         multiscale_base(t(fixture["base"]), 16, scales=(1, 3))
-    with pytest.raises(ConfigError, match="^--t/--c/--l"):
+    with pytest.raises(ConfigError, match="^t/c/l: "):
         spatio_temporal(torch.zeros(2, 0, 16, 16))
     check_fusion(0.0, 1)  # the bounds are valid
     check_fusion(1.0, 41)

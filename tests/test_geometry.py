@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from stages.anomaly_map import image_score
-from stages.cache import RunStore
-from stages.geometry import fit, layout, to_original, valid
-from stages.metrics import compute_metrics
+from stages.method.anomaly_map import image_score
+from stages.store.cache import RunStore
+from stages.data.geometry import fit, layout, to_original, valid
+from stages.method.metrics import compute_metrics
 
 from conftest import TINY_EXTRACT, TINY_INDEX, TINY_TRAIN
 
@@ -107,7 +107,8 @@ def test_pad_end_to_end(tiny_data, tmp_path, cli):
     cli("index", "--run", tmp_path / "s.zarr", "--data", data, *TINY_INDEX, "-q")
     assert "resize" not in RunStore(tmp_path / "s.zarr").current("index").params
     # predict draws the file's own aspect: 96 x 64 shown at 64 x 43
-    from stages.predict import Predictor, predict
+    from stages.apps.predict import predict
+    from stages.apps.predictor import Predictor
 
     image = sorted((data / "disc" / "test").rglob("*.png"))[-1]
     views = []  # pictures are drawn per batch: the arrays are dropped after it

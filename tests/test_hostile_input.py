@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.cache import RunStore
+from stages.store.cache import RunStore
 
 from conftest import TINY_INDEX, copy_run
 
@@ -275,7 +275,7 @@ def test_pickled_code_in_a_checkpoint_is_refused(existing, tmp_path, cli):
 
 
 def test_tampered_record_cannot_escape_the_root(existing, tmp_path):
-    from stages.data import resolve_recorded
+    from stages.data.dataset import resolve_recorded
     from stages.errors import DataError
 
     for bad in ("../secret.png", "/etc/passwd", "disc/../../x.png", ""):

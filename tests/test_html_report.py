@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.cache import RunStore
+from stages.store.cache import RunStore
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

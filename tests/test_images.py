@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from stages.errors import DataError
-from stages.images import load_mask, load_rgb
+from stages.data.images import load_mask, load_rgb
 
 
 def _save(img: Image.Image, path: Path) -> Path:

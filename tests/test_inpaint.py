@@ -1,13 +1,13 @@
-"""Tests for stages.inpaint: the dual conditions (Eq 12-15), noise order, batch independence, assembly (Eq 10)."""
+"""Tests for stages.method.inpaint: the dual conditions (Eq 12-15), noise order, batch independence, assembly (Eq 10)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from stages.diffusion import ddim_step, linear_schedule, predict_x0, q_sample
+from stages.method.diffusion import ddim_step, linear_schedule, predict_x0, q_sample
 from stages.errors import ConfigError
-from stages.inpaint import assemble, inpaint, make_input
-from stages.masks import grid_masks, image_generator
+from stages.method.inpaint import assemble, inpaint, make_input
+from stages.method.masks import grid_masks, image_generator
 
 S = linear_schedule()
 TS = (250, 200, 150, 100, 50, 0)
@@ -137,8 +137,8 @@ def test_generators_must_split_the_batch_evenly() -> None:
         inpaint(FakeEps(), I_ori, M, TS, S, [torch.Generator()] * 3)
 
 
-@pytest.mark.parametrize("ts, message", [((250, 1000), r"^--t: 1000 is out of range \[0, 999\]$"),
-                                         ((50, 50), r"^--t: duplicate value 50$")])
+@pytest.mark.parametrize("ts, message", [((250, 1000), r"^t: 1000 is out of range \[0, 999\]$"),
+                                         ((50, 50), r"^t: duplicate value 50$")])
 def test_bad_timesteps_raise_config_error_naming_t(ts: tuple[int, ...], message: str) -> None:
     I_ori, M = _image(0)  # noqa: N806
     with pytest.raises(ConfigError, match=message):

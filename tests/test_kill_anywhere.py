@@ -1,7 +1,7 @@
 """Kill anywhere, resume exactly: every stage is SIGKILLed at seeded random save points and rerun; the result
 must be bit-identical to an uninterrupted run, and nothing half-written may be read back as a result meanwhile.
 
-Save points (stages/faults.py) sit between an array chunk and its done flags, after done flags, after attribute
+Save points (stages/store/faults.py) sit between an array chunk and its done flags, after done flags, after attribute
 updates, between a checkpoint's temp file and its rename, and after completion. The reference run counts the
 points each stage reaches; the kill runs pick among them with a seeded generator. DRDC_KILL_POINTS (default 2)
 sets how many points per stage.
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from stages import faults
-from stages.cache import RunStore
+from stages.store import faults
+from stages.store.cache import RunStore
 from stages.errors import CacheMissError
-from stages.synthetic import SyntheticSpec, make_dataset
+from stages.data.synthetic import SyntheticSpec, make_dataset
 
 from conftest import TINY_EXTRACT, TINY_INDEX, TINY_TRAIN, copy_run
 

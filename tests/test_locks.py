@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.cache import RunStore
+from stages.store.cache import RunStore
 from stages.errors import StoreError
-from stages.locks import is_locked
+from stages.store.locks import is_locked
 
 from conftest import TINY_INFER, copy_run
 
@@ -32,7 +32,7 @@ def test_second_writer_of_an_exclusive_entry_is_refused_with_the_holder(tmp_path
     store = RunStore(tmp_path / "r.zarr", create=True)
     holder = _python(f"""
         import sys, time
-        from stages.cache import RunStore
+        from stages.store.cache import RunStore
         RunStore({str(store.path)!r}).begin("score", {{"source": "x"}}, {{}})
         print("held", flush=True)
         time.sleep(60)
@@ -54,7 +54,7 @@ def test_concurrent_metadata_updates_are_all_kept(tmp_path):
     store = RunStore(tmp_path / "r.zarr", create=True)
     code = """
         import sys
-        from stages.cache import RunStore
+        from stages.store.cache import RunStore
         s = RunStore({path!r})
         for i in range(15):
             s.set_attr(**{{f"w{w}_{{i}}": i}})

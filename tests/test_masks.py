@@ -1,11 +1,11 @@
-"""Tests for stages.masks: the partition's properties (Sec 4.2), reproducible per-image generators, validation."""
+"""Tests for stages.method.masks: the partition's properties (Sec 4.2), reproducible per-image generators, validation."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from stages.errors import ConfigError
-from stages.masks import check_grid, grid_masks, image_generator
+from stages.method.masks import check_grid, grid_masks, image_generator
 
 
 @pytest.mark.parametrize("size, c, n_s", [(16, 1, 2), (16, 4, 2), (32, 8, 4), (24, 4, 3), (32, 16, 4), (12, 1, 6),
@@ -41,13 +41,13 @@ def test_image_generator_is_a_fresh_cpu_generator() -> None:
 
 
 @pytest.mark.parametrize("size, c, n_s, message", [
-    (224, 35, 2, r"^--c: 35 does not divide the image size 224$"),
-    (16, 0, 2, r"^--c: "),
-    (16, 4, 1, r"^--ns: 1 is below 2"),
-    (16, 16, 2, r"^--ns: 2 sets need at least 2 grid cells, but --c 16 at image size 16 gives 1"),
-    (16, 8, 5, r"^--ns: 5 sets need at least 5 grid cells, but --c 8 at image size 16 gives 4"),
+    (224, 35, 2, r"^c: 35 does not divide the image size 224$"),
+    (16, 0, 2, r"^c: "),
+    (16, 4, 1, r"^n_s: 1 is below 2"),
+    (16, 16, 2, r"^n_s: 2 sets need at least 2 grid cells, but grid size 16 at image size 16 gives 1"),
+    (16, 8, 5, r"^n_s: 5 sets need at least 5 grid cells, but grid size 8 at image size 16 gives 4"),
 ])
-def test_bad_grids_raise_config_errors_naming_the_option(size: int, c: int, n_s: int, message: str) -> None:
+def test_bad_grids_raise_config_errors_naming_the_parameter(size: int, c: int, n_s: int, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         check_grid(size, c, n_s)
     with pytest.raises(ConfigError, match=message):

@@ -1,4 +1,4 @@
-"""Tests for stages.metrics: sklearn agreement, hand-computed AUPRO fixtures, a slow AUPRO reference, validation."""
+"""Tests for stages.method.metrics: sklearn agreement, hand-computed AUPRO fixtures, a slow AUPRO reference, validation."""
 from __future__ import annotations
 
 import bisect
@@ -9,7 +9,7 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from stages.errors import ConfigError, DataError
-from stages.metrics import (
+from stages.method.metrics import (
     METRIC_NAMES,
     aupro,
     average_precision,

@@ -20,7 +20,7 @@ import typer
 
 from drdc_cli.app import app, register_commands
 from drdc_cli.domains import Choice, Device, List, domains, flags
-from stages.cache import RunStore
+from stages.store.cache import RunStore
 
 from conftest import copy_run
 
@@ -98,9 +98,9 @@ def no_work(monkeypatch):
         raise WorkStarted()
 
     monkeypatch.setattr(RunStore, "begin", refuse)
-    import stages.synthetic
+    import stages.data.synthetic
 
-    monkeypatch.setattr(stages.synthetic, "make_dataset", refuse)
+    monkeypatch.setattr(stages.data.synthetic, "make_dataset", refuse)
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -181,7 +181,7 @@ COMBOS = [  # options valid one by one, wrong together (or wrong for this run / 
     (["infer-diff", "--c", "32", "--ns", "3"], "--ns: 3 sets need at least 3 grid cells"),
     (["infer-diff", "--l", "3"], "--l: must divide the diffusion size 32"),
     (["infer-diff", "--c", "7"], "--c: 7 does not divide the image size 32"),
-    (["calibrate", "--fpr", "0.1", "--percentile", "99"], "--fpr and --percentile"),
+    (["calibrate", "--fpr", "0.1", "--percentile", "99"], "--fpr/--percentile: give one of them"),
     (["calibrate", "--base-only", "--t", "50"], "--base-only"),
     (["predict", "--base-only", "--gamma", "0.5"], "--base-only scores H_base alone, so --gamma"),
     (["predict", "--category", "nosuch"], "--category: 'nosuch' is not a category of this run"),

@@ -9,9 +9,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import auc, roc_curve
 
-from stages import plots
-from stages.cache import RunStore
-from stages.report import variants
+from stages.apps import plots
+from stages.store.cache import RunStore
+from stages.apps.report import variants
 
 CATS = ("disc", "grain", "weave")
 

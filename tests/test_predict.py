@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.cache import RunStore
-from stages.predict import collect_images, picture_names
+from stages.store.cache import RunStore
+from stages.apps.predict_inputs import collect_images, picture_names
 
 from conftest import TINY, copy_run
 

@@ -162,7 +162,7 @@ def test_tiny_training_reduces_loss() -> None:
 
 def test_standardize_starts_at_the_channel_means_and_trains_where_raw_features_stall() -> None:
     """Features with channel means far from 0 (as the backbone's): the raw model spends its first steps moving
-    the output bias ~lr a step; the standardized one predicts the means from the start (stages.residual's why)."""
+    the output bias ~lr a step; the standardized one predicts the means from the start (stages.method.residual's why)."""
     g = torch.Generator().manual_seed(0)
     offsets = 10 + 5 * torch.rand(1, 16, 1, 1, generator=g)
     feats = (torch.randn(1, 16, 6, 6, generator=g) + torch.randn(8, 16, 1, 1, generator=g)) * 3 + offsets

@@ -1,4 +1,4 @@
-"""The residual norm of Eq 2 (stages/residual.py) and `infer-base --residual-norm`: the Mahalanobis map against
+"""The residual norm of Eq 2 (stages/method/residual.py) and `infer-base --residual-norm`: the Mahalanobis map against
 sklearn's own Mahalanobis distances, statistics from train-base's fit images only, predict and export scoring new
 images the way infer-base scored the dataset, and Eq 2 as printed keeping its key."""
 from __future__ import annotations
@@ -8,11 +8,12 @@ import pytest
 import torch
 from sklearn.covariance import LedoitWolf
 
-from stages.cache import RunStore
-from stages.infer_base import InferBaseParams, ResidualStats
-from stages.residual import fit_gaussian, mahalanobis, residual_map, stage_channels
-from stages.train_base import TrainBaseParams, split_train
-from stages.validation import is_validation_normal
+from stages.store.cache import RunStore
+from stages.pipeline.infer_base import InferBaseParams, ResidualStats
+from stages.method.residual import fit_gaussian, mahalanobis, residual_map, stage_channels
+from stages.pipeline.train_base import TrainBaseParams
+from stages.data.dataset import split_train
+from stages.data.validation import is_validation_normal
 
 
 def test_mahalanobis_equals_sklearns_at_every_position():
@@ -69,7 +70,7 @@ def maha_run(full_run_pristine, tmp_path_factory):
 
 
 def test_statistics_come_from_the_fit_images_of_train_base_only(maha_run):
-    from stages.train_base import load_model
+    from stages.pipeline.trained import load_model
 
     store = RunStore(maha_run)
     ib, tb = store.current("infer_base"), store.current("train_base")
@@ -94,7 +95,7 @@ def test_statistics_come_from_the_fit_images_of_train_base_only(maha_run):
 
 
 def test_the_stored_maps_are_the_mahalanobis_norm_of_each_images_own_category(maha_run):
-    from stages.train_base import load_model
+    from stages.pipeline.trained import load_model
 
     store = RunStore(maha_run)
     ib = store.current("infer_base")
@@ -115,7 +116,8 @@ def test_the_stored_maps_are_the_mahalanobis_norm_of_each_images_own_category(ma
 
 
 def test_predict_scores_dataset_images_as_infer_base_and_score_did(maha_run, tiny_data):
-    from stages.predict import Predictor, predict
+    from stages.apps.predict import predict
+    from stages.apps.predictor import Predictor
 
     store = RunStore(maha_run)
     images = sorted((tiny_data / "disc" / "test").rglob("*.png"))[:3]
@@ -125,7 +127,7 @@ def test_predict_scores_dataset_images_as_infer_base_and_score_did(maha_run, tin
     ib, records = store.current("infer_base"), store.current("index").attrs["records"]
     root = store.current("index").params["root"]
     row = {int(r): k for k, r in enumerate(ib.array("record")[:])}
-    from stages.anomaly_map import upsample
+    from stages.method.anomaly_map import upsample
     for p in got:
         i = next(j for j, r in enumerate(records) if f"{root}/{r['path']}" == str(p.path.resolve()))
         want = upsample(torch.from_numpy(ib.array("h_base")[row[i]][None]), 64)[0].numpy()
@@ -145,10 +147,10 @@ def test_export_with_residual_gaussians_matches_predict(maha_run, tiny_data, tmp
     import sys
 
     from conftest import copy_run
-    from stages.export import export
+    from stages.apps.export import export
     from PIL import Image
 
-    from stages.predict import Predictor
+    from stages.apps.predictor import Predictor
 
     run = copy_run(maha_run, tmp_path / "r.zarr")
     m = export(RunStore(run), tmp_path / "onnx", "onnx", base_only=True)

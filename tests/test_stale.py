@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.cache import RunStore
+from stages.store.cache import RunStore
 
 from conftest import TINY_EXTRACT, TINY_INDEX
 
@@ -60,7 +60,7 @@ def test_parameter_change_gives_a_new_key_and_the_old_one_is_kept(indexed, cli):
 
 
 def test_other_backbone_weights_give_a_new_key(indexed, cli, tmp_path):
-    from stages.backbone import load_backbone
+    from stages.models.backbone import load_backbone
 
     _, run, before = indexed
     net = load_backbone("tf_efficientnet_lite0", None, 8)
@@ -74,10 +74,10 @@ def test_other_backbone_weights_give_a_new_key(indexed, cli, tmp_path):
 
 
 def test_schema_version_change_gives_new_keys(indexed, cli, monkeypatch):
-    import stages.cache
+    import stages.store.cache
 
     _, run, before = indexed
-    monkeypatch.setattr(stages.cache, "SCHEMA_VERSION", stages.cache.SCHEMA_VERSION + 1)
+    monkeypatch.setattr(stages.store.cache, "SCHEMA_VERSION", stages.store.cache.SCHEMA_VERSION + 1)
     res = cli("extract", "--run", run, *TINY_EXTRACT)
     assert "cached" not in res.output
     assert RunStore(run).current_keys["extract"] != before["extract"]

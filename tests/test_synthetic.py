@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages import synthetic as syn
+from stages.data import synthetic as syn
 from stages.errors import ConfigError
-from stages.synthetic import CATEGORIES, DEFECTS, SyntheticSpec, make_dataset
+from stages.data.synthetic import CATEGORIES, DEFECTS, SyntheticSpec, make_dataset
 
 SMALL = SyntheticSpec(size=48, n_train=3, n_test_good=2, n_test_defect=5, seed=7)
 

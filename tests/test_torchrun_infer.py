@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.cache import CHUNK, RunStore
+from stages.store.cache import RunStore
+from stages.store.claims import CHUNK
 
 from conftest import TINY_INFER, copy_run
 
@@ -89,7 +90,7 @@ def test_killed_rank_then_rerun_computes_exactly_the_missing_chunks(full_run_pri
     rerun_log = tmp_path / "rerun.log"
     os.environ["DRDC_FAULT_LOG"] = str(rerun_log)
     try:
-        from stages import faults
+        from stages.store import faults
 
         faults.reset()
         cli("infer-diff", "--run", run, *INFER)

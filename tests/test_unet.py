@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from stages.errors import ConfigError
-from stages.models.unet import PRESETS, AttentionBlock, ConditionalUNet, UNetConfig, timestep_embedding
+from stages.models.unet import AttentionBlock, ConditionalUNet, UNetConfig, timestep_embedding
+from stages.pipeline.train_diff import TrainDiffParams
+from stages.store.presets import build
+
+# the networks the presets train: the paper's is UNetConfig's defaults, the cpu preset's comes from its params
+PRESETS = {"paper": UNetConfig(), "cpu": build(TrainDiffParams, "train_diff", "cpu").unet_config()}
 
 # 16 px, 2 levels: level 0 (side 16, 32 ch), level 1 (side 8, 64 ch, attention)
 TINY = UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,

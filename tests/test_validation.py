@@ -10,12 +10,12 @@ import pytest
 import torch
 import zarr
 
-from stages.cache import RunStore
-from stages.data import EVAL_SPLITS, split_indices
-from stages.defects import KINDS
-from stages.fusion import norm_stats
-from stages.train_base import split_train
-from stages.validation import held_out, with_validation
+from stages.store.cache import RunStore
+from stages.data.dataset import EVAL_SPLITS, split_indices
+from stages.data.defects import KINDS
+from stages.method.fusion import norm_stats
+from stages.data.dataset import split_train
+from stages.data.validation import held_out, with_validation
 
 from conftest import copy_run
 
@@ -69,8 +69,8 @@ def test_held_out_images_reach_no_trainer():
 
 def test_trainers_of_a_run_never_read_validation_images(full_run_pristine: Path, monkeypatch):
     """Every image a trainer of the real pipeline fetches from the store is a split 'train' image."""
-    import stages.train_base as tb
-    import stages.train_diff as td
+    import stages.pipeline.train_base as tb
+    import stages.pipeline.train_diff as td
 
     store = RunStore(full_run_pristine)
     index = store.current("index")
@@ -116,7 +116,7 @@ def test_trainers_of_a_run_never_read_validation_images(full_run_pristine: Path,
         import shutil
 
         shutil.rmtree(fresh, ignore_errors=True)
-    from stages.images import to_model_space
+    from stages.data.images import to_model_space
 
     feats = torch.from_numpy(store.current("extract").array("features")[:]).flatten(1)
     size = td_entry.params["size"]
@@ -238,8 +238,8 @@ def test_norm_stats_oracle(norm):
 def test_validation_rows_are_normalised_by_the_other_fold(full_run: Path, cli):
     """A validation row's fused map uses statistics of the other fold's normals only (cross-fitting); test rows
     use every validation normal's, and those are what the entry stores for predict."""
-    from stages.fuse import row_folds
-    from stages.fusion import normalise
+    from stages.pipeline.selection import row_folds
+    from stages.method.fusion import normalise
 
     cli("fuse", "--run", full_run, "--gamma", "0", "--norm", "pixel")
     store = RunStore(full_run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.cache import RunStore
+from stages.store.cache import RunStore
 
 from conftest import TINY_TRAIN
 
@@ -64,7 +64,7 @@ def test_gc_never_removes_an_entry_being_written(full_run, cli):
 
     code = textwrap.dedent(f"""
         import time
-        from stages.cache import RunStore
+        from stages.store.cache import RunStore
         RunStore({str(full_run)!r}).begin("train_base", {{"busy": 1}}, {{}})
         print("held", flush=True)
         time.sleep(60)

@@ -26,13 +26,17 @@ from stages.models.config import ModelConfig
 
 @dataclass(frozen=True)
 class UNetConfig(ModelConfig):
-    """UNet sizes. attention_resolutions are feature-map sides in pixels at image_size (guided-diffusion's flag
-    convention); the network stores them as downsample rates, so it also runs at other sizes (see ``at_size``)."""
+    """UNet sizes; the defaults are the paper's network (train-diff's defaults come from here): guided-diffusion's
+    README, 256x256 unconditional ImageNet: num_channels 256, channel_mult (1,1,2,2,4,4), 2 res blocks, attention
+    at 32,16,8 (= downsample 8,16,32 -> 28,14,7 at 224), 64 channels per head, resblock_updown, scale-shift norm,
+    dropout left at its default 0.0 (the LSUN models use 0.1). The cpu preset's network is in stages.store.presets.
+    attention_resolutions are feature-map sides in pixels at image_size (guided-diffusion's flag convention); the
+    network stores them as downsample rates, so it also runs at other sizes (see ``at_size``)."""
 
     image_size: int = 224
     in_channels: int = 3  # image channels; the network input has 2 * in_channels when model_condition
     model_condition: bool = True
-    model_channels: int = 128
+    model_channels: int = 256
     channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
     num_res_blocks: int = 2
     attention_resolutions: tuple[int, ...] = (28, 14, 7)
@@ -73,19 +77,6 @@ class UNetConfig(ModelConfig):
         """The same network (same attention downsample rates) described at another image size."""
         return dataclasses.replace(self, image_size=image_size,
                                    attention_resolutions=tuple(image_size // d for d in self.attention_ds))
-
-
-
-PRESETS: dict[str, UNetConfig] = {
-    # guided-diffusion README, 256x256 unconditional ImageNet: num_channels 256, channel_mult (1,1,2,2,4,4),
-    # 2 res blocks, attention at 32,16,8 (= downsample 8,16,32 -> 28,14,7 at 224), 64 channels per head,
-    # resblock_updown, scale-shift norm, dropout left at its default 0.0 (the LSUN models use 0.1).
-    "paper": UNetConfig(image_size=224, model_channels=256, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
-                        attention_resolutions=(28, 14, 7), num_head_channels=64, dropout=0.0),
-    # 2-core CPU: 4 levels (down 8x), one res block per level, attention only at the lowest side (and middle).
-    "cpu": UNetConfig(image_size=128, model_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
-                      attention_resolutions=(16,), num_head_channels=32, dropout=0.0),
-}
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: int = 10000) -> Tensor:
@@ -307,7 +298,8 @@ class InferenceUNet(nn.Module):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         if bf16 and next(net.parameters()).device.type != "cuda":
-            raise ConfigError("--bf16: bfloat16 inference is CUDA-only (CPUs without native bf16 run it far slower than fp32)")
+            raise ConfigError("bfloat16 inference is CUDA-only (CPUs without native bf16 run it far slower than fp32)",
+                              "bf16")
         # a plain attribute, not a submodule: the compiled wrapper would list every parameter a second time
         object.__setattr__(self, "_run", torch.compile(self.net, options=_compile_options(net)) if compile
                            else self.net)

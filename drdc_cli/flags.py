@@ -1,0 +1,29 @@
+"""The one place where a library parameter name becomes the command-line flag a user typed.
+
+The library names parameters (`n_s`, `grid`, Params fields: stages.errors); stages.store.commands.FLAGS maps each
+stage's params to its flags, and every other parameter is its flag with dashes (`eval_size` -> `--eval-size`).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from stages.errors import ConfigError, DrdcError
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict[str, str]:
+    from stages.store.commands import FLAGS
+
+    return {param: flag for stage in FLAGS.values() for param, flag in stage.items()}
+
+
+def flag(param: str) -> str:
+    """The flag of one parameter, e.g. n_s -> --ns, dim_feedforward -> --ffn-dim, eval_size -> --eval-size."""
+    return _table().get(param, "--" + param.replace("_", "-"))
+
+
+def message(e: DrdcError) -> str:
+    """The error's one line as the command line says it: a ConfigError's parameters as flags."""
+    if isinstance(e, ConfigError) and e.param:
+        return f"{'/'.join(flag(p) for p in e.param.split('/'))}: {e.detail}"
+    return str(e)

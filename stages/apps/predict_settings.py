@@ -1,0 +1,83 @@
+"""Which fusion `drdc predict` applies: the run's current fuse settings (or the preset's when the run has no
+fuse result), replaced by the command's options and checked against the diffusion resolution."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from stages.errors import CacheMissError, ConfigError, check
+from stages.method.fusion import check_fusion
+from stages.method.masks import check_grid
+from stages.pipeline.heatmaps import FusionSettings, default_settings
+from stages.pipeline.infer_diff import InferDiffParams
+from stages.store.cache import RunStore
+from stages.store.presets import build
+
+
+@dataclass(frozen=True)
+class FuseOverrides:
+    """Options that replace the run's fuse settings (None: keep)."""
+
+    gamma: float | None = None
+    filter: int | None = None
+    t: tuple[int, ...] | None = None
+    c: tuple[int, ...] | None = None
+    l: tuple[int, ...] | None = None  # noqa: E741
+
+
+def fuse_settings(store: RunStore, preset: str) -> FusionSettings:
+    """The current fuse entry's resolved params (with its infer-diff entries' t-lists), or, when the run has a
+    diffusion model but no fuse result, the preset's infer-diff defaults with fuse's default gamma and filter."""
+    if "fuse" in store.current_keys:
+        try:
+            e, stale = store.current("fuse"), ""
+        except CacheMissError:  # e.g. the base model was retrained since: its settings still say what to fuse
+            e, stale = store.get("fuse", store.current_keys["fuse"]), " (its maps are stale; the settings apply)"
+            if e is None or not e.is_complete:
+                raise
+        q = e.params
+        chains = []
+        for name, key in e.inputs.items():
+            if name.startswith("infer_diff@"):
+                d = store.get("infer_diff", key)  # gone: the chain runs over the fused steps
+                chains.append((int(name.split("=")[1]), tuple(d.params["t"]) if d is not None else tuple(q["t"])))
+        return FusionSettings(q["gamma"], q["filter"], tuple(q["t"]), tuple(sorted(q["c"])), tuple(q["l"]),
+                              q["spatio_temporal"], q["multiscale_base"], q["n_s"], q["test_time_condition"],
+                              q["seed"], tuple(sorted(chains)), q.get("norm", "none"), q.get("init", "paper"),
+                              q.get("distance", "pixel"), source=f"fuse {e.key}{stale}")
+    d = build(InferDiffParams, "infer_diff", preset)
+    s = default_settings(d.t, d.c, d.l, d.n_s, d.test_time_condition, d.seed,
+                         source=f"preset {preset} (no fuse result in the run)")
+    return replace(s, init=d.init)  # the preset's pixel maps, started as its infer-diff starts
+
+
+def apply_overrides(s: FusionSettings, o: FuseOverrides) -> FusionSettings:
+    """Replace what the options give, then resolve like `fuse` (spatio-temporal fusion off: last t, l = 1).
+    A c keeps its infer-diff t-list as its chain unless --t is given (then every chain runs over --t)."""
+    if o == FuseOverrides():
+        return s
+    if s.norm != "none":
+        raise ConfigError(f"the run fuses normalised maps (norm {s.norm}) whose "
+                          "statistics belong to its fuse settings; run `drdc fuse` (or `drdc tune`) with these "
+                          "options first, then predict without them", "gamma/filter/t/c/l")
+    known = dict(s.chains)
+    t = tuple(sorted(set(o.t), reverse=True)) if o.t else s.t
+    c = tuple(sorted(set(o.c))) if o.c else s.c
+    ls = tuple(sorted(set(o.l))) if o.l else s.l
+    default_chain = s.chains[0][1] if s.chains else t
+    chains = tuple((v, t if o.t else known.get(v, default_chain)) for v in c)
+    if not s.spatio_temporal:
+        t, ls = (min(t),), (1,)
+    return replace(s, gamma=o.gamma if o.gamma is not None else s.gamma,
+                   filter=o.filter if o.filter is not None else s.filter, t=t, c=c, l=ls, chains=chains,
+                   source=s.source + " + options")
+
+
+def validate(s: FusionSettings, size: int) -> None:
+    """ConfigError naming the option for settings the diffusion resolution cannot take."""
+    check_fusion(s.gamma, s.filter)
+    for c, chain in s.chains:
+        check_grid(size, c, s.n_s)
+        check(set(s.t) <= set(chain), "t", f"every fused step must be in the t-list of c={c} {list(chain)}", s.t)
+    for v in s.l:
+        check(isinstance(v, int) and v >= 1 and size % v == 0, "l", f"must divide the diffusion size {size}", v)
+    check(s.distance == "pixel" or s.l == (1,), "l", "feature maps have one scale: l = 1", s.l)

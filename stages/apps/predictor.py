@@ -1,0 +1,157 @@
+"""The run's trained models loaded once (`Predictor`): a batch of decoded images -> H_base, H^ST, H_out and image
+scores, through the functions the stages use (see stages.apps.predict)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages.apps.predict_settings import FuseOverrides, apply_overrides, fuse_settings, validate
+from stages.data.images import to_model_space
+from stages.data.validation import folds
+from stages.errors import CacheMissError
+from stages.method.anomaly_map import image_score
+from stages.method.residual import residual_map
+from stages.models.backbone import load_matching
+from stages.pipeline.extract import images_to_tensor
+from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, array_name, fuse_maps, select
+from stages.pipeline.infer_base import ResidualStats
+from stages.pipeline.infer_diff import InferDiffParams, image_heatmaps
+from stages.pipeline.trained import load_model, load_unet
+from stages.store.cache import Entry, RunStore
+from stages.store.commands import command
+from stages.store.common import resolve_device
+from stages.store.presets import DEFAULT_PRESET
+
+
+@dataclass
+class Batch:
+    """Results for k images: maps at image size S."""
+
+    h_base: np.ndarray  # (k, S, S) float32, H_base upsampled
+    h_st: np.ndarray | None  # (k, S, S) float32, diffusion H_ST (Eq 17), None when base only
+    h_out: np.ndarray  # (k, S, S) float32, what is scored
+    scores: np.ndarray  # (k,) float32
+
+
+class Predictor:
+    """The run's trained models, loaded once; `run(images, ids)` scores a batch of decoded images.
+
+    Raises CacheMissError naming the command when the run has no trained base model."""
+
+    def __init__(self, store: RunStore, device: str = "auto", overrides: FuseOverrides = FuseOverrides(),
+                 base_only: bool = False, weights: Path | None = None, preset: str | None = None) -> None:
+        self.store = store
+        require_trained(store)
+        self.index = store.current("index")
+        self.extract = store.current("extract")
+        self.train_base = store.current("train_base")
+        self.dev = resolve_device(device)
+        self.size = int(self.index.params["image_size"])
+        self.c_feat = int(self.extract.attrs["channels"])
+        ep = self.extract.params
+        self.backbone = load_matching(ep, weights).to(self.dev).eval()
+        self.base = load_model(self.train_base, self.dev)
+        # H_base as infer-base made it: Eq 2, or the run's residual Gaussians (--residual-norm mahalanobis)
+        ib = store.get("infer_base", store.current_keys["infer_base"]) if "infer_base" in store.current_keys else None
+        self.residual = ResidualStats.load(ib) if ib is not None else None
+        self.notes: list[str] = []
+        if ib is None:
+            self.notes.append("no infer-base result in the run: H_base is Eq 2's L2 norm")
+        elif self.residual is not None and ib.inputs.get("train_base") != self.train_base.key:
+            raise CacheMissError(f"the residual Gaussians of infer-base {ib.key} belong to another base model than "
+                                 f"the current {self.train_base.key}; refit them with "
+                                 f"`{command('infer_base', store.name, ib.params)}`")
+        self.pool = score_pool(store)
+        self.fusion: FusionSettings | None = None
+        self.unet = None
+        self.train_diff: Entry | None = None
+        if base_only:
+            self.notes.append("--base-only: base heatmap H_base only")
+        elif "train_diff" not in store.current_keys:
+            self.notes.append(f"no trained diffusion model in the run: base heatmap H_base only "
+                              f"(train one with `drdc train-diff --run {store.name}`)")
+        else:
+            self.train_diff = store.current("train_diff")
+            self.diff_size = int(self.train_diff.params["size"])
+            self.fusion = apply_overrides(fuse_settings(store, preset or store.attr("preset") or DEFAULT_PRESET),
+                                          overrides)
+            validate(self.fusion, self.diff_size)
+            if self.fusion.uses_diffusion:
+                self.unet = load_unet(self.train_diff, self.dev)
+        self.stats = None
+        if self.fusion is not None and self.fusion.norm != "none":
+            e = store.get("fuse", store.current_keys["fuse"])
+            self.stats = CrossFitStats.load(e)
+            self._fold = folds(self.index.attrs["records"])  # a validation image: the other fold's statistics
+            if self.stats is None:
+                raise CacheMissError(f"the fuse result {e.key} has no normalisation statistics; rerun "
+                                     f"`drdc fuse --run {store.name} --norm {self.fusion.norm}`")
+
+    @property
+    def mode(self) -> str:
+        return "base" if self.fusion is None else "fuse"
+
+    def settings(self) -> dict:
+        """Everything a score depends on: a calibration holds only for the same settings."""
+        d = {"mode": self.mode, "train_base": self.train_base.key, "extract": self.extract.key,
+             "image_size": self.size, "pool": self.pool}
+        if self.residual is not None:
+            d["residual_channels"] = self.residual.channels
+        if self.fusion is not None:
+            d.update(train_diff=self.train_diff.key, fusion=self.fusion.as_dict())
+        return d
+
+    @torch.inference_mode()
+    def run(self, images: np.ndarray, ids: np.ndarray, categories: list[str | None] | None = None,
+            valid: np.ndarray | None = None) -> Batch:
+        """images (k, S, S, 3) uint8 at the run's image size, ids (k,) int64 (record index or content id),
+        categories (for normalised fusion: each category's own statistics; None: the mean over categories),
+        valid (k, S, S) bool: the pixels that show the image (index --resize pad; None: all)."""
+        f_in = self.backbone(images_to_tensor(images, self.dev))
+        cats = list(categories) if categories is not None else [None] * len(images)
+        f_out = self.base(f_in)
+        h_base = (residual_map(f_in, f_out) if self.residual is None  # Eq 2, (k, fs, fs)
+                  else self.residual.heatmap(f_in, f_out, cats)).cpu()
+        h_diff = self._diffusion(images, ids) if self.unet is not None else None
+        stats = (self.stats.per_row(cats, [self._fold.get(int(i)) for i in ids]) if self.stats is not None
+                 else None)
+        hb, h_st, h_out = fuse_maps(h_base, h_diff, self.size, self.fusion, self.c_feat, stats)
+        scores = image_score(h_out, self.pool, None if valid is None else torch.from_numpy(valid))
+        return Batch(hb.numpy(), None if h_st is None else h_st.numpy(), h_out.numpy(), scores.numpy())
+
+    def _diffusion(self, images: np.ndarray, ids: np.ndarray) -> torch.Tensor:
+        """(k, K, S_d, S_d) float32: the selected heatmaps, computed as infer-diff does (the c sharing a t-list
+        in one batch) and rounded through float16 as the store keeps them."""
+        s = self.fusion
+        x = to_model_space(images, self.diff_size)
+        by_chain: dict[tuple[int, ...], list[int]] = {}
+        for c, chain in s.chains:
+            by_chain.setdefault(chain, []).append(c)
+        per_c: dict[int, torch.Tensor] = {}
+        for chain, cs in by_chain.items():
+            p = InferDiffParams(t=chain, c=tuple(cs), l=s.l, n_s=s.n_s, test_time_condition=s.test_time_condition,
+                                seed=s.seed, init=s.init, distance=s.distance)
+            maps = image_heatmaps(self.unet, p, x, ids, sorted(cs), self.diff_size, self.dev, self.backbone,
+                                  self.size)[array_name(s)]
+            for c, m in maps.items():  # (k, n_t * n_l, S_d, S_d), rounded as the store keeps them
+                per_c[c] = select(m.cpu().half(), {"t": list(chain), "l": list(s.l)}, s)
+        return torch.cat([per_c[c] for c in sorted(per_c)], 1)
+
+
+def score_pool(store: RunStore) -> int:
+    """The pooling kernel of the run's scores (16 unless `score --pool` said otherwise)."""
+    if "score" in store.current_keys:
+        e = store.get("score", store.current_keys["score"])
+        if e is not None:
+            return int(e.params.get("pool", 16))
+    return 16
+
+
+def require_trained(store: RunStore) -> None:
+    """A clear error before any model loads when the base model is missing."""
+    if "train_base" not in store.current_keys:
+        raise CacheMissError(f"the run {store.name} has no trained base model; run "
+                             f"`drdc train-base --run {store.name}` (after index and extract) first")

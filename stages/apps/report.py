@@ -1,0 +1,134 @@
+"""Stage `report`: the metrics of scored entries as rows (categories, then the mean), CSV and JSON.
+
+Rendering to the terminal is the CLI's job; this module only shapes and writes data. Several score entries
+(variants) can be reported side by side: each gets its own block of columns.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from stages.errors import CacheMissError, ConfigError
+from stages.method.metrics import METRIC_NAMES
+from stages.store.cache import Entry, RunStore
+
+LABELS = {"i_auroc": "I-AUROC", "p_auroc": "P-AUROC", "p_aupro": "P-AUPRO", "i_ap": "I-AP", "p_ap": "P-AP",
+          "i_f1max": "I-F1max", "p_f1max": "P-F1max"}
+ORDER = ("i_auroc", "p_auroc", "p_aupro", "i_ap", "p_ap", "i_f1max", "p_f1max")  # the paper's two first
+HEADLINE = ("i_auroc", "p_auroc", "p_aupro")
+assert set(ORDER) == set(METRIC_NAMES)
+
+
+def variants(store: RunStore, keys: list[str] | None) -> list[Entry]:
+    """The score entries to report: the given keys (prefixes allowed), or the current one."""
+    if not keys:
+        return [store.current("score")]
+    out = []
+    all_scores = [e for e in store.entries() if e.stage == "score" and e.is_complete]
+    for k in keys:
+        hits = [e for e in all_scores if e.key.startswith(k)]
+        if len(hits) != 1:
+            found = ", ".join(e.key for e in all_scores) or "none"
+            raise CacheMissError(f"--variant {k}: {'no' if not hits else 'ambiguous'} complete score entry "
+                                 f"(complete score entries: {found})")
+        out.append(hits[0])
+    return out
+
+
+def labels(entries: list[Entry]) -> list[str]:
+    """Column-group names: the heatmap source (base, fuse), with the key's start when a source repeats."""
+    sources = [e.params["source"] for e in entries]
+    return [s if sources.count(s) == 1 else f"{s}:{e.key[:6]}" for s, e in zip(sources, entries)]
+
+
+def rows(entries: list[Entry], table: str = "metrics") -> list[dict]:
+    """One row per category then 'mean': {'category', '<variant>/<metric>': value in [0,1] or None}.
+    table: "metrics" (the test split) or "val_metrics" (validation images with synthetic defects); an entry
+    scored before validation existed has no validation rows (empty list)."""
+    if not all(e.attrs.get(table) for e in entries):
+        return []
+    cats = list(entries[0].attrs[table].keys())
+    names = labels(entries)
+    out = []
+    for cat in cats:
+        row: dict = {"category": cat}
+        for e, tag in zip(entries, names):
+            m = e.attrs[table].get(cat, {})
+            for name in ORDER:
+                row[f"{tag}/{name}" if len(entries) > 1 else name] = m.get(name)
+        out.append(row)
+    return out
+
+
+def by_kind_rows(entries: list[Entry]) -> list[dict]:
+    """Validation metrics (mean over categories) per synthetic defect kind: one row per kind."""
+    if not all(e.attrs.get("val_by_kind") for e in entries):
+        return []
+    names = labels(entries)
+    out = []
+    for kind in entries[0].attrs["val_by_kind"]:
+        row: dict = {"category": f"synthetic-{kind}"}
+        for e, tag in zip(entries, names):
+            m = e.attrs["val_by_kind"].get(kind, {}).get("mean", {})
+            for name in ORDER:
+                row[f"{tag}/{name}" if len(entries) > 1 else name] = m.get(name)
+        out.append(row)
+    return out
+
+
+def with_validation(test: list[dict], val: list[dict], kinds: list[dict]) -> list[dict]:
+    """One table for CSV: the test rows, then the validation rows and per-kind rows, their category prefixed
+    'val:' (validation images are synthetic: never mix them with the test numbers)."""
+    return test + [{**r, "category": f"val:{r['category']}"} for r in val + kinds]
+
+
+def write_csv(table: list[dict], path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(table[0].keys()), lineterminator="\n")
+    w.writeheader()
+    for r in table:
+        w.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v)) for k, v in r.items()})
+    write_text(path, buf.getvalue())
+
+
+def write_json(table: list[dict], entries: list[Entry], path: Path) -> None:
+    doc = {"variants": [{"label": tag, "key": e.key, "params": e.params, "inputs": e.inputs}
+                        for e, tag in zip(entries, labels(entries))],
+           "rows": table,
+           "validation_rows": rows(entries, "val_metrics"),  # held-out normals vs their synthetic-defect copies
+           "validation_by_kind": by_kind_rows(entries)}
+    write_text(path, json.dumps(doc, indent=1))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a result file, its folder created; an unwritable path is one ConfigError naming it."""
+    _parent(path)
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def per_image(store: RunStore, entry: Entry, path: Path) -> int:
+    """CSV of every scored image: split (val or test), path, category, defect, label, score. Validation
+    anomalies share their normal's path; their defect names the synthetic kind. Returns the row count."""
+    index = store.get("index", entry.inputs["index"])
+    records = index.attrs["records"]
+    scores, rec = entry.array("scores")[:], entry.array("record")[:]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["split", "path", "category", "defect", "label", "score"])
+    for i, s in zip(rec, scores):
+        r = records[i]
+        w.writerow([r["split"], r["path"], r["category"], r["defect"], r["label"], f"{s:.6g}"])
+    write_text(path, buf.getvalue())
+    return len(rec)
+
+
+def _parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot create its folder ({e.strerror})") from None

@@ -1,0 +1,76 @@
+"""Stage `fuse`: H_out (Eq 17-19) from cached maps only: no UNet, no GPU, seconds per category.
+
+Any cached subset of (t, c, l) can be selected; a missing one is named with the infer-diff command that makes it.
+Table 5's switches: spatio-temporal fusion off (only the last step, l = 1) and the multi-scale base heatmap.
+--norm pixel|quantile fuses maps normalised with statistics of the validation normals (stored in the entry;
+a validation row is normalised by the other fold's normals, stages.data.validation.folds);
+--gamma 0 is base only and needs no diffusion maps.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stages.errors import CacheMissError
+from stages.pipeline.heatmaps import fuse_maps, read_diff
+from stages.pipeline.selection import FuseParams, normal_stats, resolve, row_folds
+from stages.store.cache import RunStore
+from stages.store.common import StageResult
+
+STAGE = "fuse"
+
+
+def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
+    t0 = time.perf_counter()
+    base = store.current("infer_base")
+    extract = store.get("extract", base.inputs["extract"])
+    index = store.get("index", extract.inputs["index"])
+    s, diffs = resolve(store, p)
+    size_img = index.params["image_size"]
+    resolved = {"gamma": p.gamma, "filter": p.filter, "t": list(s.t), "c": list(s.c), "l": list(s.l),
+                "spatio_temporal": p.spatio_temporal, "multiscale_base": p.multiscale_base, "n_s": p.n_s,
+                "test_time_condition": p.test_time_condition, "seed": p.seed,
+                **({"norm": p.norm} if p.norm != "none" else {}),  # keys made before --norm stay valid
+                **({"init": s.init} if s.init != "paper" else {}),
+                **({"distance": s.distance} if s.distance != "pixel" else {})}
+    inputs = {"infer_base": base.key, **{f"infer_diff@c={c}": e.key for c, e in diffs.items()}}
+    entry, cached = store.begin(STAGE, resolved, inputs)
+    k_maps = len(s.t) * len(s.c) * len(s.l)
+    what = (f"{k_maps} diffusion heatmaps (t={list(s.t)}, c={list(s.c)}, l={list(s.l)}) + H_base" if diffs
+            else "H_base only")
+    summary = f"{what}, gamma={p.gamma}, m={p.filter}, norm={p.norm}"
+    if diffs:
+        summary += f", init={s.init}, distance={s.distance}"
+    if cached:
+        return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, summary)
+    rec = base.array("record")[:]
+    n = len(rec)
+    for e in diffs.values():
+        if not np.array_equal(e.array("record")[:], rec):
+            raise CacheMissError(f"infer-diff entry {e.key} covers other images than infer-base {base.key}")
+    c_feat = int(extract.attrs["channels"])
+    stats, fold = None, row_folds(index, rec)
+    if p.norm != "none":
+        stats = normal_stats(index, base, diffs, s)
+        stats.save(entry)  # predict and calibrate normalise exactly as this entry does
+    records = index.attrs["records"]
+    h_base_all = base.array("h_base")
+    maps = entry.require_array("maps", (n, size_img, size_img), "float32")
+    entry.require_array("record", (n,), "int64")[:] = rec
+    done = entry.require_done(n)
+    todo = entry.pending(n)
+    with torch.no_grad(), tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="fuse", unit="img",
+                               disable=not progress) as bar:
+        for a, b in todo:
+            hd = read_diff(diffs, s, slice(a, b)) if s.uses_diffusion else None
+            st = (stats.per_row([records[i]["category"] for i in rec[a:b]], [fold.get(k) for k in range(a, b)])
+                  if stats is not None else None)
+            maps[a:b] = fuse_maps(torch.from_numpy(h_base_all[a:b]), hd, size_img, s, c_feat, st)[2].numpy()
+            entry.mark_done(done, a, b)
+            bar.update(b - a)
+    size_diff = next(iter(diffs.values())).params["size"] if diffs else None
+    entry.complete(c_feat=c_feat, diffusion_size=size_diff)
+    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, summary)

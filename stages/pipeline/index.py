@@ -1,0 +1,137 @@
+"""Stage `index`: scan and validate a dataset, decode every image and mask once into the run store.
+
+Downstream stages read images from here, never from the dataset folder: every image is decoded, converted to
+RGB and resized exactly once, and a corrupt file is reported here, by name, before any model runs.
+
+The validation split is made here too (stages.data.validation): held-out train/good images become split "val", and
+their copies with synthetic defects are painted into the store as extra records with exact masks, so every
+stage downstream treats them like test images (same cache, keys and resume).
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from stages.data.dataset import LAYOUTS, discover, fingerprint, resolve_recorded
+from stages.data.defects import paint_defect
+from stages.data.geometry import RESIZES, valid
+from stages.data.images import load_mask, load_rgb
+from stages.data.validation import paint_seed, with_validation
+from stages.errors import check
+from stages.store.cache import RunStore
+from stages.store.common import StageResult
+
+STAGE = "index"
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    root: str
+    layout: str = "auto"
+    categories: tuple[str, ...] = ()  # empty: every category under root
+    image_size: int = 224
+    val_fraction: float = 0.1  # of train/good per category held out from every trainer (0: none)
+    val_min: int = 4  # at least this many validation normals per category (at most half of train/good)
+    val_defects: int = 2  # synthetic defective copies of each validation normal
+    val_seed: int = 0
+    resize: str = "squash"  # stages.data.geometry.RESIZES: how an image of another aspect becomes the square
+
+    def __post_init__(self) -> None:
+        check(self.resize in RESIZES, "resize", f"must be one of {', '.join(RESIZES)}", self.resize)
+        check(self.layout in LAYOUTS, "layout", f"must be one of {', '.join(LAYOUTS)}", self.layout)
+        check(0.0 <= self.val_fraction < 0.5, "val_fraction", "must be in [0, 0.5)", self.val_fraction)
+        check(self.val_min >= 0, "val_min", "must be >= 0", self.val_min)
+        check(0 <= self.val_defects <= 16, "val_defects", "must be in [0, 16]", self.val_defects)
+        check(0 <= self.val_seed < 2**32, "val_seed", "must be in [0, 2^32)", self.val_seed)
+        check(32 <= self.image_size <= 2048 and self.image_size % 16 == 0, "image_size",
+              "must be a multiple of 16 in [32, 2048]", self.image_size)
+
+
+def _load(root: Path, rec: dict, size: int, resize: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    img, orig = load_rgb(resolve_recorded(root, rec["path"]), size, resize)
+    mask = (load_mask(resolve_recorded(root, rec["mask"]), orig, size, resize) if rec["mask"]
+            else np.zeros((size, size), np.uint8))
+    return img, mask, orig
+
+
+def _paint_inside(source: np.ndarray, kind: str, seed: int, position: int, donor: np.ndarray,
+                  inside: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """paint_defect, kept to the pixels that show the image (pad: not the fill); a defect that falls wholly in
+    the fill is drawn again from the next generator, so every synthetic record has defect pixels to score."""
+    for attempt in range(16):
+        rng = paint_seed(seed, position) if attempt == 0 else np.random.default_rng([seed, position, attempt])
+        img, msk = paint_defect(source, kind, rng, donor=donor)
+        if inside is None:
+            return img, msk
+        msk = msk * inside
+        if msk.any():
+            img = np.where(inside[..., None], img, source)
+            return img, msk.astype(np.uint8)
+    return source, msk.astype(np.uint8)  # an image almost all fill: no room for a defect (its mask stays empty)
+
+
+def run(store: RunStore, p: IndexParams, progress: bool = True, workers: int = 2) -> StageResult:
+    t0 = time.perf_counter()
+    ds = discover(Path(p.root), p.layout, p.categories or None)
+    records = with_validation([r.to_dict() for r in ds.records], p.val_fraction, p.val_min, p.val_defects,
+                              p.val_seed)
+    params = {
+        "root": str(ds.root), "layout": ds.layout, "categories": list(p.categories), "image_size": p.image_size,
+        "fingerprint": fingerprint(ds.root, ds.records), "val_fraction": p.val_fraction, "val_min": p.val_min,
+        "val_defects": p.val_defects, "val_seed": p.val_seed,
+    }
+    if p.resize != "squash":  # squash keys stay those of runs made before --resize
+        params["resize"] = p.resize
+    entry, cached = store.begin(STAGE, params, {})
+    n, s = len(records), p.image_size
+    count = lambda split, label=None: sum(r["split"] == split and label in (None, r["label"]) for r in records)  # noqa: E731
+    summary = (f"{n} images ({count('train')} train, {count('val', 0)} validation normals + {count('val', 1)} "
+               f"with synthetic defects, {count('test')} test) in {len(ds.categories)} categories")
+    if cached:
+        return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, summary)
+    entry.update(records=records, categories=list(ds.categories), masked_categories=list(ds.masked_categories))
+    images = entry.require_array("images", (n, s, s, 3), "uint8")
+    masks = entry.require_array("masks", (n, s, s), "uint8")
+    content = entry.require_array("valid", (n, s, s), "uint8") if p.resize == "pad" else None  # 1: the image
+    done = entry.require_done(n)
+    todo = entry.pending(n)
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=n, desc="index", unit="img", disable=not progress,
+                                                   initial=n - sum(b - a for a, b in todo)) as bar:
+        for a, b in todo:
+            real = [i for i in range(a, b) if "synthetic" not in records[i]]
+            loaded = list(pool.map(lambda i: _load(ds.root, records[i], s, p.resize), real))  # PIL: no GIL
+            img, msk = np.zeros((b - a, s, s, 3), np.uint8), np.zeros((b - a, s, s), np.uint8)
+            inside = np.ones((b - a, s, s), np.uint8)
+            for i, (x, m, (w, h)) in zip(real, loaded):
+                img[i - a], msk[i - a] = x, m
+                if content is not None:
+                    inside[i - a] = valid(w, h, s, p.resize)
+            for i in range(a, b):  # synthetic records come after every real one: their sources are decoded
+                if "synthetic" in records[i]:
+                    r = records[i]
+                    pick = lambda j, arr=img, full=images: arr[j - a] if a <= j < b else full[j]  # noqa: E731
+                    where = None
+                    if content is not None:
+                        where = pick(r["source"], inside, content).astype(bool)
+                        inside[i - a] = where
+                    img[i - a], msk[i - a] = _paint_inside(pick(r["source"]), r["synthetic"], p.val_seed, i,
+                                                           pick(r["donor"]), where)
+            images[a:b] = img
+            masks[a:b] = msk
+            if content is not None:
+                content[a:b] = inside
+            entry.mark_done(done, a, b)
+            bar.update(b - a)
+    has_defect = np.concatenate([masks[a : a + 64].any(axis=(1, 2)) for a in range(0, n, 64)]) if n else []
+    empty = [r["path"] for r, hit in zip(records, has_defect) if r["mask"] and not hit]  # synthetic: never empty
+    entry.complete(empty_masks=empty)
+    store.set_attr(data_root=str(ds.root))
+    note = f"; {len(empty)} defect masks are empty" if empty else ""
+    if ds.orphan_masks:
+        note += f"; {len(ds.orphan_masks)} masks belong to no image (ignored), e.g. {ds.orphan_masks[0]}"
+    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, summary + note)

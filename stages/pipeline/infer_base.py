@@ -1,0 +1,149 @@
+"""Stage `infer-base`: the base heatmap H_base = ||F_in - F_out||_2 (Eq 2) of every validation and test image.
+
+Stored at feature resolution (test, h_feat, w_feat) exactly as Eq 2 defines it; consumers upsample it to the
+image with `stages.method.anomaly_map.upsample` so every consumer sees the same interpolation.
+
+Option `--residual-norm mahalanobis` (stages.method.residual): the residual's norm under a per-category, per-position
+Gaussian of the residuals of the images train-base fitted (never validation or test images). Its statistics are
+saved with the entry (files/residual.pt, like a checkpoint: every array of an entry is per image), so predict and
+export score new images the same way.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from stages.data.dataset import EVAL_SPLITS, split_indices, split_train
+from stages.errors import ConfigError, check
+from stages.method.residual import RESIDUAL_NORMS, fit_gaussian, residual_map, stage_channels
+from stages.models.reconstruction import UniADReconstruction
+from stages.pipeline.trained import load_model
+from stages.store import dist
+from stages.store.cache import Entry, RunStore
+from stages.store.checkpoint import atomic_save, load_weights
+from stages.store.claims import claim_chunks
+from stages.store.common import StageResult, keyed, resolve_device
+
+STAGE = "infer_base"
+RESIDUAL_FILE = "residual.pt"  # the Gaussians of --residual-norm mahalanobis: mu (K, P, C'), prec (K, P, C', C')
+
+
+@dataclass(frozen=True)
+class InferBaseParams:
+    residual_norm: str = "l2"  # Eq 2 as printed; mahalanobis: a drdc option (stages.method.residual)
+    residual_stages: tuple[int, ...] = ()  # backbone stages whose channels the Gaussian sees (): all
+
+    def __post_init__(self) -> None:
+        check(self.residual_norm in RESIDUAL_NORMS, "residual_norm", f"must be one of {', '.join(RESIDUAL_NORMS)}",
+              self.residual_norm)
+        # only the mahalanobis norm reads the stages (a preset's stages must not refuse `--residual-norm l2`)
+        object.__setattr__(self, "residual_stages",
+                           tuple(sorted(self.residual_stages)) if self.residual_norm != "l2" else ())
+
+    def key_params(self) -> dict:
+        """Eq 2 as printed keeps the key it had before the option ({})."""
+        return {} if self.residual_norm == "l2" else keyed(self)
+
+
+class ResidualStats:
+    """The per-category Gaussians of an infer-base entry: categories (K), channels (C'), mu (K, P, C'),
+    prec (K, P, C', C'). `heatmap` scores rows of a known category with its own Gaussian, and a row of unknown
+    category (None) with the nearest one (the smallest distance at each position)."""
+
+    def __init__(self, categories: list[str], channels: list[int], mu: torch.Tensor, prec: torch.Tensor) -> None:
+        self.categories, self.channels, self.mu, self.prec = list(categories), list(channels), mu, prec
+
+    @classmethod
+    def load(cls, entry: Entry) -> "ResidualStats | None":
+        """The entry's Gaussians (None for Eq 2). A missing or damaged file is a StoreError naming the fix."""
+        if entry.params.get("residual_norm", "l2") == "l2":
+            return None
+        cats, channels = entry.attrs["residual_categories"], entry.attrs["residual_channels"]
+        k, p, c = len(cats), entry.array("h_base").shape[-1] ** 2, len(channels)
+        held = nn.Module()  # load_weights' checks: weights-only, the expected shapes, one error line
+        held.register_buffer("mu", torch.zeros(k, p, c))
+        held.register_buffer("prec", torch.zeros(k, p, c, c))
+        load_weights(held, entry.files / RESIDUAL_FILE)
+        return cls(cats, channels, held.mu, held.prec)
+
+    def heatmap(self, f_in: torch.Tensor, f_out: torch.Tensor, categories: list[str | None]) -> torch.Tensor:
+        """(B, C, h, w) x2, B categories -> H_base (B, h, w) float32."""
+        unknown = sorted({c for c in categories if c is not None and c not in self.categories})
+        if unknown:
+            raise ValueError(f"categories {unknown} have no residual statistics (run has {self.categories})")
+        k = torch.tensor([self.categories.index(c) if c is not None else -1 for c in categories])
+        return residual_map(f_in.cpu(), f_out.cpu(), self.channels, self.mu, self.prec.double(), k).float()
+
+
+def _fit(model: UniADReconstruction, feats, records: list[dict], trained: Entry, channels: list[int],
+         dev: torch.device, progress: bool) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Gaussians of the residuals of train-base's own fit images, per category (index order)."""
+    tp = trained.params
+    fit, _ = split_train(records, float(tp.get("holdout", 0.0)), int(tp.get("seed", 0)))
+    cats = sorted({records[i]["category"] for i in fit})
+    mus, precs = [], []
+    for cat in tqdm(cats, desc="residual Gaussians", unit="category", disable=not progress or len(cats) < 2):
+        idx = np.array([i for i in fit if records[i]["category"] == cat])
+        res = []
+        for a in range(0, len(idx), 32):
+            f_in = torch.from_numpy(feats.get_orthogonal_selection((idx[a:a + 32],))).to(dev)
+            res.append((f_in - model(f_in)).cpu()[:, channels])
+        mu, prec = fit_gaussian(torch.cat(res))
+        mus.append(mu.numpy()), precs.append(prec.numpy())
+    return cats, np.stack(mus), np.stack(precs)
+
+
+def run(store: RunStore, p: InferBaseParams = InferBaseParams(), device: str = "auto",
+        progress: bool = True) -> StageResult:
+    t0 = time.perf_counter()
+    extract = store.current("extract")
+    trained = store.current("train_base")
+    index = store.get("index", extract.inputs["index"])
+    dev = resolve_device(device)
+    records = index.attrs["records"]
+    try:  # before any entry is made
+        channels = stage_channels(extract.attrs["backbone_channels"], p.residual_stages)
+    except ValueError as e:
+        raise ConfigError(f"{e} (the backbone's stages)", "residual_stages") from None
+    entry, cached = store.begin(STAGE, p.key_params(), {"extract": extract.key, "train_base": trained.key},
+                                exclusive=False)
+    idx = split_indices(records, EVAL_SPLITS)
+    n = len(idx)
+    feats = extract.array("features")
+    fs = feats.shape[-1]
+    what = "" if p.residual_norm == "l2" else f", {p.residual_norm} residual norm"
+    if cached:
+        return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, f"{n} validation + test heatmaps{what}")
+    dist.start_together(dev)  # torchrun: ranks begin claiming at once, so each takes its own share
+    model = load_model(trained, dev)
+    stats = None
+    with torch.inference_mode():
+        if p.residual_norm == "mahalanobis":  # deterministic: every rank fits the same Gaussians
+            cats, mu, prec = _fit(model, feats, records, trained, channels, dev, progress)
+            if dist.is_main():
+                atomic_save(lambda tmp: torch.save({"mu": torch.from_numpy(mu), "prec": torch.from_numpy(prec)}, tmp),
+                            entry.files / RESIDUAL_FILE)
+                entry.update(residual_categories=cats, residual_channels=channels)
+            stats = ResidualStats(cats, channels, torch.from_numpy(mu), torch.from_numpy(prec))
+        entry.require_array("record", (n,), "int64")[:] = idx
+        maps = entry.require_array("h_base", (n, fs, fs), "float32")
+        done = entry.require_done(n)
+        todo = entry.pending(n)
+        with tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="infer-base", unit="img",
+                  disable=not progress) as bar:
+            for a, b in claim_chunks([entry], n, rank=dist.rank(), world=dist.world_size()):
+                f_in = torch.from_numpy(feats.get_orthogonal_selection((idx[a:b],))).to(dev)
+                f_out = model(f_in)
+                h = (residual_map(f_in, f_out) if stats is None  # Eq 2
+                     else stats.heatmap(f_in, f_out, [records[i]["category"] for i in idx[a:b]]))
+                maps[a:b] = h.cpu().numpy()
+                entry.mark_done(done, a, b)
+                bar.update(b - a)
+    entry.complete(device=str(dev))
+    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0,
+                       f"{n} validation + test heatmaps ({fs}x{fs}){what}")

@@ -1,0 +1,91 @@
+"""Stage `score`: image scores and per-category metrics from a heatmap entry.
+
+Image score = max of the 16x16 average-pooled map at image resolution. Metrics (stages.method.metrics) per category,
+then their mean over categories (the paper's "Avg" column). Pixel metrics only for categories with masks.
+Test metrics (`metrics`) and validation metrics (`val_metrics`: held-out normals against their synthetic-defect
+copies, every category has masks there; `val_by_kind`: the same per defect kind) are kept apart and labelled.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stages.data.validation import kind_of
+from stages.errors import check
+from stages.method.anomaly_map import image_score
+from stages.method.metrics import compute_metrics, mean_over_categories
+from stages.pipeline.reading import category_maps, content
+from stages.store.cache import RunStore
+from stages.store.common import StageResult
+from stages.store.faults import point
+
+STAGE = "score"
+SOURCES = {"base": ("infer_base", "h_base"), "fuse": ("fuse", "maps")}  # source name -> (stage, array)
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    source: str = "base"
+    pool: int = 16
+
+    def __post_init__(self) -> None:
+        check(self.source in SOURCES, "source", f"must be one of {', '.join(SOURCES)}", self.source)
+        check(1 <= self.pool <= 256, "pool", "must be in [1, 256]", self.pool)
+
+
+def run(store: RunStore, p: ScoreParams, progress: bool = True) -> StageResult:
+    t0 = time.perf_counter()
+    src_stage, array = SOURCES[p.source]
+    src = store.current(src_stage)  # checked fresh, so its chain ends at the current index
+    index = store.current("index")
+    entry, cached = store.begin(STAGE, {"source": p.source, "pool": p.pool}, {"index": index.key, src_stage: src.key})
+    if cached:
+        return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, _summary(entry.attrs))
+    n = src.array("record").shape[0]
+    scores = np.zeros(n, dtype=np.float32)
+    masked = set(index.attrs["masked_categories"])
+    cats = index.attrs["categories"]
+    records = [index.attrs["records"][i] for i in src.array("record")[:]]
+    kinds = sorted({k for r in records if (k := kind_of(r))})
+    metrics, val_metrics = {}, {}
+    by_kind: dict[str, dict] = {k: {} for k in kinds}
+    rec_idx = src.array("record")[:]
+    for cat in tqdm(cats, desc="score", unit="category", disable=not progress):
+        pos, labels, masks, maps = category_maps(index, src, array, cat)
+        v = content(index, rec_idx[pos])
+        s = image_score(torch.from_numpy(maps), p.pool, v).numpy()
+        scores[pos] = s
+        metrics[cat] = compute_metrics(labels, s, masks if cat in masked else None, maps if cat in masked else None,
+                                       valid=v)
+        pos, labels, masks, maps = category_maps(index, src, array, cat, "val")
+        if len(pos):  # validation: every image has a mask (the normals' are empty), so every category localises
+            v = content(index, rec_idx[pos])
+            s = image_score(torch.from_numpy(maps), p.pool, v).numpy()
+            scores[pos] = s
+            val_metrics[cat] = compute_metrics(labels, s, masks, maps, valid=v)
+            kind = np.array([kind_of(records[k]) or "" for k in pos])
+            for k in kinds:
+                sel = (labels == 0) | (kind == k)
+                by_kind[k][cat] = compute_metrics(labels[sel], s[sel], masks[sel], maps[sel],
+                                                  valid=None if v is None else v[sel])
+    for table in (metrics, val_metrics, *by_kind.values()):
+        if table:
+            table["mean"] = mean_over_categories(table)
+    entry.require_array("scores", (n,), "float32")[:] = scores
+    entry.require_array("record", (n,), "int64")[:] = src.array("record")[:]
+    point("score.data")  # a kill here leaves arrays without `complete`: rerun recomputes them
+    entry.complete(metrics=metrics, val_metrics=val_metrics, val_by_kind=by_kind, source_stage=src_stage)
+    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, _summary(entry.attrs))
+
+
+def _summary(attrs: dict) -> str:
+    fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    line = lambda m: f"I-AUROC {fmt(m['i_auroc'])}, P-AUROC {fmt(m['p_auroc'])}, AUPRO {fmt(m['p_aupro'])}"  # noqa: E731
+    text = f"test: mean {line(attrs['metrics']['mean'])}"
+    if attrs.get("val_metrics"):
+        text += f"; validation (synthetic defects): {line(attrs['val_metrics']['mean'])}"
+    return text

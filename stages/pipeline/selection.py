@@ -1,0 +1,157 @@
+"""Which cached maps a fusion reads: `drdc fuse`'s parameters, the infer-diff entries of a variant, the settings
+they resolve to, and the validation normals' statistics of normalised fusion.
+
+Shared by the fuse and tune stages, ablate and predict (the stage `fuse` itself only writes H_out).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from stages.data.validation import folds, is_validation_normal
+from stages.errors import CacheMissError, ConfigError, check
+from stages.method.feature_distance import DISTANCES
+from stages.method.fusion import FILTER, GAMMA, check_fusion, check_norm
+from stages.method.inpaint import check_init
+from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, read_diff, source_maps
+from stages.store.cache import Entry, RunStore
+from stages.store.commands import with_validation
+
+
+@dataclass(frozen=True)
+class FuseParams:
+    gamma: float = GAMMA
+    filter: int = FILTER
+    t: tuple[int, ...] = ()  # empty: every t of the cached entries
+    c: tuple[int, ...] = ()  # empty: every cached c
+    l: tuple[int, ...] = ()  # noqa: E741  empty: every cached l
+    spatio_temporal: bool = True
+    multiscale_base: bool = False
+    n_s: int = 2  # these three pick which infer-diff variant to fuse
+    test_time_condition: bool = True
+    seed: int = 0
+    norm: str = "none"  # stages.method.fusion.NORMS; statistics from the validation normals
+    init: str | None = None  # which infer-diff variant: its --init; None: that of the newest cached entry
+    distance: str = "pixel"  # which of its maps: pixel (Eq 16) or feature (an entry made with --distance feature)
+
+    def __post_init__(self) -> None:
+        check_fusion(self.gamma, self.filter)
+        check_norm(self.norm)
+        if self.init is not None:
+            check_init(self.init)
+        check(self.distance in DISTANCES, "distance", f"must be one of {', '.join(DISTANCES)}", self.distance)
+        check(self.n_s >= 2, "n_s", "must be >= 2", self.n_s)
+
+
+def _command(store: RunStore, p: FuseParams, cs, ts, ls) -> str:
+    """The infer-diff line that makes the maps fuse asked for: the variant spelled out (the preset's start and
+    distance may differ), t, c and l only where fuse asked for them (else infer-diff's own, from the run's
+    preset, which fit the UNet the run trained)."""
+    fmt = lambda v: ",".join(map(str, v))  # noqa: E731
+    parts = [f"drdc infer-diff --run {store.name}"]
+    parts += [f"{flag} {fmt(v)}" for flag, v in (("--t", ts), ("--c", cs), ("--l", ls)) if v]
+    parts.append(f"--ns {p.n_s} --seed {p.seed}")
+    if not p.test_time_condition:
+        parts.append("--no-test-time-condition")
+    parts.append((f"--init {p.init} " if p.init else "") + f"--distance {p.distance}")
+    return " ".join(parts)
+
+
+def matches(q: dict, n_s: int, ttc: bool, seed: int, init: str, distance: str) -> bool:
+    """Whether infer-diff params q are of this variant (an entry with feature maps also holds the pixel ones)."""
+    return (q["n_s"] == n_s and q["test_time_condition"] == ttc and q["seed"] == seed
+            and q.get("init", "paper") == init and (distance == "pixel" or q.get("distance") == distance))
+
+
+def newest_init(store: RunStore, p: FuseParams) -> str:
+    """p.init, or when None the --init of the newest complete infer-diff entry of the current UNet (paper if none)."""
+    if p.init is not None:
+        return p.init
+    index, unet = store.current("index"), store.current("train_diff")
+    init = "paper"
+    for e in store.entries():  # oldest first
+        if e.stage == "infer_diff" and e.is_complete and e.inputs == {"index": index.key, "train_diff": unet.key}:
+            init = e.params.get("init", "paper")
+    return init
+
+
+def diff_entries(store: RunStore, p: FuseParams) -> dict[int, Entry]:
+    """The complete, fresh infer-diff entries of this variant, one per c (the newest when several t-lists)."""
+    p = replace(p, init=newest_init(store, p))
+    index, unet = store.current("index"), store.current("train_diff")
+    found: dict[int, Entry] = {}
+    for e in store.entries():
+        q = e.params
+        if (e.stage == "infer_diff" and e.is_complete and e.inputs == {"index": index.key, "train_diff": unet.key}
+                and matches(q, p.n_s, p.test_time_condition, p.seed, p.init, p.distance)
+                and (not p.c or q["c"] in p.c) and set(p.t) <= set(q["t"]) and set(p.l) <= set(q["l"])):
+            found[q["c"]] = e  # entries() is oldest first: the newest wins
+    missing = [c for c in p.c if c not in found]
+    if missing or not found:
+        want_c = missing or list(p.c)
+        what = " ".join(f"{k}={','.join(map(str, v))}" for k, v in (("c", want_c), ("t", p.t), ("l", p.l)) if v)
+        raise CacheMissError(f"no cached diffusion heatmaps {'for ' + what if what else 'of this variant'} "
+                             f"(n_s {p.n_s}, seed {p.seed}, start {p.init}, {p.distance} maps); make them with "
+                             f"`{_command(store, p, want_c, p.t, p.l)}`")
+    return dict(sorted(found.items()))
+
+
+def resolve(store: RunStore, p: FuseParams) -> tuple[FusionSettings, dict[int, Entry]]:
+    """The settings fuse applies (given or common t and l; spatio-temporal fusion off keeps the last t at l = 1)
+    and the infer-diff entries {c: entry} they read. gamma = 0 is base only and needs no diffusion maps."""
+    if p.gamma == 0:
+        p = replace(p, init="paper", distance="pixel")  # no diffusion maps: no variant
+        ls = tuple(sorted(p.l or (1, 2, 4, 8))) if p.multiscale_base else ()
+        return FusionSettings(0.0, p.filter, (), (), ls, p.spatio_temporal, p.multiscale_base, p.n_s,
+                              p.test_time_condition, p.seed, (), p.norm), {}
+    check(p.distance == "pixel" or set(p.l) <= {1}, "l", "feature maps have one scale: l = 1", p.l)
+    p = replace(p, init=newest_init(store, p))
+    diffs = diff_entries(store, p)
+    ts = sorted(p.t or set.intersection(*(set(e.params["t"]) for e in diffs.values())), reverse=True)
+    ls = [1] if p.distance == "feature" else sorted(
+        p.l or set.intersection(*(set(e.params["l"]) for e in diffs.values())))
+    if not ts or not ls:
+        raise CacheMissError("the cached infer-diff entries share no t or no l; pass --t/--l explicitly")
+    if not p.spatio_temporal:  # Table 5: only the last reverse step, l = 1
+        check(1 in ls, "l", "spatio-temporal fusion off uses the l = 1 maps; include 1", tuple(ls))
+        ts, ls = [min(ts)], [1]
+    chains = tuple((c, tuple(e.params["t"])) for c, e in diffs.items())
+    return FusionSettings(p.gamma, p.filter, tuple(ts), tuple(diffs), tuple(ls), p.spatio_temporal,
+                          p.multiscale_base, p.n_s, p.test_time_condition, p.seed, chains, p.norm, p.init,
+                          p.distance), diffs
+
+
+def validation_normals(index: Entry, rec: np.ndarray) -> dict[str, np.ndarray]:
+    """{category: positions in the per-image arrays of its validation normals}."""
+    records = index.attrs["records"]
+    out: dict[str, list[int]] = {}
+    for k, i in enumerate(rec):
+        if is_validation_normal(records[i]):
+            out.setdefault(records[i]["category"], []).append(k)
+    return {c: np.asarray(v, dtype=np.int64) for c, v in out.items()}
+
+
+def normal_stats(index: Entry, base: Entry, diffs: dict[int, Entry], s: FusionSettings) -> CrossFitStats:
+    """The normalisation statistics of settings s, from the cached maps of the validation normals only
+    (cross-fitted for validation rows)."""
+    rec = base.array("record")[:]
+    size = int(index.params["image_size"])
+    normals = validation_normals(index, rec)
+    if not normals:
+        raise ConfigError(f"{s.norm} needs the validation normals' statistics, and the run has no validation "
+                          f"normals; index again with `{with_validation(index)}` (then rerun the stages after it)",
+                          "norm")
+
+    def maps_of(pos: np.ndarray):
+        hb = torch.from_numpy(base.array("h_base").get_orthogonal_selection((pos,)))
+        return source_maps(hb, read_diff(diffs, s, pos) if s.uses_diffusion else None, size, s)
+
+    return CrossFitStats.compute(maps_of, normals, row_folds(index, rec), s)
+
+
+def row_folds(index: Entry, rec: np.ndarray) -> dict[int, int]:
+    """{row position: fold} of the validation rows of the per-image arrays (stages.data.validation.folds)."""
+    of_record = folds(index.attrs["records"])
+    return {k: of_record[i] for k, i in enumerate(rec) if i in of_record}

@@ -1,0 +1,194 @@
+"""Stage `train-base`: fit the UniAD reconstruction transformer on cached train features (Eq 1).
+
+Recipe (UniAD's MVTec config, the `paper` preset): AdamW lr 1e-4, wd 1e-4, StepLR(800, 0.1), 1000 epochs, batch 8,
+grad-norm clip 0.1, feature jitter. The checkpoint (model, optimiser, scheduler, RNG state) is saved atomically
+after every epoch, so a killed run resumes from its last epoch and ends with the same weights.
+
+Under torchrun (DDP): each rank trains on its DistributedSampler shard with --batch-size images a step (effective
+batch = batch x world size, lr as given); rank 0 alone writes the store (entry, checkpoints, history) and decides
+cached/resume for all ranks; each rank reseeds the global RNG (jitter, dropout) from (seed, epoch, rank) every epoch,
+so a resumed run matches an uninterrupted one. Without torchrun the code path is the single-process one, unchanged.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from stages.data.dataset import split_train
+from stages.data.validation import validation_normals
+from stages.errors import check
+from stages.models.reconstruction import ReconstructionConfig, UniADReconstruction
+from stages.pipeline.training import Training
+from stages.store import dist
+from stages.store.cache import RunStore
+from stages.store.common import StageResult, keyed, resolve_device, seed_everything
+
+STAGE = "train_base"
+SCHEDULES = ("step", "cosine")
+
+
+R = ReconstructionConfig  # the model's own defaults (UniAD's), declared once there
+
+
+@dataclass(frozen=True)
+class TrainBaseParams:
+    hidden_dim: int = R.hidden_dim
+    num_encoder_layers: int = R.num_encoder_layers
+    num_decoder_layers: int = R.num_decoder_layers
+    nhead: int = R.nhead
+    dim_feedforward: int = R.dim_feedforward
+    dropout: float = R.dropout
+    neighbor_size: int = R.neighbor_size
+    jitter_scale: float = R.jitter_scale
+    jitter_prob: float = R.jitter_prob
+    standardize: bool = R.standardize  # drdc option: the model works on per-channel z-scores of the train features
+    epochs: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    schedule: str = "step"  # step: StepLR(lr_step, lr_gamma) per epoch (UniAD); cosine: warmup then cosine to 0
+    lr_step: int = 800
+    lr_gamma: float = 0.1
+    warmup_epochs: int = 0
+    grad_clip: float = 0.1
+    holdout: float = 0.0  # fraction of split "train" per category kept out of training too (the index's "val" always is)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
+        check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
+        check(self.lr > 0, "lr", "must be > 0", self.lr)
+        check(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}", self.schedule)
+        check(0.0 <= self.holdout < 0.5, "holdout", "must be in [0, 0.5)", self.holdout)
+        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)", self.dropout)
+        check(self.nhead >= 1, "nhead", "must be >= 1", self.nhead)
+        check(self.hidden_dim % self.nhead == 0, "hidden_dim", f"must be divisible by nhead={self.nhead}",
+              self.hidden_dim)
+        check(self.neighbor_size >= 1 and self.neighbor_size % 2 == 1, "neighbor_size", "must be odd (a centred window)",
+              self.neighbor_size)
+        check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0", self.warmup_epochs)
+        # StepLR(lr_step): a step of 0 epochs divides by zero at the end of the first epoch. (A cosine warmup
+        # longer than the run is allowed: the preset's warmup must not refuse a short `--epochs`.)
+        if self.schedule == "step":
+            check(self.lr_step >= 1, "lr_step", "must be >= 1 with --schedule step", self.lr_step)
+
+    def model_config(self, in_channels: int, feature_size: int) -> ReconstructionConfig:
+        """The model's config: every field the params share with ReconstructionConfig, plus the features' shape."""
+        shared = {f.name for f in fields(ReconstructionConfig)} & {f.name for f in fields(self)}
+        return ReconstructionConfig(in_channels=in_channels, feature_size=feature_size,
+                                    **{k: getattr(self, k) for k in shared})
+
+    def key_params(self) -> dict:
+        """The params that key the entry: without --standardize they keep the keys they had before it."""
+        d = keyed(self)
+        if not self.standardize:
+            d.pop("standardize")
+        return d
+
+
+def _scheduler(opt: torch.optim.Optimizer, p: TrainBaseParams) -> torch.optim.lr_scheduler.LRScheduler:
+    if p.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=p.lr_step, gamma=p.lr_gamma)
+
+    def factor(epoch: int) -> float:  # linear warmup, then cosine to zero at the last epoch
+        if epoch < p.warmup_epochs:
+            return (epoch + 1) / (p.warmup_epochs + 1)
+        t = (epoch - p.warmup_epochs) / max(1, p.epochs - p.warmup_epochs)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@torch.no_grad()
+def _val_loss(model: nn.Module, feats: torch.Tensor, batch: int) -> float:
+    model.eval()
+    tot = sum(nn.functional.mse_loss(model(feats[i : i + batch]), feats[i : i + batch], reduction="sum").item()
+              for i in range(0, len(feats), batch))
+    model.train()
+    return tot / feats.numel()
+
+
+def _order(n: int, p: TrainBaseParams, epoch: int, sampler: DistributedSampler | None) -> torch.Tensor:
+    """This rank's sample order for an epoch: one seeded permutation of all n (single process), or this rank's
+    DistributedSampler shard (ceil(n / world) indices, padded by repetition so every rank takes as many steps)."""
+    if sampler is None:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(p.seed * 100003 + epoch))
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler), dtype=torch.long)
+
+
+def run(store: RunStore, p: TrainBaseParams, device: str = "auto", progress: bool = True) -> StageResult:
+    extract = store.current("extract")
+    index = store.get("index", extract.inputs["index"])
+    dev = resolve_device(device)
+    all_feats = extract.array("features")
+    cfg = p.model_config(all_feats.shape[1], all_feats.shape[-1])  # validates against the features before any write
+    tr = Training.begin(store, STAGE, p.key_params(), p.batch_size, {"extract": extract.key}, p.seed,
+                        cfg.to_dict(), "epochs", p.epochs, dev)
+    if tr.cached:
+        return tr.result()
+    world, main = tr.world, tr.main
+    fit_idx, val_idx = split_train(index.attrs["records"], p.holdout, p.seed)  # the same split on every rank
+    val_idx = sorted(val_idx + validation_normals(index.attrs["records"]))  # index's held-out normals too
+    fit = torch.from_numpy(all_feats.get_orthogonal_selection((fit_idx,))).to(dev)
+    val = torch.from_numpy(all_feats.get_orthogonal_selection((val_idx,))).to(dev) if val_idx and main else None
+
+    seed_everything(p.seed)
+    model = UniADReconstruction(cfg).to(dev).train()
+    if cfg.standardize:  # statistics of the fitted images only (a resumed run loads the same ones)
+        model.set_standardization(fit)
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    sched = _scheduler(opt, p)
+    states = {"model": model, "optimizer": opt, "scheduler": sched}  # everything that shapes the remaining epochs
+    start, history = 0, []
+    if tr.resumed:
+        ck = tr.resume(store, states)
+        start, history = ck["epoch"] + 1, ck["history"]
+    net = tr.wrap(model)
+    tr.annotate(model, n_fit=len(fit_idx), n_val=len(val_idx))
+
+    n = len(fit)
+    sampler = (DistributedSampler(range(n), num_replicas=world, rank=dist.rank(), shuffle=True, seed=p.seed,
+                                  drop_last=False) if world > 1 else None)
+    steps = math.ceil((n if sampler is None else sampler.num_samples) / p.batch_size)
+    bar = tqdm(total=p.epochs * steps, initial=start * steps, desc="train-base", unit="step",
+               disable=not (progress and main))
+    for epoch in range(start, p.epochs):
+        te = time.perf_counter()
+        if world > 1:  # per-rank jitter/dropout draws that do not depend on where a run resumed
+            torch.manual_seed(dist.rank_seed(p.seed, epoch))
+        perm = _order(n, p, epoch, sampler).to(dev)
+        total, count = 0.0, 0
+        for i in range(0, len(perm), p.batch_size):
+            x = fit[perm[i : i + p.batch_size]]
+            loss = nn.functional.mse_loss(net(x), x)  # Eq 1 (mean over C, H, W and the batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # under DDP the gradients are averaged over ranks here
+            if p.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+            opt.step()
+            total, count = total + loss.item() * len(x), count + len(x)
+            bar.update(1)
+        total, count = dist.all_reduce_sum(total, count)  # the epoch's mean loss over every rank's samples
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        rec = {"epoch": epoch, "loss": total / count, "lr": lr, "seconds": round(time.perf_counter() - te, 3)}
+        if val is not None:  # rank 0 only, on the unwrapped model (no collective)
+            rec["val_loss"] = _val_loss(model, val, p.batch_size)
+        history.append(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.4g}", **({"val": f"{rec['val_loss']:.4g}"} if val is not None else {}))
+        tr.checkpoint(states, history, epoch=epoch)
+    bar.close()
+
+    def summary(on: str) -> str:
+        last = history[-1]
+        val_txt = f", val loss {last['val_loss']:.4g}" if "val_loss" in last else ""
+        return f"{p.epochs} epochs on {n} images{on}, final loss {last['loss']:.4g}{val_txt}"
+
+    return tr.finish(model.state_dict, history, summary)

@@ -1,0 +1,276 @@
+"""Stage `tune`: choose the fusion settings on the validation images, from the cache, without the UNet.
+
+Only validation rows are read (held-out normals and their synthetic-defect copies, stages.data.validation): never a
+test label, mask or map. The search is a coordinate ascent from the paper's settings over the axes
+variant (the cached infer-diff starts and distances of the current UNet: --init, pixel or feature maps),
+normalisation, gamma (0 = base only, 1 = diffusion only), m, and the t / c / l subsets of the cached maps:
+each axis in turn takes its best value with the others fixed, for `rounds` passes. Every trial is recorded
+with its metrics (mean over categories, and per defect kind, so that a ranking can be checked across kinds).
+
+Objective: p_auroc, p_aupro, i_auroc, or mean (of the three). For speed the trials are scored at `eval_size`
+(maps average-pooled, masks max-pooled: a pixel is anomalous if any pixel it covers is); the chosen settings
+are then fused and scored exactly by `fuse` and `score`. Normalisation statistics are cross-fitted: a
+validation row is normalised with the statistics of the other fold's normals (stages.data.validation.folds), never
+with statistics its own image (or the normal its defect was painted on) helped make.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from stages.data.validation import folds, is_validation_normal, kind_of
+from stages.errors import CacheMissError, ConfigError, check
+from stages.method.anomaly_map import image_score
+from stages.method.fusion import FILTER, NORMS
+from stages.method.metrics import image_auroc, localisation
+from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, array_name, combine, select, source_maps
+from stages.pipeline.reading import content
+from stages.pipeline.selection import FuseParams, resolve
+from stages.store.cache import Entry, RunStore
+from stages.store.commands import with_validation
+from stages.store.common import StageResult
+
+STAGE = "tune"
+OBJECTIVES = ("mean", "p_auroc", "p_aupro", "i_auroc")
+AXES = ("variant", "norm", "gamma", "filter", "t", "c", "l")
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    objective: str = "mean"
+    norms: tuple[str, ...] = NORMS
+    gammas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+    filters: tuple[int, ...] = (1, 11, 21, FILTER)
+    rounds: int = 2
+    eval_size: int = 112
+    pool: int = 16
+
+    def __post_init__(self) -> None:
+        check(self.objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}", self.objective)
+        check(len(self.norms) > 0 and set(self.norms) <= set(NORMS), "norms", f"must be some of {NORMS}", self.norms)
+        check(len(self.gammas) > 0 and all(0 <= g <= 1 for g in self.gammas), "gammas", "must be in [0, 1]",
+              self.gammas)
+        check(len(self.filters) > 0 and all(m >= 1 and m % 2 == 1 for m in self.filters), "filters",
+              "must be odd integers >= 1", self.filters)
+        check(1 <= self.rounds <= 5, "rounds", "must be in [1, 5]", self.rounds)
+        check(16 <= self.eval_size <= 1024, "eval_size", "must be in [16, 1024]", self.eval_size)
+
+
+def subsets(values: tuple[int, ...], descending: bool = False) -> list[tuple[int, ...]]:
+    """Candidate subsets of cached t / c / l: all, each single value, and the two halves."""
+    v = tuple(sorted(values, reverse=descending))
+    out = [v, *[(x,) for x in v]]
+    if len(v) >= 4:
+        out += [v[: len(v) // 2], v[len(v) // 2 :]]
+    return list(dict.fromkeys(out))
+
+
+class ValidationSet:
+    """The validation rows' cached maps, labels and masks, held in memory once for every trial."""
+
+    def __init__(self, store: RunStore, p: TuneParams):
+        self.base = store.current("infer_base")
+        extract = store.get("extract", self.base.inputs["extract"])
+        self.index = store.get("index", extract.inputs["index"])
+        self.c_feat = int(extract.attrs["channels"])
+        self.size = int(self.index.params["image_size"])
+        records = self.index.attrs["records"]
+        rec = self.base.array("record")[:]
+        self.pos = np.array([k for k, i in enumerate(rec) if records[i]["split"] == "val"], dtype=np.int64)
+        if not (self.pos.size and any(records[rec[k]]["label"] == 1 for k in self.pos)):
+            raise ConfigError("the run has no validation images with synthetic defects to tune on; index again "
+                              f"with `{with_validation(self.index)}` (then rerun the stages after it)")
+        recs = [records[rec[k]] for k in self.pos]  # validation records only, from here on
+        self.cats = [r["category"] for r in recs]
+        self.labels = np.array([r["label"] for r in recs], dtype=np.int64)
+        self.kinds = np.array([kind_of(r) or "" for r in recs])
+        self.normal = {c: np.flatnonzero([r["category"] == c and is_validation_normal(r) for r in recs])
+                       for c in dict.fromkeys(self.cats)}
+        of_record = folds(records)
+        self.fold = {j: of_record[rec[k]] for j, k in enumerate(self.pos)}
+        masks = torch.from_numpy(self.index.array("masks").get_orthogonal_selection((rec[self.pos],))).float()
+        self.factor = max(1, self.size // p.eval_size)
+        self.masks = F.max_pool2d(masks[:, None], self.factor)[:, 0].numpy().astype(bool)
+        v = content(self.index, rec[self.pos])  # padded images: score only what shows the image
+        self.valid = None if v is None else torch.from_numpy(v)
+        self.valid_small = (None if v is None else
+                            (F.avg_pool2d(self.valid[:, None].float(), self.factor)[:, 0] >= 0.5).numpy())
+        self.h_base = torch.from_numpy(self.base.array("h_base").get_orthogonal_selection((self.pos,)))
+        try:  # the paper's fusion of every cached map is where the search starts
+            self.start, self.diffs = resolve(store, FuseParams())
+        except CacheMissError:  # no diffusion maps: tune the base map alone
+            self.start, self.diffs = resolve(store, FuseParams(gamma=0.0))
+        # every cached variant (start, distance) of the current UNet, each with its own t / c / l
+        self.variants: dict[tuple[str, str], tuple[FusionSettings, dict[int, Entry]]] = {}
+        if self.diffs:
+            for v in _cached_variants(store, self.start):
+                try:
+                    self.variants[v] = resolve(store, FuseParams(init=v[0], distance=v[1]))
+                except CacheMissError:  # e.g. its c have no t or l in common
+                    continue
+        self.h_diff_all = {(v, c): torch.from_numpy(e.array(array_name(st)).get_orthogonal_selection((self.pos,)))
+                           for v, (st, ds) in self.variants.items() for c, e in ds.items()}  # float16 as stored
+        self._st: dict = {}
+
+    def sources(self, s: FusionSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """source_maps of the validation rows for the (variant, t, c, l) selection (cached per selection)."""
+        key = (s.init, s.distance, s.t, s.c, s.l, s.multiscale_base, s.uses_diffusion)
+        if key not in self._st:
+            v = (s.init, s.distance)
+            hd = (torch.cat([select(self.h_diff_all[v, c], self.variants[v][1][c].params, s) for c in s.c], 1)
+                  if s.uses_diffusion else None)
+            self._st = {key: source_maps(self.h_base, hd, self.size, s)}  # one selection at a time: memory
+        return self._st[key]
+
+    def evaluate(self, s: FusionSettings, pool: int) -> dict:
+        """Validation metrics of settings s: mean over categories, and per defect kind."""
+        hb, h_st = self.sources(s)
+        stats = None
+        if s.norm != "none":  # cross-fitted: a row is normalised by the other fold's normals
+            cf = CrossFitStats.compute(lambda i: (hb[i], None if h_st is None else h_st[i]), self.normal,
+                                       self.fold, s)
+            stats = cf.per_row(self.cats, [self.fold[k] for k in range(len(self.cats))])
+        with torch.no_grad():
+            h_out = combine(hb, h_st, s, self.c_feat, stats)
+            scores = image_score(h_out, pool, self.valid).numpy()
+            small = F.avg_pool2d(h_out[:, None], self.factor)[:, 0].numpy() if self.factor > 1 else h_out.numpy()
+        cats = np.array(self.cats)
+        per_kind: dict[str, list[dict]] = {}
+        overall = []
+        for c in dict.fromkeys(self.cats):
+            sel = cats == c
+            vs = lambda rows: None if self.valid_small is None else self.valid_small[rows]  # noqa: E731
+            overall.append(_metrics(self.labels[sel], scores[sel], self.masks[sel], small[sel], vs(sel)))
+            for k in sorted(set(self.kinds[sel & (self.labels == 1)])):
+                ks = sel & ((self.labels == 0) | (self.kinds == k))
+                per_kind.setdefault(k, []).append(_metrics(self.labels[ks], scores[ks], self.masks[ks], small[ks],
+                                                           vs(ks)))
+        return {"metrics": _mean(overall), "by_kind": {k: _mean(v) for k, v in per_kind.items()}}
+
+
+def _metrics(labels, scores, masks, maps, valid=None) -> dict:
+    p_auroc, p_aupro = localisation(masks, maps, valid=valid)
+    out = {"i_auroc": image_auroc(labels, scores), "p_auroc": p_auroc, "p_aupro": p_aupro}
+    out["mean"] = float(np.mean(list(out.values())))
+    return out
+
+
+def _mean(rows: list[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def _cached_variants(store: RunStore, s: FusionSettings) -> list[tuple[str, str]]:
+    """(init, distance) of every complete infer-diff entry of the current UNet with s's n_s, test-time condition
+    and seed, in the order first made (an entry with feature maps gives both distances)."""
+    index, unet = store.current("index"), store.current("train_diff")
+    out: list[tuple[str, str]] = []
+    for e in store.entries():
+        q = e.params
+        if (e.stage == "infer_diff" and e.is_complete and e.inputs == {"index": index.key, "train_diff": unet.key}
+                and q["n_s"] == s.n_s and q["test_time_condition"] == s.test_time_condition and q["seed"] == s.seed):
+            init = q.get("init", "paper")
+            out += [(init, "pixel")] + ([(init, "feature")] if q.get("distance") == "feature" else [])
+    return list(dict.fromkeys(out))
+
+
+def _label(s: FusionSettings) -> dict:
+    return {"init": s.init, "distance": s.distance, "norm": s.norm, "gamma": s.gamma, "filter": s.filter,
+            "t": list(s.t), "c": list(s.c), "l": list(s.l)}
+
+
+def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict]:
+    """Every trial of the coordinate ascent, in the order tried: {settings, metrics, by_kind}."""
+    start = vs.start
+    fixed = {"norm": list(p.norms), "gamma": list(p.gammas) if vs.diffs else [0.0],
+             "filter": list(p.filters) if vs.diffs else [start.filter]}
+
+    def options(s: FusionSettings, axis: str) -> list:
+        if axis in fixed:
+            return fixed[axis]
+        if not vs.diffs:
+            return [()]
+        if axis == "variant":
+            return list(vs.variants)
+        own = vs.variants[s.init, s.distance][0]  # this variant's cached t / c / l
+        return subsets(own.t, descending=True) if axis == "t" else subsets(getattr(own, axis))
+
+    trials: dict[str, dict] = {}
+
+    def score(s: FusionSettings) -> float:
+        key = repr(_label(s))
+        if key not in trials:
+            trials[key] = {"settings": _label(s), **vs.evaluate(s, p.pool)}
+            bar.update(1)
+        return trials[key]["metrics"][p.objective]
+
+    best = start
+    with tqdm(desc="tune", unit="trial", disable=not progress) as bar:
+        score(best)
+        for _ in range(p.rounds):
+            before = best
+            for axis in AXES:
+                values = options(best, axis)
+                if len(values) < 2:
+                    continue
+                cands = [_with(best, axis, v, vs) for v in values]
+                best = max(cands, key=score)  # ties: the first, i.e. the order given (paper's values first)
+            if best == before:
+                break
+    return list(trials.values())
+
+
+def _with(s: FusionSettings, axis: str, v, vs: ValidationSet) -> FusionSettings:
+    if axis == "variant":  # that variant's maps, with this trial's norm, gamma, m and (where cached) t / c / l
+        own = vs.variants[v][0]
+        keep = lambda mine, theirs: mine if mine and set(mine) <= set(theirs) else theirs  # noqa: E731
+        c = keep(s.c, own.c)
+        return replace(own, norm=s.norm, gamma=s.gamma, filter=s.filter, t=keep(s.t, own.t), c=c,
+                       l=own.l if own.distance == "feature" else keep(s.l, own.l),
+                       chains=tuple(ch for ch in own.chains if ch[0] in c))
+    if axis == "c":
+        return replace(s, c=tuple(v), chains=tuple(ch for ch in s.chains if ch[0] in v))
+    return replace(s, **{axis: tuple(v) if isinstance(v, (list, tuple)) else v})
+
+
+def best_trial(trials: list[dict], objective: str) -> dict:
+    return max(trials, key=lambda r: r["metrics"][objective])
+
+
+def fuse_params(trial: dict, diffs: dict[int, Entry]) -> FuseParams:
+    """The `drdc fuse` params of a trial (what becomes current)."""
+    q = trial["settings"]
+    first = next(iter(diffs.values())).params if diffs else {"n_s": 2, "test_time_condition": True, "seed": 0}
+    return FuseParams(gamma=q["gamma"], filter=q["filter"], t=tuple(q["t"]), c=tuple(q["c"]), l=tuple(q["l"]),
+                      n_s=first["n_s"], test_time_condition=first["test_time_condition"], seed=first["seed"],
+                      norm=q["norm"], init=q.get("init", "paper"), distance=q.get("distance", "pixel"))
+
+
+def run(store: RunStore, p: TuneParams, progress: bool = True) -> tuple[StageResult, list[dict], FuseParams]:
+    """Search, record every trial in a `tune` entry, and return the best trial's fuse params (the caller makes
+    them current with `fuse` and `score`)."""
+    t0 = time.perf_counter()
+    vs = ValidationSet(store, p)
+    inputs = {"infer_base": vs.base.key, **{f"infer_diff@{v[0]},c={c}": e.key for v, (_, ds) in vs.variants.items()
+                                            if v[1] == "pixel" for c, e in ds.items()}}
+    params = {"objective": p.objective, "norms": list(p.norms), "gammas": list(p.gammas),
+              "filters": list(p.filters), "rounds": p.rounds, "eval_size": p.eval_size, "pool": p.pool}
+    entry, cached = store.begin(STAGE, params, inputs)
+    if cached:
+        trials = entry.attrs["trials"]
+    else:
+        trials = search(vs, p, progress)
+        entry.complete(trials=trials, objective=p.objective, n_val=int(vs.pos.size),
+                       n_val_anomalous=int(vs.labels.sum()))
+    best = best_trial(trials, p.objective)
+    m = best["metrics"]
+    q = best["settings"]
+    summary = (f"{len(trials)} trials on {vs.pos.size} validation images; best {p.objective} "
+               f"{100 * m[p.objective]:.1f}: init={q.get('init')} distance={q.get('distance')} norm={q['norm']} gamma={q['gamma']} m={q['filter']} "
+               f"t={q['t']} c={q['c']} l={q['l']}")
+    return (StageResult(STAGE, entry.key, cached, time.perf_counter() - t0, summary), trials,
+            fuse_params(best, vs.diffs))

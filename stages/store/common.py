@@ -1,0 +1,50 @@
+"""Small pieces every stage uses: the result record, device choice, seeding, option checks."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from stages.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    key: str
+    cached: bool
+    seconds: float
+    summary: str
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; an unavailable explicit device is a ConfigError."""
+    from stages.store.dist import local_device
+
+    if device == "auto":
+        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)", "device") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"'{device}' requested but no CUDA device is available (use cpu)", "device")
+    return local_device(d)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def keyed(params: Any) -> dict:
+    """The params of a frozen dataclass as a JSON-able dict (tuples become lists), for cache keys and attrs."""
+    out = {}
+    for f in fields(params):
+        v = getattr(params, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
