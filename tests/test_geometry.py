@@ -103,6 +103,17 @@ def test_pad_end_to_end(tiny_data, tmp_path, cli):
     assert not (masks & ~content).any(), "a defect pixel in the fill"
     painted = [i for i, r in enumerate(records) if "synthetic" in r]
     assert painted and all(masks[i].any() for i in painted), "a synthetic defect with no pixel on the image"
+    # report --plots' pixel ROC counts the image's pixels only, as the stored P-AUROC does
+    from sklearn.metrics import auc
+
+    from stages.apps import plots
+
+    entry = store.current("score")
+    for cat in index.attrs["masked_categories"]:
+        c = plots.load(store, entry, "base", cat)
+        assert c.valid is not None and not c.valid.all()
+        fpr, tpr = plots.pixel_roc(c.masks, c.maps, valid=c.valid)
+        assert auc(fpr, tpr) == pytest.approx(entry.attrs["metrics"][cat]["p_auroc"], abs=1e-6)
     # the same data squashed makes another index key, and the squash key holds no "resize" param
     cli("index", "--run", tmp_path / "s.zarr", "--data", data, *TINY_INDEX, "-q")
     assert "resize" not in RunStore(tmp_path / "s.zarr").current("index").params

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from stages.apps.report import labels as variant_labels
 from stages.errors import CacheMissError, ConfigError
-from stages.pipeline.reading import category_maps
+from stages.pipeline.reading import category_maps, content
 from stages.pipeline.score import SOURCES
 from stages.store.cache import Entry, RunStore
 
@@ -53,6 +53,7 @@ class CategoryScores:
     has_masks: bool
     metrics: dict
     index: Entry
+    valid: np.ndarray | None = None  # (n,S,S) bool: the image's own pixels (index --resize pad); None: all
 
     def images(self, which: np.ndarray) -> np.ndarray:
         """(k, S, S, 3) uint8: the resized test images at positions `which` of this category."""
@@ -75,16 +76,19 @@ def load(store: RunStore, entry: Entry, variant: str, category: str) -> Category
     stage, array = SOURCES[entry.params["source"]]
     index, maps_entry = _input(store, entry, "index"), _input(store, entry, stage)
     pos, labels, masks, maps = category_maps(index, maps_entry, array, category)
-    return CategoryScores(variant, category, labels, entry.array("scores")[:][pos], masks, maps,
-                          maps_entry.array("record")[:][pos], category in index.attrs["masked_categories"],
-                          entry.attrs["metrics"].get(category, {}), index)
+    rec = maps_entry.array("record")[:][pos]
+    return CategoryScores(variant, category, labels, entry.array("scores")[:][pos], masks, maps, rec,
+                          category in index.attrs["masked_categories"], entry.attrs["metrics"].get(category, {}),
+                          index, content(index, rec))
 
 
 # ------------------------------------------------------------------------------------------------------- ROC
-def pixel_roc(masks: np.ndarray, maps: np.ndarray, limit: int = MAX_ROC_PIXELS) -> tuple[np.ndarray, np.ndarray]:
-    """(fpr, tpr) of all pixels; masks, maps (n, S, S). Above `limit` pixels, of a seeded uniform sample:
-    a 600-pixel-wide plot cannot show more, and sklearn's roc_curve on 30M pixels takes a minute."""
-    y, s = masks.ravel(), maps.ravel()
+def pixel_roc(masks: np.ndarray, maps: np.ndarray, limit: int = MAX_ROC_PIXELS, valid: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(fpr, tpr) of all pixels (valid: only those, the image's own, as score's metrics count); masks, maps
+    (n, S, S). Above `limit` pixels, of a seeded uniform sample: a 600-pixel-wide plot cannot show more, and
+    sklearn's roc_curve on 30M pixels takes a minute."""
+    y, s = (masks.ravel(), maps.ravel()) if valid is None else (masks[valid], maps[valid])
     if y.size > limit:
         pick = np.random.default_rng(0).choice(y.size, limit, replace=False)
         y, s = y[pick], s[pick]
@@ -103,7 +107,7 @@ def roc_figure(cats: list[CategoryScores]) -> Figure:
             fpr, tpr, _ = roc_curve(c.labels, c.scores)
             ax_img.plot(fpr, tpr, color=color, lw=2, drawstyle="steps-post", label=f"{tag}AUROC {100 * auc(fpr, tpr):.1f}%")
         if c.has_masks and c.metrics.get("p_auroc") is not None:
-            fpr, tpr = pixel_roc(c.masks, c.maps)
+            fpr, tpr = pixel_roc(c.masks, c.maps, valid=c.valid)
             # The legend quotes the score entry's exact value, over every pixel, as `drdc report` does.
             ax_pix.plot(fpr, tpr, color=color, lw=2, label=f"{tag}AUROC {100 * c.metrics['p_auroc']:.1f}%")
     n_pix = cats[0].masks.size
