@@ -153,3 +153,22 @@ def test_bad_options(full_run_pristine, cli, args, code, needle):
 
 def test_unknown_run(cli, tmp_path):
     assert "no run store" in cli("ablate", "--run", tmp_path / "x.zarr", code=1).output
+
+
+def test_table5_reads_the_maps_fuse_would_read(full_run_pristine, cli, tmp_path):
+    """With only one grid size cached for the newest start (ddad), the full method's row fuses those maps, as
+    `drdc fuse` does, instead of asking for the grid sizes of the older start's maps."""
+    from conftest import TINY_INFER, options
+
+    run = copy_run(full_run_pristine, tmp_path / "r.zarr")
+    cli("infer-diff", "--run", run, *options(TINY_INFER, "--init", "ddad"), "--c", "4", "-q")
+    cli("ablate", "--run", run, "--json", tmp_path / "t5.json", "-q")
+    full = _rows(tmp_path / "t5.json")["DRDC (full)"]
+    assert full["commands"] == [] and full["fusion"]["init"] == "ddad" and full["fusion"]["c"] == [4]
+    _same(full["metrics"], _fuse_and_score_c(cli, run, "4"))
+
+
+def _fuse_and_score_c(cli, run, c: str) -> dict:
+    cli("fuse", "--run", run, "--c", c, "-q")
+    cli("score", "--run", run, "--source", "fuse", "-q")
+    return RunStore(run).current("score").attrs["metrics"]

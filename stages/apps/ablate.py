@@ -254,8 +254,10 @@ def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) ->
         raise CacheMissError(f"the current diffusion model {unet.key} was trained with --no-model-condition; make "
                              f"the full model current with `{train_diff_command(store, unet.params, True)}`")
     t_def, c_def, l_def = _preset_maps(store)  # where nothing is cached: what `drdc infer-diff` would make
+    c_def = tuple(unet.params.get("grid") or c_def)  # the grid sizes this UNet was trained on (its --size's)
     t_want = sel.t or t_def
-    ref = _diff_entries(store, unet.key, sel, True)
+    newest = newest_init(store, FuseParams())  # Table 5's rows: the start of the newest maps, as `fuse` takes
+    ref = _diff_entries(store, unet.key, sel, True, sel.init or newest, sel.distance)  # the maps fuse would read
     c_want = list(sel.c) or list(ref) or list(c_def)
     if ref:
         common_t = set.intersection(*(set(e.params["t"]) for e in ref.values()))
@@ -264,7 +266,6 @@ def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) ->
         l_want = sel.l or tuple(sorted(common_l))
     else:
         l_want = sel.l or l_def
-    newest = newest_init(store, FuseParams())  # Table 5's rows: the start of the newest maps, as `fuse` takes
     for v in (*TABLE5, *OPTIONS):
         row = Row(v.name, v)
         rows.append(row)
