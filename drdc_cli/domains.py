@@ -244,7 +244,8 @@ def _domains() -> dict[str, Any]:
         "--ns": Int(2, 4096), "--t-max": Int(0, 999), "--ckpt-every": Int(1, 10**9), "--model-channels": Int(1, 4096),
         "--channel-mult": List(Int(1, 64), distinct=False), "--res-blocks": Int(1, 64),
         "--attention": List(Int(1, 2048)), "--head-channels": Int(1, 4096), "--task": Choice(TASKS),
-        "--chain": timesteps, "--crop": Int(0, 2048),
+        "--chain": timesteps, "--crop": Int(0, 2048), "--diffusion-steps": Int(1, 1000),
+        "--beta-start": Real(0.0, 1.0, lo_open=True, hi_open=True), "--beta-end": Real(0.0, 1.0, lo_open=True, hi_open=True),
         # infer-diff, fuse and everything that fuses
         "--t": timesteps, "--c": List(Int(1, 2048)), "--l": List(Int(1, 2048)), "--init": Choice(INITS),
         "--distance": Choice(DISTANCES), "--gamma": Real(0.0, 1.0), "--filter": Int(1, 255, odd=True),

@@ -190,6 +190,9 @@ def train_diff(
     task: Annotated[Optional[str], typer.Option(help="paper: Eq 12 as printed; inpaint: train on the reverse process's own states (--chain), x0 target I_ori on the masked region.", rich_help_panel=_TRAIN)] = None,
     chain: Annotated[Optional[str], typer.Option(help="--task inpaint: the infer-diff t-list to train along, e.g. 250,150,50.", rich_help_panel=_TRAIN)] = None,
     crop: Annotated[Optional[int], typer.Option(help="Train on random N x N crops of the --size images (0: whole image); infer-diff runs on the whole image.", rich_help_panel=_TRAIN)] = None,
+    diffusion_steps: Annotated[Optional[int], typer.Option(help="T of the linear noise schedule (Eq 3-4; the paper: 1000).", rich_help_panel=_TRAIN)] = None,
+    beta_start: Annotated[Optional[float], typer.Option(help="First beta of the linear schedule (the paper: 1e-4).", rich_help_panel=_TRAIN)] = None,
+    beta_end: Annotated[Optional[float], typer.Option(help="Last beta of the linear schedule (the paper: 0.02).", rich_help_panel=_TRAIN)] = None,
     device: DeviceOpt = "auto",
     preset: PresetOpt = None,
     quiet: QuietOpt = False,
@@ -201,7 +204,8 @@ def train_diff(
               ckpt_every=ckpt_every, seed=seed, size=size, model_channels=model_channels,
               channel_mult=_ints(channel_mult, "--channel-mult"), num_res_blocks=res_blocks,
               attention_resolutions=_ints(attention, "--attention"), num_head_channels=head_channels,
-              model_condition=model_condition, task=task, chain=_ints(chain, "--chain"), crop=crop)
+              model_condition=model_condition, task=task, chain=_ints(chain, "--chain"), crop=crop,
+              diffusion_steps=diffusion_steps, beta_start=beta_start, beta_end=beta_end)
     report_stage(train_diff_stage.run(store, p, device=device, progress=not quiet))
 
 

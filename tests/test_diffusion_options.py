@@ -18,7 +18,7 @@ from stages.method.inpaint import condition, inpaint, make_input, reverse_proces
 from stages.method.masks import grid_masks, image_generator
 from stages.pipeline.train_diff import STREAM, TrainDiffParams, _batch, inpaint_batch, inpaint_loss
 
-from conftest import TINY_DIFF, TINY_INFER, copy_run
+from conftest import TINY_DIFF, TINY_INFER, copy_run, options
 
 S = linear_schedule()
 CHAIN = (250, 150, 50)
@@ -291,3 +291,38 @@ def test_pyramid_cut_short_equals_the_full_pyramid() -> None:
     assert len(full) == 4 and len(cut) == 3
     assert all(torch.equal(a, b) for a, b in zip(full, cut))
     assert [f.shape[-1] for f in cut] == [32, 16, 8]  # strides 2, 4, 8
+
+
+# ------------------------------------------------------------------------------------- noise schedule
+def test_the_schedule_is_part_of_the_key_and_the_paper_one_keeps_its_keys() -> None:
+    from stages.pipeline.trained import schedule_of
+
+    paper = TrainDiffParams()
+    assert not {"diffusion_steps", "beta_start", "beta_end"} & set(paper.key_params())
+    short = TrainDiffParams(diffusion_steps=500, beta_end=0.03, chain=(250, 0), task="inpaint", t_max=499)
+    assert short.key_params()["diffusion_steps"] == 500 and short.key_params()["beta_end"] == 0.03
+    s = schedule_of(short.key_params())
+    assert s.T == 500 and float(s.betas[-1]) == pytest.approx(0.03) and float(s.betas[0]) == pytest.approx(1e-4)
+    assert torch.equal(schedule_of({}).alphas_cumprod, S.alphas_cumprod)  # absent: the paper's
+    with pytest.raises(ConfigError, match="^chain: 600 is out of range"):
+        TrainDiffParams(diffusion_steps=500, task="inpaint", chain=(600, 0))
+    assert TrainDiffParams(diffusion_steps=500).t_max == 999  # t_max is used up to T - 1 (the key keeps it)
+
+
+def test_infer_diff_and_predict_run_the_unets_own_schedule(full_run_pristine, tiny_data, cli, tmp_path) -> None:
+    run = copy_run(full_run_pristine, tmp_path / "r.zarr")
+    cli("train-diff", "--run", run, *TINY_DIFF, "--diffusion-steps", "200", "--beta-end", "0.05")
+    res = cli("infer-diff", "--run", run, *options(TINY_INFER, "--t", "250,100"), "--c", "4", code=2)
+    assert "--t: 250 is out of range [0, 199]" in res.output
+    cli("infer-diff", "--run", run, *options(TINY_INFER, "--t", "150,100,50"), "--c", "4", "-q")
+    cli("fuse", "--run", run, "--c", "4", "-q")
+    cli("score", "--run", run, "--source", "fuse", "-q")
+    s = RunStore(run)
+    records = s.current("index").attrs["records"]
+    e = s.current("score")
+    stored = {records[i]["path"]: float(v) for i, v in zip(e.array("record")[:], e.array("scores")[:])}
+    cli("predict", "--run", run, tiny_data / "grain" / "test", "--out", tmp_path / "o", "--no-pictures", "-q")
+    rows = list(csv.DictReader((tmp_path / "o" / "predictions.csv").open()))
+    for r in rows:
+        rel = Path(r["path"]).resolve().relative_to(tiny_data.resolve()).as_posix()
+        assert float(r["score"]) == pytest.approx(stored[rel], rel=1e-4, abs=1e-6)

@@ -27,6 +27,7 @@ from torch import nn
 
 from stages.errors import ConfigError
 from stages.method.residual import residual_map
+from stages.pipeline.trained import SCHEDULE_DEFAULTS
 from stages.store.cache import RunStore
 
 OPSET = 18
@@ -119,6 +120,8 @@ def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None 
         "residual_categories": None if pred.residual is None else pred.residual.categories,
         "fusion": None if pred.fusion is None else pred.fusion.as_dict(),
         "diffusion_size": getattr(pred, "diff_size", None),
+        "schedule": None if pred.unet is None else {  # Eq 3-4, what the reverse loop around unet needs
+            "kind": "linear", **{k: pred.train_diff.params.get(k, v) for k, v in SCHEDULE_DEFAULTS.items()}},
         "normalisation": None if pred.stats is None else {  # (n_cat, 2, S, S): shift, scale of each source map
             "categories": pred.stats.all.categories, "base": pred.stats.all.base.tolist(),
             "diff": None if pred.stats.all.diff is None else pred.stats.all.diff.tolist()},

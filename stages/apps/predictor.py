@@ -19,7 +19,7 @@ from stages.pipeline.extract import images_to_tensor
 from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, array_name, fuse_maps, select
 from stages.pipeline.infer_base import ResidualStats
 from stages.pipeline.infer_diff import InferDiffParams, image_heatmaps
-from stages.pipeline.trained import load_model, load_unet
+from stages.pipeline.trained import load_model, load_unet, schedule_of
 from stages.store.cache import Entry, RunStore
 from stages.store.commands import command
 from stages.store.common import resolve_device
@@ -135,7 +135,7 @@ class Predictor:
             p = InferDiffParams(t=chain, c=tuple(cs), l=s.l, n_s=s.n_s, test_time_condition=s.test_time_condition,
                                 seed=s.seed, init=s.init, distance=s.distance)
             maps = image_heatmaps(self.unet, p, x, ids, sorted(cs), self.diff_size, self.dev, self.backbone,
-                                  self.size)[array_name(s)]
+                                  self.size, schedule_of(self.train_diff.params))[array_name(s)]
             for c, m in maps.items():  # (k, n_t * n_l, S_d, S_d), rounded as the store keeps them
                 per_c[c] = select(m.cpu().half(), {"t": list(chain), "l": list(s.l)}, s)
         return torch.cat([per_c[c] for c in sorted(per_c)], 1)

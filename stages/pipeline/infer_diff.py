@@ -21,14 +21,14 @@ from tqdm import tqdm
 from stages.data.dataset import EVAL_SPLITS, split_indices
 from stages.data.images import to_model_space
 from stages.errors import check
-from stages.method.diffusion import check_timesteps, linear_schedule
+from stages.method.diffusion import Schedule, check_timesteps, linear_schedule
 from stages.method.feature_distance import DISTANCES, feature_heatmap, features
 from stages.method.fusion import diff_heatmap
 from stages.method.inpaint import assemble, check_init, inpaint
 from stages.method.masks import check_grid, grid_masks, image_generator
 from stages.models.backbone import load_matching
 from stages.models.unet import InferenceUNet
-from stages.pipeline.trained import load_unet
+from stages.pipeline.trained import load_unet, schedule_of
 from stages.store import dist
 from stages.store.cache import Entry, RunStore
 from stages.store.claims import claim_chunks
@@ -68,11 +68,12 @@ class InferDiffParams:
 
 
 def image_heatmaps(model, p: InferDiffParams, images: torch.Tensor, rec: np.ndarray, cs: list[int],
-                   size: int, dev: torch.device, phi=None, size_in: int = 224) -> dict[str, dict[int, torch.Tensor]]:
+                   size: int, dev: torch.device, phi=None, size_in: int = 224, sched: Schedule | None = None
+                   ) -> dict[str, dict[int, torch.Tensor]]:
     """All (image, c, i) sequences of a chunk as one batch per step -> {array name: {c: maps}}:
     "heatmaps" (k, n_t, n_l, S, S) always; "feature" (k, n_t, S, S) when p.distance is feature (phi: the run's
-    backbone, fed images at size_in)."""
-    sched = linear_schedule()
+    backbone, fed images at size_in). sched: the UNet's noise schedule (None: the paper's)."""
+    sched = sched or linear_schedule()
     I_ori, M, gens = [], [], []  # noqa: N806
     for j, r in enumerate(rec):
         for c in cs:  # stream 2c: masks, 2c+1: noise, per (image, c)
@@ -102,6 +103,8 @@ def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: boo
     index = store.current("index")
     unet_entry = store.current("train_diff")
     size = unet_entry.params["size"]
+    sched = schedule_of(unet_entry.params)
+    check_timesteps(p.t, sched.T)  # the UNet's schedule may be shorter than the paper's
     for c in p.c:
         check_grid(size, c, p.n_s)
     for l in p.l:  # noqa: E741
@@ -148,7 +151,7 @@ def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: boo
                                       unit="img", disable=not progress) as bar:
         for a, b in claim_chunks(list(entries.values()), n, rank=dist.rank(), world=dist.world_size()):
             x = to_model_space(images.get_orthogonal_selection((idx[a:b],)), size)
-            maps = image_heatmaps(model, p, x, idx[a:b], cs, size, dev, phi, size_in)
+            maps = image_heatmaps(model, p, x, idx[a:b], cs, size, dev, phi, size_in, sched)
             todo_c = [c for c in cs if not arrays[c][1][a:b].all()]
             for c in todo_c:
                 for name, arr in arrays[c][0].items():

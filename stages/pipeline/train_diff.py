@@ -44,6 +44,7 @@ from stages.method.diffusion import Schedule, check_timesteps, linear_schedule, 
 from stages.method.inpaint import make_input, reverse_process, t_batch
 from stages.method.masks import check_grid, grid_masks, image_generator
 from stages.models.unet import ConditionalUNet, UNetConfig
+from stages.pipeline.trained import SCHEDULE_DEFAULTS
 from stages.pipeline.training import Training
 from stages.store import dist
 from stages.store.cache import RunStore
@@ -75,23 +76,31 @@ class TrainDiffParams:
     ema: float = 0.9999
     grid: tuple[int, ...] = (1, 16, 32)  # grid sizes c of the training masks (as at inference)
     n_s: int = 2
-    t_max: int = 999  # train timesteps in [0, t_max]; the inference range (250) is an option, default off
+    t_max: int = 999  # train timesteps in [0, min(t_max, diffusion_steps - 1)]; the inference range (250) is an option
     seed: int = 0
     ckpt_every: int = 500
     task: str = "paper"  # TASKS; inpaint trains along the inference t-list `chain` (t_max is then unused)
     chain: tuple[int, ...] = (250, 200, 150, 100, 50, 0)
     crop: int = 0  # train on random crop x crop windows of the size x size images; 0: the whole image
+    # the noise schedule (Eq 3-4): DDPM's linear betas over T steps; the paper's T = 1000, 1e-4 .. 0.02
+    diffusion_steps: int = SCHEDULE_DEFAULTS["diffusion_steps"]
+    beta_start: float = SCHEDULE_DEFAULTS["beta_start"]
+    beta_end: float = SCHEDULE_DEFAULTS["beta_end"]
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, "steps", "must be >= 1", self.steps)
         check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
         check(self.lr > 0, "lr", "must be > 0", self.lr)
         check(0.0 <= self.ema < 1.0, "ema", "must be in [0, 1)", self.ema)
-        check(0 <= self.t_max <= 999, "t_max", "must be in [0, 999]", self.t_max)
+        check(self.diffusion_steps >= 1, "diffusion_steps", "must be >= 1", self.diffusion_steps)
+        check(0.0 < self.beta_start <= self.beta_end < 1.0, "beta_start/beta_end",
+              "need 0 < beta_start <= beta_end < 1", (self.beta_start, self.beta_end))
+        check(0 <= self.t_max <= 999, "t_max", "must be in [0, 999]", self.t_max)  # used up to diffusion_steps - 1
         check(self.ckpt_every >= 1, "ckpt_every", "must be >= 1", self.ckpt_every)
         check(len(self.grid) >= 1, "grid", "needs at least one grid size", self.grid)
         check(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}", self.task)
-        object.__setattr__(self, "chain", check_timesteps(self.chain, param="chain"))
+        object.__setattr__(self, "chain", check_timesteps(self.chain, self.diffusion_steps if self.task == "inpaint" else 1000,
+                                                         param="chain"))
         factor = 2 ** (len(self.channel_mult) - 1)
         check(self.crop == 0 or (0 < self.crop <= self.size and self.crop % factor == 0), "crop",
               f"must be 0 (whole image) or a multiple of {factor} (the UNet's downsampling) up to --size "
@@ -102,6 +111,9 @@ class TrainDiffParams:
     def key_params(self) -> dict:
         """The params that key the entry: those of the paper's task keep the keys they had before --task."""
         d = keyed(self)
+        for name, default in SCHEDULE_DEFAULTS.items():  # the paper's schedule: keys as before the options
+            if d[name] == default:
+                d.pop(name)
         if self.crop == 0:
             d.pop("crop")
         if self.task == "paper":
@@ -109,6 +121,10 @@ class TrainDiffParams:
         else:
             d.pop("t_max")
         return d
+
+    def schedule(self) -> Schedule:
+        """The noise schedule the UNet is trained (and run) with (Eq 3-4)."""
+        return linear_schedule(self.diffusion_steps, self.beta_start, self.beta_end)
 
     def unet_config(self) -> UNetConfig:
         """The network's config: every field the params share with UNetConfig (--size is its image_size)."""
@@ -137,7 +153,7 @@ def _batch(p: TrainDiffParams, images: torch.Tensor, step: int, rank: int = 0) -
     b = p.batch_size
     x0, M = _images_and_masks(p, images, g)  # noqa: N806
     I_in = make_input(x0, M, torch.randn(x0.shape, generator=g))  # noqa: N806  Eq 12's image condition
-    t = torch.randint(0, p.t_max + 1, (b,), generator=g)
+    t = torch.randint(0, min(p.t_max, p.diffusion_steps - 1) + 1, (b,), generator=g)  # [0, t_max] within T
     eps = torch.randn(x0.shape, generator=g)
     return x0, I_in, t, eps
 
@@ -191,7 +207,7 @@ def run(store: RunStore, p: TrainDiffParams, device: str = "auto", progress: boo
     model = ConditionalUNet(cfg).to(dev).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    sched = linear_schedule()
+    sched = p.schedule()
     states = {"model": model, "ema": ema, "optimizer": opt}
     start, history = 0, []
     if tr.resumed:

@@ -1,4 +1,5 @@
-"""The trained models of complete train-base and train-diff entries (weights_only loads: no pickle from the store).
+"""The trained models of complete train-base and train-diff entries (weights_only loads: no pickle from the store),
+and the noise schedule a train-diff entry was trained with.
 
 Shared by the inference stages, predict, calibrate and export, so no stage imports another to load a model.
 """
@@ -8,6 +9,7 @@ import json
 
 import torch
 
+from stages.method.diffusion import Schedule, linear_schedule
 from stages.models.reconstruction import ReconstructionConfig, UniADReconstruction
 from stages.models.unet import ConditionalUNet, UNetConfig
 from stages.store.cache import Entry
@@ -28,3 +30,13 @@ def load_unet(entry: Entry, device: torch.device) -> ConditionalUNet:
     model = ConditionalUNet(cfg)
     load_weights(model, entry.files / "model.pt")
     return model.to(device).eval()
+
+
+# A train-diff entry's noise schedule (Eq 3-4): DDPM's linear betas; the paper's T = 1000, betas 1e-4 .. 0.02.
+SCHEDULE_DEFAULTS = {"diffusion_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+
+
+def schedule_of(params: dict) -> Schedule:
+    """The schedule of a train-diff entry's params (absent: the paper's, as keys made before the options)."""
+    q = {**SCHEDULE_DEFAULTS, **{k: params[k] for k in SCHEDULE_DEFAULTS if k in params}}
+    return linear_schedule(int(q["diffusion_steps"]), float(q["beta_start"]), float(q["beta_end"]))
