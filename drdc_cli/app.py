@@ -191,7 +191,7 @@ def report_stage(r: StageResult) -> None:
 # The modules that declare commands on `app` (typer registers a command when its module is imported); the order
 # is that of `drdc --help` within each panel. A new command module is added here (tests/test_layers.py checks).
 COMMAND_MODULES = ("ablate_cmd", "bound_cmd", "cache_cmd", "calibrate_cmd", "demo", "export_cmd", "pipeline",
-                   "predict_cmd", "report", "runfile", "tune_cmd", "workflow")
+                   "predict_cmd", "report_cmd", "runfile", "tune_cmd", "workflow")
 
 
 def register_commands() -> None:

@@ -12,7 +12,7 @@ from stages.store.cache import RunStore
 
 from .app import app, guarded, report_stage
 from .pipeline import DeviceOpt, PresetOpt, QuietOpt, preset_of
-from .report import print_report
+from .report_cmd import print_report
 from .tune_cmd import show_ranking
 
 

@@ -5,7 +5,7 @@ import csv
 import json
 from pathlib import Path
 
-from stages.apps.figures import save_mask, save_prediction
+from stages.apps.predict_figures import save_mask, save_prediction
 from stages.apps.predict import Prediction
 from stages.data.geometry import to_original
 
