@@ -134,3 +134,17 @@ def test_garbage_in_locks_and_claims_is_harmless(full_run, cli):
             f.write_bytes(b"{{{")
     cli("cache", "verify", "--run", full_run)
     cli("fuse", "--run", full_run, "--c", "1,8", "--gamma", "0.5", "-q")
+
+
+def test_listing_a_store_says_nothing_of_its_non_zarr_files(full_run):
+    """files/, claims/ and .lock sit beside the arrays by design: listing entries and verifying them prints no
+    zarr warning about them (the filter is local to the listing, not set for the whole process)."""
+    import warnings
+
+    from stages.store.verify import verify
+
+    store = RunStore(full_run)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert list(store.entries()) and all(f.ok for f in verify(store))
+    assert not [w for w in seen if "not recognized as a component" in str(w.message)]

@@ -50,7 +50,7 @@ SCHEMA_VERSION = 1
 @contextmanager
 def quiet_zarr() -> Iterator[None]:
     """Entries keep non-Zarr payloads beside their arrays (files/, claims/, .lock) by design: zarr's warning
-    about them is silenced while a group's members are listed, and nowhere else."""
+    about them is silenced while a group's members are listed (RunStore.entries, Entry.arrays), nowhere else."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component of a Zarr hierarchy")
         yield
@@ -145,6 +145,11 @@ class Entry:
 
     def has(self, name: str) -> bool:
         return name in self.group
+
+    def arrays(self) -> dict[str, zarr.Array]:
+        """Every array of the entry by name (its files/, claims/ and .lock are not arrays)."""
+        with quiet_zarr():
+            return dict(self.group.arrays())
 
     def require_array(self, name: str, shape: tuple[int, ...], dtype: str, chunk: int = CHUNK) -> zarr.Array:
         """Create an image-axis-chunked array, or reopen it (resume) when it exists with the same shape."""

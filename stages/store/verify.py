@@ -39,7 +39,7 @@ def _short(exc: BaseException) -> str:
 def _check_entry(store: RunStore, e: Entry) -> list[str]:
     problems: list[str] = []
     try:
-        arrays = {name: a for name, a in e.group.arrays()}
+        arrays = e.arrays()
     except Exception as exc:  # noqa: BLE001 - an unreadable array's metadata is the finding
         return [f"arrays unreadable ({_short(exc)})"]
     n = None
