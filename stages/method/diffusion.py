@@ -39,7 +39,11 @@ class Schedule:
         return int(self.betas.shape[0])
 
 
-def linear_schedule(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:  # noqa: N803
+T_PAPER, BETA_START, BETA_END = 1000, 1e-4, 0.02  # the paper's schedule (DDPM's): T steps, betas from .. to
+
+
+def linear_schedule(T: int = T_PAPER, beta_start: float = BETA_START, beta_end: float = BETA_END  # noqa: N803
+                    ) -> Schedule:
     """DDPM's linear schedule (Ho et al.; the paper's T = 1000, betas 1e-4 .. 0.02)."""
     if T < 1 or not 0.0 < beta_start <= beta_end < 1.0:
         raise ValueError(f"need T >= 1 and 0 < beta_start <= beta_end < 1, got {T}, {beta_start}, {beta_end}")
@@ -100,7 +104,7 @@ def ddim_step(x_t: Tensor, eps: Tensor, t: Timestep, t_prev: Timestep, s: Schedu
         (1.0 - s.alphas_cumprod).sqrt(), t_prev, x_t) * eps  # DDIM Eq 12, sigma = 0
 
 
-def check_timesteps(ts: Sequence[int], T: int = 1000, param: str = "t") -> tuple[int, ...]:  # noqa: N803
+def check_timesteps(ts: Sequence[int], T: int = T_PAPER, param: str = "t") -> tuple[int, ...]:  # noqa: N803
     """Validate a list of timesteps (param: its name, t or chain): integers in [0, T-1], no duplicates, at least
     one. Returns them descending, the order of the reverse process (Sec 5: t in {250, 200, 150, 100, 50, 0})."""
     if len(ts) == 0:

@@ -40,11 +40,11 @@ from tqdm import tqdm
 from stages.data.dataset import split_indices
 from stages.data.images import to_model_space
 from stages.errors import check
-from stages.method.diffusion import Schedule, check_timesteps, linear_schedule, predict_x0, q_sample
+from stages.method.diffusion import Schedule, check_timesteps, predict_x0, q_sample
 from stages.method.inpaint import make_input, reverse_process, t_batch
 from stages.method.masks import check_grid, grid_masks, image_generator
 from stages.models.unet import ConditionalUNet, UNetConfig
-from stages.pipeline.trained import SCHEDULE_DEFAULTS
+from stages.pipeline.trained import SCHEDULE_DEFAULTS, schedule_of
 from stages.pipeline.training import Training
 from stages.store import dist
 from stages.store.cache import RunStore
@@ -99,8 +99,9 @@ class TrainDiffParams:
         check(self.ckpt_every >= 1, "ckpt_every", "must be >= 1", self.ckpt_every)
         check(len(self.grid) >= 1, "grid", "needs at least one grid size", self.grid)
         check(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}", self.task)
-        object.__setattr__(self, "chain", check_timesteps(self.chain, self.diffusion_steps if self.task == "inpaint" else 1000,
-                                                         param="chain"))
+        # only the inpaint task runs along the chain: the paper task's (unused) chain keeps the paper's range
+        chain_t = self.diffusion_steps if self.task == "inpaint" else SCHEDULE_DEFAULTS["diffusion_steps"]
+        object.__setattr__(self, "chain", check_timesteps(self.chain, chain_t, param="chain"))
         factor = 2 ** (len(self.channel_mult) - 1)
         check(self.crop == 0 or (0 < self.crop <= self.size and self.crop % factor == 0), "crop",
               f"must be 0 (whole image) or a multiple of {factor} (the UNet's downsampling) up to --size "
@@ -123,8 +124,8 @@ class TrainDiffParams:
         return d
 
     def schedule(self) -> Schedule:
-        """The noise schedule the UNet is trained (and run) with (Eq 3-4)."""
-        return linear_schedule(self.diffusion_steps, self.beta_start, self.beta_end)
+        """The noise schedule the UNet is trained (and run) with (Eq 3-4), read as every reader of the entry does."""
+        return schedule_of(self.key_params())
 
     def unet_config(self) -> UNetConfig:
         """The network's config: every field the params share with UNetConfig (--size is its image_size)."""

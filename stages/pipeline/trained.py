@@ -9,7 +9,7 @@ import json
 
 import torch
 
-from stages.method.diffusion import Schedule, linear_schedule
+from stages.method.diffusion import BETA_END, BETA_START, T_PAPER, Schedule, linear_schedule
 from stages.models.reconstruction import ReconstructionConfig, UniADReconstruction
 from stages.models.unet import ConditionalUNet, UNetConfig
 from stages.store.cache import Entry
@@ -32,8 +32,8 @@ def load_unet(entry: Entry, device: torch.device) -> ConditionalUNet:
     return model.to(device).eval()
 
 
-# A train-diff entry's noise schedule (Eq 3-4): DDPM's linear betas; the paper's T = 1000, betas 1e-4 .. 0.02.
-SCHEDULE_DEFAULTS = {"diffusion_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+# A train-diff entry's noise schedule (Eq 3-4) by param name: DDPM's linear betas, by default the paper's.
+SCHEDULE_DEFAULTS = {"diffusion_steps": T_PAPER, "beta_start": BETA_START, "beta_end": BETA_END}
 
 
 def schedule_of(params: dict) -> Schedule:
