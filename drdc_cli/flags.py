@@ -22,8 +22,10 @@ def flag(param: str) -> str:
     return _table().get(param, "--" + param.replace("_", "-"))
 
 
-def message(e: DrdcError) -> str:
-    """The error's one line as the command line says it: a ConfigError's parameters as flags."""
+def message(e: DrdcError, dashes: bool = True) -> str:
+    """The error's one line as the command line says it: a ConfigError's parameters as flags ("fpr/percentile" ->
+    "--fpr/--percentile"); dashes=False: as a run file's keys ("fpr/percentile" -> "fpr/percentile")."""
     if isinstance(e, ConfigError) and e.param:
-        return f"{'/'.join(flag(p) for p in e.param.split('/'))}: {e.detail}"
+        names = (flag(p) if dashes else flag(p).removeprefix("--") for p in e.param.split("/"))
+        return f"{'/'.join(names)}: {e.detail}"
     return str(e)

@@ -35,7 +35,7 @@ from stages.store.registry import STAGES
 
 from .app import app, guarded, out
 from .domains import List, domains, flags
-from .flags import flag, message
+from .flags import message
 from .pipeline import RunOpt
 
 if sys.version_info >= (3, 11):
@@ -174,8 +174,7 @@ def _check_together(name: str, values: dict, head: dict, fail) -> None:
     try:
         build(cls, stage, head.get("preset", DEFAULT_PRESET), **kw)
     except ConfigError as e:  # a rule joining keys: the table's line, the key the error names (flag sans dashes)
-        keys = "/".join(flag(q).lstrip("-") for q in e.param.split("/")) if e.param else ""
-        fail(name, "", f"{keys}: {e.detail}" if keys else message(e))
+        fail(name, "", message(e, dashes=False))
 
 
 def _invoke(args: list[str]) -> None:

@@ -19,8 +19,8 @@ from .tune_cmd import show_ranking
 def run_all(store: RunStore, data: Path, preset: str, device: str, progress: bool,
             base_epochs: int | None = None, diff_steps: int | None = None, image_size: int | None = None) -> None:
     """stages.pipeline.workflow.run_all, each stage's result and the tune ranking printed, then the report."""
-    keys = workflow.run_all(store, data, preset, device, progress, report_stage, show_ranking(TuneParams().objective), base_epochs,
-                            diff_steps, image_size)
+    keys = workflow.run_all(store, data, preset, device, progress, report_stage, show_ranking(TuneParams.objective),
+                            base_epochs, diff_steps, image_size)
     print_report(store, keys)
 
 

@@ -29,6 +29,7 @@ def test_message_says_flags_and_leaves_other_errors_alone() -> None:
         check(False, "n_s", "must be >= 2", 1)
     assert str(info.value) == "n_s: must be >= 2 (got 1)" and message(info.value) == "--ns: must be >= 2 (got 1)"
     assert message(ConfigError("give one of them", "fpr/percentile")) == "--fpr/--percentile: give one of them"
+    assert message(ConfigError("x", "hidden_dim/nhead"), dashes=False) == "hidden-dim/heads: x"  # run-file keys
     assert message(ConfigError("no parameter here")) == "no parameter here"
     assert message(DataError("x.png: unreadable")) == "x.png: unreadable"
 

@@ -39,18 +39,10 @@ def _U(x: Tensor, H: int, W: int) -> Tensor:
     return x if x.shape[-2:] == (H, W) else F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
 
 
-def _check_pair(I_ori: Tensor, I_out: Tensor) -> None:  # noqa: N803
-    if I_ori.shape != I_out.shape or I_ori.dim() != 4:
-        raise ValueError(f"diff_heatmap: I_ori {tuple(I_ori.shape)} and I_out {tuple(I_out.shape)} "
-                         "must be equal (B, C, H, W)")
-
-
 def pixel_heatmap(I_ori: Tensor, I_out: Tensor) -> Tensor:  # noqa: N803
     """Eq 11: H^{t,c} = || I_ori - I_out^{t,c} ||_2 over channels. (B, 3, H, W) x 2 -> (B, H, W) float32.
-
-    Eq 16 at l = 1 (`diff_heatmap(I_ori, I_out, 1)` is this map)."""
-    _check_pair(I_ori, I_out)
-    return torch.linalg.vector_norm(I_ori.float() - I_out.float(), dim=1)
+    It is Eq 16 at l = 1 (D and U are the identity there)."""
+    return diff_heatmap(I_ori, I_out, 1)
 
 
 def diff_heatmap(I_ori: Tensor, I_out: Tensor, l: int) -> Tensor:  # noqa: N803
@@ -58,11 +50,11 @@ def diff_heatmap(I_ori: Tensor, I_out: Tensor, l: int) -> Tensor:  # noqa: N803
 
     I_ori, I_out: (B, 3, H, W) in the same range (model space [-1, 1]); l must divide H and W. -> (B, H, W) float32.
     """
-    _check_pair(I_ori, I_out)
+    if I_ori.shape != I_out.shape or I_ori.dim() != 4:
+        raise ValueError(f"diff_heatmap: I_ori {tuple(I_ori.shape)} and I_out {tuple(I_out.shape)} "
+                         "must be equal (B, C, H, W)")
     H, W = I_ori.shape[-2:]
     _check_l(l, H, W)
-    if l == 1:
-        return pixel_heatmap(I_ori, I_out)
     # D is linear: D(I_ori) - D(I_out) = D(I_ori - I_out); float32 since cached images may be float16
     err = torch.linalg.vector_norm(_D(I_ori.float() - I_out.float(), l), dim=1, keepdim=True)
     return _U(err, H, W)[:, 0]

@@ -76,7 +76,7 @@ class TrainBaseParams:
         # StepLR(lr_step): a step of 0 epochs divides by zero at the end of the first epoch. (A cosine warmup
         # longer than the run is allowed: the preset's warmup must not refuse a short `--epochs`.)
         if self.schedule == "step":
-            check(self.lr_step >= 1, "lr_step", "must be >= 1 with --schedule step", self.lr_step)
+            check(self.lr_step >= 1, "lr_step", "must be >= 1 with the step schedule", self.lr_step)
 
     def model_config(self, in_channels: int, feature_size: int) -> ReconstructionConfig:
         """The model's config: every field the params share with ReconstructionConfig, plus the features' shape."""

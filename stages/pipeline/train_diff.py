@@ -104,7 +104,7 @@ class TrainDiffParams:
         object.__setattr__(self, "chain", check_timesteps(self.chain, chain_t, param="chain"))
         factor = 2 ** (len(self.channel_mult) - 1)
         check(self.crop == 0 or (0 < self.crop <= self.size and self.crop % factor == 0), "crop",
-              f"must be 0 (whole image) or a multiple of {factor} (the UNet's downsampling) up to --size "
+              f"must be 0 (whole image) or a multiple of {factor} (the UNet's downsampling) up to size "
               f"{self.size}", self.crop)
         for c in self.grid:
             check_grid(self.size, c, self.n_s, "grid")  # infer-diff's rule for c, on the training grid sizes
