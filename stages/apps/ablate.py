@@ -23,6 +23,7 @@ from stages.method.metrics import compute_metrics, mean_over_categories
 from stages.pipeline.heatmaps import FusionSettings, fuse_maps, read_diff
 from stages.pipeline.reading import content
 from stages.pipeline.selection import FuseParams, matches, newest_init, normal_stats, row_folds
+from stages.pipeline.train_diff import TrainDiffParams
 from stages.store.cache import Entry, RunStore
 from stages.store.commands import command
 from stages.store.presets import PRESETS
@@ -90,7 +91,7 @@ class Row:
 
 
 _TASK_FIELDS = ("task", "chain", "t_max")  # what differs between the keys of the two training tasks
-DEFAULT_CHAIN = (250, 200, 150, 100, 50, 0)
+DEFAULT_CHAIN = TrainDiffParams.chain  # train-diff --task inpaint's own default t-list
 
 
 def _task(params: dict) -> str:
