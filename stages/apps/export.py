@@ -1,16 +1,23 @@
 """Export a trained run for deployment: graphs, a manifest, and a standalone inference example.
 
-  base.onnx / base.pt   image (B, 3, S, S) float RGB in [0, 1] -> H_base (B, S, S): the frozen backbone, the
-                        reconstruction transformer and Eq 2, upsampled bilinearly to the image (as predict does);
-                        with --residual-norm mahalanobis also category (B,) int64 (-1: nearest category)
-  unet.onnx / unet.pt   the conditional UNet: (x_t (B, 3, s, s), t (B,) int64, I_in (B, 3, s, s)) -> eps
+  base.onnx / base.pt   (image (B, 3, S, S) float RGB in [0, 1], category (B,) int64) -> H_base (B, S, S): the
+                        frozen backbone, the reconstruction transformer and Eq 2 (or the run's residual Gaussians),
+                        upsampled bilinearly to the image, as `drdc predict --base-only` makes it
+  drdc.onnx / drdc.pt   what `drdc predict` scores, as one graph: (image, category, masks, noise) -> (H_out, H_base,
+                        H^ST), each (B, S, S): the base map, the diffusion branch's reverse process (Eq 9-15) over
+                        the fused grid sizes and timesteps, Eq 16-19. The random masks and noise are inputs, so the
+                        caller draws them (manifest "draws"); without the diffusion branch (image, category) ->
+                        (H_out, H_base)
+  unet.onnx / unet.pt   the conditional UNet alone: (x_t (B, 3, s, s), t (B,) int64, I_in (B, 3, s, s)) -> eps
   manifest.json         preprocessing (size, --resize, value range), the image score (pool), the fusion settings
-                        and their normalisation statistics, thresholds per category, drdc's version, the keys
-  infer.py              a short example that needs only onnxruntime (or torch), numpy and pillow: base-only
-                        scores and maps of image files, as `drdc predict --base-only` gives them
+                        and their normalisation statistics, how to draw the masks and noise, thresholds per
+                        category, drdc's version, the keys
+  infer.py              a short example that needs only onnxruntime (or torch), numpy and pillow: the scores and
+                        maps of image files, as `drdc predict` gives them (exactly so when torch draws the masks
+                        and noise, with the same generators as drdc; numpy's draws are another sample)
 
-Batch size is dynamic in every graph. ONNX opset OPSET. The diffusion branch's reverse process (Eq 13-15) is a
-loop around unet.onnx; the example covers the base path, the manifest holds what the loop needs.
+Batch size is dynamic in every graph. ONNX opset OPSET. category: an index into the manifest's categories, -1 for
+an image of unknown category.
 """
 from __future__ import annotations
 
@@ -22,11 +29,10 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from stages.apps.export_graphs import BaseGraph, DRDCGraph, UNetGraph, draw_layout
 from stages.errors import ConfigError
-from stages.method.residual import residual_map
 from stages.pipeline.trained import SCHEDULE_DEFAULTS
 from stages.store.cache import RunStore
 
@@ -35,41 +41,11 @@ FORMATS = ("onnx", "torchscript")
 EXAMPLE = Path(__file__).with_name("export_example.py")
 
 
-class BaseGraph(nn.Module):
-    """image (B, 3, S, S) in [0, 1] -> H_base (B, S, S): backbone, reconstruction, Eq 2, bilinear upsampling.
-
-    With the run's residual Gaussians (infer-base --residual-norm mahalanobis) the graph takes a second input,
-    category (B,) int64: the row's index in the manifest's residual categories, or -1 for the nearest one at
-    each position (as predict scores an image of unknown category)."""
-
-    def __init__(self, backbone: nn.Module, base: nn.Module, size: int, residual=None) -> None:
-        super().__init__()
-        self.backbone, self.base, self.size = backbone, base, size
-        self.mahalanobis = residual is not None
-        on = self.mahalanobis  # without the Gaussians (None buffers) residual_map is Eq 2
-        self.register_buffer("channels", torch.tensor(residual.channels, dtype=torch.long) if on else None)
-        self.register_buffer("mu", residual.mu.float() if on else None)  # (K, P, C')
-        self.register_buffer("prec", residual.prec.float() if on else None)  # (K, P, C', C'): float32 in the graph
-
-    def forward(self, images: torch.Tensor, category: torch.Tensor | None = None) -> torch.Tensor:
-        f_in = self.backbone(images)
-        h = residual_map(f_in, self.base(f_in), self.channels, self.mu, self.prec, category)
-        return F.interpolate(h[:, None], size=(self.size, self.size), mode="bilinear", align_corners=False)[:, 0]
-
-
-class UNetGraph(nn.Module):
-    def __init__(self, unet: nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        return self.unet(x_t, cond, t)
-
-
-def _save(model: nn.Module, inputs: tuple, names: list[str], out: str, path: Path, fmt: str) -> Path:
+def _save(model: nn.Module, inputs: tuple, names: list[str], outs: list[str], path: Path, fmt: str) -> Path:
     model = model.eval()
     if fmt == "torchscript":
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks run once, at trace time
             torch.jit.trace(model, inputs, check_trace=False).save(str(path.with_suffix(".pt")))
         return path.with_suffix(".pt")
     try:
@@ -82,7 +58,7 @@ def _save(model: nn.Module, inputs: tuple, names: list[str], out: str, path: Pat
     shapes = tuple({0: batch} for _ in names)  # by position: the graphs' input names are the ONNX ones
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter narrates each step
-        torch.onnx.export(model, inputs, str(path.with_suffix(".onnx")), input_names=names, output_names=[out],
+        torch.onnx.export(model, inputs, str(path.with_suffix(".onnx")), input_names=names, output_names=outs,
                           dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, external_data=False)
     return path.with_suffix(".onnx")
 
@@ -99,16 +75,31 @@ def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None 
     pred = Predictor(store, "cpu", base_only=base_only, weights=weights)
     dest.mkdir(parents=True, exist_ok=True)
     s = pred.size
-    base = BaseGraph(pred.backbone, pred.base, s, pred.residual)
-    inputs, names = ((torch.rand(2, 3, s, s), torch.tensor([0, -1])), ["image", "category"]) if base.mahalanobis \
-        else ((torch.rand(2, 3, s, s),), ["image"])
-    graphs = {"base": _save(base, inputs, names, "h_base", dest / "base", fmt).name}
+    image, category = torch.rand(2, 3, s, s), torch.tensor([0, -1])
+    graphs = {"base": _save(BaseGraph(pred), (image, category), ["image", "category"], ["h_base"], dest / "base",
+                            fmt).name}
+    layout, draws = [], None
+    if pred.fusion is not None:
+        inputs, names, outs = (image, category), ["image", "category"], ["h_out", "h_base"]
+        if pred.unet is not None:
+            d, n_s, layout = pred.diff_size, pred.fusion.n_s, draw_layout(pred)
+            most = max(e["noise_draws"] for e in layout)
+            inputs += (torch.ones(2, len(layout), n_s, d, d), torch.randn(2, len(layout), most, n_s, 3, d, d))
+            names, outs = names + ["masks", "noise"], outs + ["h_st"]
+            draws = {"seed": pred.fusion.seed, "n_s": n_s, "size": d, "noise_draws_max": most, "layout": layout,
+                     "id": "an image's id: -1 - int(sha256(file bytes).hexdigest()[:15], 16)",
+                     "generator": "torch.Generator().manual_seed(int.from_bytes(sha256(f'drdc:{seed}:{id}:"
+                                  "{stream}').digest()[:8], 'big') & (2**63 - 1))",
+                     "masks": "cells c x c; owner[randperm(G)] = arange(G) % n_s; M_i = 0 on set i's cells",
+                     "noise": "noise_draws draws of randn(n_s, 3, size, size), in order"}
+        graphs["drdc"] = _save(DRDCGraph(pred), inputs, names, outs, dest / "drdc", fmt).name
     if pred.unet is not None:
         d = pred.diff_size
         x, t = torch.randn(2, 3, d, d), torch.tensor([250, 50])
         conditioned = pred.unet.config.model_condition
         graphs["unet"] = _save(UNetGraph(pred.unet), (x, t, x.clone()) if conditioned else (x, t),
-                               ["x_t", "t", "cond"] if conditioned else ["x_t", "t"], "eps", dest / "unet", fmt).name
+                               ["x_t", "t", "cond"] if conditioned else ["x_t", "t"], ["eps"], dest / "unet",
+                               fmt).name
     thresholds, _ = current_thresholds(store, pred)
     manifest = {
         "drdc": __version__, "format": fmt, "opset": OPSET if fmt == "onnx" else None, "graphs": graphs,
@@ -116,8 +107,8 @@ def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None 
                        "range": "float32 in [0, 1] (uint8 / 255), NCHW", "resample": "bilinear"},
         "score": {"pool": pred.pool, "rule": "max of the pool x pool average-pooled map (stride 1)"},
         "mode": pred.mode, "categories": pred.index.attrs["categories"],
-        "base_inputs": names,  # "category": index into residual_categories, -1 = nearest
-        "residual_categories": None if pred.residual is None else pred.residual.categories,
+        "inputs": {"category": "index into categories, -1: unknown (nearest Gaussian / mean statistics)"},
+        "draws": draws,  # what drdc.onnx's masks and noise hold (None: no diffusion branch)
         "fusion": None if pred.fusion is None else pred.fusion.as_dict(),
         "diffusion_size": getattr(pred, "diff_size", None),
         "schedule": None if pred.unet is None else {  # Eq 3-4, what the reverse loop around unet needs

@@ -13,12 +13,14 @@ from stages.data.images import to_model_space
 from stages.data.validation import folds
 from stages.errors import CacheMissError
 from stages.method.anomaly_map import image_score
+from stages.method.diffusion import Schedule
+from stages.method.inpaint import Noise
 from stages.method.residual import residual_map
 from stages.models.backbone import load_matching
 from stages.pipeline.extract import images_to_tensor
 from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, array_name, fuse_maps, select
 from stages.pipeline.infer_base import ResidualStats
-from stages.pipeline.infer_diff import InferDiffParams, image_heatmaps
+from stages.pipeline.infer_diff import InferDiffParams, drawn_heatmaps, sequence_draws
 from stages.pipeline.trained import load_model, load_unet, schedule_of
 from stages.store.cache import Entry, RunStore
 from stages.store.commands import command
@@ -123,22 +125,41 @@ class Predictor:
         return Batch(hb.numpy(), None if h_st is None else h_st.numpy(), h_out.numpy(), scores.numpy())
 
     def _diffusion(self, images: np.ndarray, ids: np.ndarray) -> torch.Tensor:
-        """(k, K, S_d, S_d) float32: the selected heatmaps, computed as infer-diff does (the c sharing a t-list
-        in one batch) and rounded through float16 as the store keeps them."""
-        s = self.fusion
-        x = to_model_space(images, self.diff_size)
-        by_chain: dict[tuple[int, ...], list[int]] = {}
-        for c, chain in s.chains:
-            by_chain.setdefault(chain, []).append(c)
-        per_c: dict[int, torch.Tensor] = {}
-        for chain, cs in by_chain.items():
-            p = InferDiffParams(t=chain, c=tuple(cs), l=s.l, n_s=s.n_s, test_time_condition=s.test_time_condition,
-                                seed=s.seed, init=s.init, distance=s.distance)
-            maps = image_heatmaps(self.unet, p, x, ids, sorted(cs), self.diff_size, self.dev, self.backbone,
-                                  self.size, schedule_of(self.train_diff.params))[array_name(s)]
-            for c, m in maps.items():  # (k, n_t * n_l, S_d, S_d), rounded as the store keeps them
-                per_c[c] = select(m.cpu().half(), {"t": list(chain), "l": list(s.l)}, s)
-        return torch.cat([per_c[c] for c in sorted(per_c)], 1)
+        """(k, K, S_d, S_d) float32: the selected heatmaps, computed as infer-diff does."""
+        x = to_model_space(images, self.diff_size).to(self.dev)
+        draws = [sequence_draws(diff_params(self.fusion, chain, cs), ids, cs, self.diff_size)
+                 for chain, cs in chain_groups(self.fusion)]
+        return diffusion_maps(self.unet, self.fusion, x, [(M.to(self.dev), g) for M, g in draws], self.backbone,
+                              self.size, schedule_of(self.train_diff.params))
+
+
+def chain_groups(s: FusionSettings) -> list[tuple[tuple[int, ...], list[int]]]:
+    """The fused c grouped by t-list, as (t-list, its c ascending), in the order of their first c: the c that
+    share a reverse process run in one batch, as infer-diff computes them."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for c, chain in s.chains:
+        groups.setdefault(tuple(chain), []).append(c)
+    return [(chain, sorted(cs)) for chain, cs in groups.items()]
+
+
+def diff_params(s: FusionSettings, chain: tuple[int, ...], cs: list[int]) -> InferDiffParams:
+    """The infer-diff settings whose maps s fuses, for one group of `chain_groups`."""
+    return InferDiffParams(t=chain, c=tuple(cs), l=s.l, n_s=s.n_s, test_time_condition=s.test_time_condition,
+                           seed=s.seed, init=s.init, distance=s.distance)
+
+
+def diffusion_maps(unet, s: FusionSettings, x: torch.Tensor, draws: list[tuple[torch.Tensor, Noise]], phi,
+                   size_in: int, sched: Schedule) -> torch.Tensor:
+    """x (k, 3, S_d, S_d) in model space; draws: (masks, noise) of each group of `chain_groups`, in
+    `sequence_draws`' layout -> (k, K, S_d, S_d) float32, the maps s fuses (c ascending), rounded through float16
+    as the store keeps them. Predict and the exported graph both call it."""
+    per_c: dict[int, torch.Tensor] = {}
+    for (chain, cs), (M, noise) in zip(chain_groups(s), draws, strict=True):  # noqa: N806
+        maps = drawn_heatmaps(unet, diff_params(s, chain, cs), x, M, noise, len(cs), phi, size_in,
+                              sched)[array_name(s)]
+        for i, c in enumerate(cs):  # (k, n_t * n_l, S_d, S_d), rounded as the store keeps them
+            per_c[c] = select(maps[:, i].cpu().half(), {"t": list(chain), "l": list(s.l)}, s)
+    return torch.cat([per_c[c] for c in sorted(per_c)], 1)
 
 
 def score_pool(store: RunStore) -> int:

@@ -24,10 +24,21 @@ def make_input(I_ori: Tensor, M: Tensor, noise: Tensor) -> Tensor:  # noqa: N803
     return M * I_ori + (1 - M) * noise
 
 
-def _noise_source(generator: torch.Generator | Sequence[torch.Generator], like: Tensor) -> Callable[[], Tensor]:
+# Where the reverse process's noise comes from: one generator, one per group of rows, or the draws themselves,
+# a (n_draws, B, ...) tensor whose d-th slice is the d-th draw (an exported graph takes its noise as an input).
+Noise = torch.Generator | Sequence[torch.Generator] | Tensor
+
+
+def _noise_source(generator: Noise, like: Tensor) -> Callable[[], Tensor]:
     """Returns draw() -> N(0, 1) noise shaped like ``like`` (B, ...): the B rows are split into len(generators)
     consecutive equal groups and group k draws its rows from generator k. Drawn in float32 on the CPU, then cast and
-    moved, so the numbers depend neither on the device's RNG nor on the sample dtype nor on the other groups."""
+    moved, so the numbers depend neither on the device's RNG nor on the sample dtype nor on the other groups.
+    A tensor of draws gives its slices in order."""
+    if isinstance(generator, Tensor):
+        if generator.shape[1:] != like.shape:
+            raise ValueError(f"noise draws {tuple(generator.shape)} do not match the rows {tuple(like.shape)}")
+        slices = iter(generator.unbind(0))
+        return lambda: next(slices).to(like.dtype).to(like.device)
     gens = [generator] if isinstance(generator, torch.Generator) else list(generator)
     b = like.shape[0]
     if not gens or b % len(gens):
@@ -69,7 +80,7 @@ def start(I_ori: Tensor, M: Tensor, t1: int, s: Schedule, n0: Tensor, n1: Tensor
 
 
 def reverse_process(I_ori: Tensor, M: Tensor, ts: Sequence[int], s: Schedule,  # noqa: N803
-                    generator: torch.Generator | Sequence[torch.Generator], model_condition: bool = True,
+                    generator: Noise, model_condition: bool = True,
                     test_time_condition: bool = True, init: str = "paper", trajectory: list | None = None
                     ) -> Generator[tuple[int, Tensor, Tensor | None], Tensor, None]:
     """The reverse process of Eq 12-15 as a coroutine: yields (t, x_t, cond) at every t of ts, descending, and
@@ -102,6 +113,12 @@ def reverse_process(I_ori: Tensor, M: Tensor, ts: Sequence[int], s: Schedule,  #
             trajectory.append((t_next, x, n))
 
 
+def n_draws(n_t: int, test_time_condition: bool = True) -> int:
+    """How many noise draws the reverse process over n_t timesteps makes: n0, n1, and one per later step when the
+    test-time condition is on."""
+    return 2 + (n_t - 1 if test_time_condition else 0)
+
+
 def t_batch(t: int, x: Tensor) -> Tensor:
     """(B,) long timesteps for the UNet."""
     return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
@@ -115,7 +132,7 @@ def condition(I_ori: Tensor, M: Tensor, generator: torch.Generator | Sequence[to
 
 @torch.no_grad()
 def inpaint(eps_model: EpsModel, I_ori: Tensor, M: Tensor, ts: Sequence[int], s: Schedule,  # noqa: N803
-            generator: torch.Generator | Sequence[torch.Generator], model_condition: bool = True,
+            generator: Noise, model_condition: bool = True,
             test_time_condition: bool = True, trajectory: list | None = None, init: str = "paper"
             ) -> dict[int, Tensor]:
     """Inpaint the unknown region (M == 0) of every sequence in one batched reverse process; x0_t kept at each t.
@@ -127,7 +144,8 @@ def inpaint(eps_model: EpsModel, I_ori: Tensor, M: Tensor, ts: Sequence[int], s:
     generator: one generator for all rows, or a list of K generators, one per group of B / K consecutive rows
     (e.g. one per image, or per (image, c) with its n_s sequences), so a group's result does not depend on the
     other groups in the batch. Each generator draws, in this order: n0 (I_in's noise), n1 (x_{t_1}'s noise), then
-    n_{t'} for every later t' (only when ``test_time_condition``).
+    n_{t'} for every later t' (only when ``test_time_condition``). Or the draws themselves, (n_draws, B, 3, H, W)
+    in that order (`n_draws`).
 
         I_in    = M * I_ori + (1 - M) * n0                                   (Eq 12, model condition)
         x_{t_1} = sqrt(abar_{t_1}) I_in + sqrt(1 - abar_{t_1}) n1            (Eq 4; init "paper", see INITS)

@@ -24,7 +24,7 @@ from stages.errors import check
 from stages.method.diffusion import Schedule, check_timesteps, linear_schedule
 from stages.method.feature_distance import DISTANCES, feature_heatmap, features
 from stages.method.fusion import diff_heatmap
-from stages.method.inpaint import assemble, check_init, inpaint
+from stages.method.inpaint import Noise, assemble, check_init, inpaint
 from stages.method.masks import check_grid, grid_masks, image_generator
 from stages.models.backbone import load_matching
 from stages.models.unet import InferenceUNet
@@ -67,31 +67,49 @@ class InferDiffParams:
 
 
 
+def sequence_draws(p: InferDiffParams, rec: np.ndarray, cs: list[int], size: int
+                   ) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """The masks M (k * n_c * n_s, 1, S, S) of every (image, c, i) sequence, image-major then c then i, and one
+    noise generator per (image, c): stream 2c of image r's seed draws its masks of grid size c, stream 2c + 1 its
+    noise. rec (k,): record indices (or predict's content ids)."""
+    M, gens = [], []  # noqa: N806
+    for r in rec:
+        for c in cs:
+            M.append(grid_masks(size, c, p.n_s, image_generator(p.seed, int(r), 2 * c)))
+            gens.append(image_generator(p.seed, int(r), 2 * c + 1))
+    return torch.cat(M), gens
+
+
+def drawn_heatmaps(model, p: InferDiffParams, images: torch.Tensor, M: torch.Tensor, noise: Noise, n_c: int,  # noqa: N803
+                   phi=None, size_in: int = 224, sched: Schedule | None = None) -> dict[str, torch.Tensor]:
+    """The heatmaps of k images from their sequences' masks M and noise (`sequence_draws`' layout; noise: the
+    generators, or the draws themselves as `inpaint` takes them) -> {"heatmaps": (k, n_c, n_t, n_l, S, S),
+    "feature": (k, n_c, n_t, S, S) when p.distance is feature}. images (k, 3, S, S) in model space on M's device."""
+    sched = sched or linear_schedule()
+    I_ori = images.repeat_interleave(n_c * p.n_s, 0)  # noqa: N806  (k * n_c * n_s, ...), rows as M's
+    x0 = inpaint(model, I_ori, M, p.t, sched, noise, model_condition=model.config.model_condition,
+                 test_time_condition=p.test_time_condition, init=p.init)
+    k = images.shape[0]
+    ori = I_ori[:: p.n_s]  # one row per (image, c) group
+    out = {t: assemble(x0[t], M, p.n_s) for t in p.t}  # Eq 10
+    maps = torch.stack([torch.stack([diff_heatmap(ori, out[t], l) for l in p.l], 1) for t in p.t], 1)  # Eq 16
+    result = {"heatmaps": maps.view(k, n_c, *maps.shape[1:])}  # (k, n_c, n_t, n_l, S, S)
+    if p.distance == "feature":
+        f_ori = [f.repeat_interleave(n_c, 0) for f in features(phi, images, size_in)]  # once per image
+        feat = torch.stack([feature_heatmap(f_ori, features(phi, out[t], size_in), images.shape[-1])
+                            for t in p.t], 1)
+        result["feature"] = feat.view(k, n_c, *feat.shape[1:])  # (k, n_c, n_t, S, S)
+    return result
+
+
 def image_heatmaps(model, p: InferDiffParams, images: torch.Tensor, rec: np.ndarray, cs: list[int],
                    size: int, dev: torch.device, phi=None, size_in: int = 224, sched: Schedule | None = None
                    ) -> dict[str, dict[int, torch.Tensor]]:
     """All (image, c, i) sequences of a chunk as one batch per step -> {array name: {c: maps}}:
     "heatmaps" (k, n_t, n_l, S, S) always; "feature" (k, n_t, S, S) when p.distance is feature (phi: the run's
     backbone, fed images at size_in). sched: the UNet's noise schedule (None: the paper's)."""
-    sched = sched or linear_schedule()
-    I_ori, M, gens = [], [], []  # noqa: N806
-    for j, r in enumerate(rec):
-        for c in cs:  # stream 2c: masks, 2c+1: noise, per (image, c)
-            M.append(grid_masks(size, c, p.n_s, image_generator(p.seed, int(r), 2 * c)))
-            I_ori.append(images[j : j + 1].expand(p.n_s, -1, -1, -1))
-            gens.append(image_generator(p.seed, int(r), 2 * c + 1))
-    I_ori, M = torch.cat(I_ori).to(dev), torch.cat(M).to(dev)  # noqa: N806  (k*n_c*n_s, ...)
-    x0 = inpaint(model, I_ori, M, p.t, sched, gens, model_condition=model.config.model_condition,
-                 test_time_condition=p.test_time_condition, init=p.init)
-    k, n_c = len(rec), len(cs)
-    ori = I_ori[:: p.n_s]  # one row per (image, c) group
-    out = {t: assemble(x0[t], M, p.n_s) for t in p.t}  # Eq 10
-    maps = torch.stack([torch.stack([diff_heatmap(ori, out[t], l) for l in p.l], 1) for t in p.t], 1)  # Eq 16
-    result = {"heatmaps": maps.view(k, n_c, *maps.shape[1:])}  # (k, n_c, n_t, n_l, S, S)
-    if p.distance == "feature":
-        f_ori = [f.repeat_interleave(n_c, 0) for f in features(phi, images.to(dev), size_in)]  # once per image
-        feat = torch.stack([feature_heatmap(f_ori, features(phi, out[t], size_in), size) for t in p.t], 1)
-        result["feature"] = feat.view(k, n_c, *feat.shape[1:])  # (k, n_c, n_t, S, S)
+    M, gens = sequence_draws(p, rec, cs, size)  # noqa: N806
+    result = drawn_heatmaps(model, p, images.to(dev), M.to(dev), gens, len(cs), phi, size_in, sched)
     return {name: {c: m[:, i] for i, c in enumerate(cs)} for name, m in result.items()}
 
 
