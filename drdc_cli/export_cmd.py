@@ -21,8 +21,9 @@ def export_cmd(
     base_only: Annotated[bool, typer.Option("--base-only", help="Only the base graph (image -> H_base).")] = False,
     weights: Annotated[Optional[Path], typer.Option(help="Backbone weight file, if `drdc extract` was given one.")] = None,
 ) -> None:
-    """Export the run's models for deployment: image -> H_base as one graph, the conditional UNet, a manifest
-    (preprocessing, fusion and its statistics, thresholds, keys) and infer.py, which needs only onnxruntime."""
+    """Export the run's models for deployment: what predict scores as one graph (drdc: image, category, masks,
+    noise -> H_out), image -> H_base (base), the conditional UNet, a manifest (preprocessing, fusion and its
+    statistics, how to draw the masks and noise, thresholds, keys) and infer.py, which needs only onnxruntime."""
     from stages.apps.export import export
 
     m = export(RunStore(run), dest, format, weights, base_only)
