@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -36,9 +37,13 @@ def test_bench_infer_diff_quick(tmp_path: Path) -> None:
 
 def test_bench_fuse_quick(tmp_path: Path) -> None:
     r = _run("bench_fuse.py", tmp_path)
-    # 4 images x (2 t x 2 c x 2 l) float16 32x32 maps + float32 8x8 h_base
-    assert r["bytes"] == 4 * (8 * 32 * 32 * 2 + 8 * 8 * 4)
-    assert all(v > 0 for v in r["heavy"]["fuse+score"] + r["light"]["plain read"])
+    # the larger store's 8 images x (2 t x 2 c x 2 l) float16 32x32 maps + float32 8x8 h_base
+    assert r["images"] == [4, 8] and r["bytes"] == 8 * (8 * 32 * 32 * 2 + 8 * 8 * 4)
+    assert all(v > 0 for v in r["heavy"]["fuse+score@4"] + r["heavy"]["fuse+score@8"] + r["light"]["plain read"])
+    # the line through the two sizes gives back both timings
+    for n in (4, 8):
+        want = np.median(r["heavy"][f"fuse+score@{n}"])
+        assert r["fixed_s"] + n * r["per_image_s"] == pytest.approx(want, rel=1e-9, abs=1e-12)
 
 
 def test_bench_base_quick(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import shutil
 import warnings
 from pathlib import Path
@@ -41,6 +42,18 @@ FORMATS = ("onnx", "torchscript")
 EXAMPLE = Path(__file__).with_name("export_example.py")
 
 
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """The logger shows errors only, while the block runs."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _save(model: nn.Module, inputs: tuple, names: list[str], outs: list[str], path: Path, fmt: str) -> Path:
     model = model.eval()
     if fmt == "torchscript":
@@ -56,8 +69,8 @@ def _save(model: nn.Module, inputs: tuple, names: list[str], outs: list[str], pa
                           "(or use the torchscript format)", "format") from None
     batch = torch.export.Dim("batch", min=1, max=1024)
     shapes = tuple({0: batch} for _ in names)  # by position: the graphs' input names are the ONNX ones
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter narrates each step
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet("onnxscript"):
+        warnings.simplefilter("ignore")  # the exporter narrates each step, its optimizer logs what it skips
         torch.onnx.export(model, inputs, str(path.with_suffix(".onnx")), input_names=names, output_names=outs,
                           dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, external_data=False)
     return path.with_suffix(".onnx")

@@ -122,9 +122,23 @@ def _f1_max(y: np.ndarray, s: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------------- pixel level
 # Pixel scores are compared at float32 precision (anomaly maps are float32 in practice). np.argsort is ~15x slower
 # than np.sort on 30M values without AVX-512, so pixels are ranked by sorting uint64 words (float32 order key << 32
-# | region id) once; sklearn then gets the pixels in ascending order, where its own mergesort is nearly free.
+# | region id) once, and every pixel metric reads that one order.
 _SIGN = np.uint32(0x80000000)
 _LOW = np.uint32(0x7FFFFFFF)
+_TOP = np.uint64(1 << 63)
+
+
+def _sort_u64(a: np.ndarray) -> np.ndarray:
+    """a (P,) uint64 sorted ascending (a new array; a is overwritten). torch's CPU sort of int64 is ~1.7x numpy's on
+    this data (AVX2 machines); the top bit is flipped so that signed order is unsigned order. Equal words are
+    indistinguishable, so any correct sort gives the same array. Costs 16 bytes per value more than an in-place
+    sort (torch also returns the permutation)."""
+    import torch
+
+    a ^= _TOP
+    out = torch.sort(torch.from_numpy(a.view(np.int64))).values.numpy().view(np.uint64)
+    out ^= _TOP
+    return out
 
 
 class _Ranked:
@@ -146,11 +160,11 @@ class _Ranked:
         packed <<= np.uint64(32)
         packed |= regions.view(np.uint32).ravel()
         del regions
-        packed.sort()
-        desc = packed[::-1]
+        desc = _sort_u64(packed)[::-1]
+        del packed
         self.regions = desc & np.uint64(0xFFFFFFFF)
         key = (desc >> np.uint64(32)).astype(np.uint32)
-        del packed, desc
+        del desc
         key ^= ((key >> 31) ^ np.uint32(1)) * _LOW | _SIGN  # inverse of the key transform
         self.scores = key.view(np.float32)
 
@@ -170,7 +184,7 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float:
     FPR = share of normal pixels (over all images) that are positive; PRO = mean over all 8-connected ground-truth
     regions of the share of the region that is positive. PRO(FPR) is integrated with the trapezoid rule from 0 to
     ``fpr_limit`` (the curve is linearly interpolated at the limit) and divided by ``fpr_limit``.
-    Exact: every distinct score is a threshold. Cost: one sort of all pixels, ~40 bytes per pixel at peak.
+    Exact: every distinct score is a threshold. Cost: one sort of all pixels, ~56 bytes per pixel at peak.
     """
     _check_fpr_limit(fpr_limit)
     m, a = _pixel_inputs(masks, maps)
