@@ -257,7 +257,7 @@ def _domains() -> dict[str, Any]:
         "--down": Choice(DOWN_MODES), "--up": Choice(UP_MODES),
         "--objective": Choice(OBJECTIVES), "--norms": List(Choice(NORMS)), "--gammas": List(Real(0.0, 1.0)),
         "--filters": List(Int(1, 255, odd=True)), "--rounds": Int(1, 5), "--eval-size": Int(16, 2048),
-        "--top": Int(1, 10_000),
+        "--top": Int(1, 10_000), "--check": Int(0, 10_000),
         # run, make-data, demo
         "--base-epochs": Int(1, BIG), "--diff-steps": Int(1, 10**9), "--n-train": Int(2, 100_000),
         "--n-test-good": Int(1, 100_000), "--n-test-defect": Int(1, 100_000),

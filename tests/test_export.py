@@ -63,22 +63,31 @@ def _outside(tiny_data: Path, root: Path, n: int) -> list[Path]:
 
 
 def test_standalone_example_gives_predicts_drdc_scores_and_maps(exported, tiny_data, tmp_path):
+    """export --check: infer.py in a fresh process (torch's draws) against predict, on copies of test images."""
+    from stages.apps.export_check import check
+
     run, dest, _ = exported
-    files = _outside(tiny_data, tmp_path / "in", 3)
-    rows = _example(dest, files, tmp_path, "--maps", str(tmp_path / "maps"), "--category", "disc")
-    maps, diffused = {}, []
-    ref = predict(Predictor(RunStore(run), "cpu"), files, None, "disc", progress=False,
-                  on_batch=lambda b: (maps.update({p.path: p.h_out.copy() for p in b}),
-                                      diffused.extend(p.h_st is not None for p in b)))
-    assert diffused == [True] * 3  # the diffusion branch ran
-    for n, (row, p) in enumerate(zip(rows, ref, strict=True)):
-        assert row["path"] == str(p.path) and float(row["score"]) == pytest.approx(p.score, rel=1e-4), row
-        h = np.load(tmp_path / "maps" / f"{n}_{p.path.stem}.npy")
-        assert np.abs(h - maps[p.path]).max() <= 1e-4 * np.abs(maps[p.path]).max()
+    r = check(RunStore(run), dest, 2)
+    assert (r.images, r.categories, r.mode) == (2, ["disc", "grain"], "fuse") and r.passed
+    assert r.score_error <= 1e-5 and r.map_error <= 1e-5, r
     # numpy's draws: another sample of the masks and noise, so other numbers, of the same size
+    files = _outside(tiny_data, tmp_path / "in", 3)
     other = _example(dest, files, tmp_path, "--category", "disc", "--draws", "numpy")
-    got, want = np.array([float(r["score"]) for r in other]), np.array([p.score for p in ref])
+    want = np.array([p.score for p in predict(Predictor(RunStore(run), "cpu"), files, None, "disc", progress=False)])
+    got = np.array([float(row["score"]) for row in other])
     assert not np.allclose(got, want, rtol=1e-4) and np.allclose(got, want, rtol=0.5)
+
+
+def test_export_check_catches_a_broken_export(exported, tmp_path):
+    from stages.apps.export_check import check
+
+    run, dest, _ = exported
+    broken = Path(shutil.copytree(dest, tmp_path / "broken"))  # a manifest whose pool is not the run's
+    m = json.loads((broken / "manifest.json").read_text())
+    m["score"]["pool"] = 3
+    (broken / "manifest.json").write_text(json.dumps(m))
+    bad = check(RunStore(run), broken, 1)
+    assert bad.images == 1 and not bad.passed and bad.score_error > 1e-3
 
 
 def test_example_draws_drdcs_masks_with_torch_and_a_partition_with_numpy(exported):
@@ -137,6 +146,17 @@ def test_standalone_example_base_only_gives_predicts_base_scores_and_maps(export
         assert float(row["score"]) == pytest.approx(p.score, rel=1e-4), row
         h = np.load(tmp_path / cat / f"{n}_{p.path.stem}.npy")
         assert np.abs(h - maps[p.path]).max() <= 1e-4 * np.abs(maps[p.path]).max()
+    # no category: the nearest Gaussian at each position, as predict scores an image of unknown category
+    files = _outside(tiny_data, tmp_path / "unknown", 2)
+    got = _example(dest, files, tmp_path, "--maps", str(tmp_path / "none"), "--base-only")
+    maps = {}
+    ref = predict(Predictor(RunStore(run), "cpu", base_only=True), files, None, progress=False,
+                  on_batch=lambda b: maps.update({p.path: p.h_out.copy() for p in b}))
+    assert ref[0].category is None
+    for n, (row, p) in enumerate(zip(got, ref, strict=True)):
+        assert float(row["score"]) == pytest.approx(p.score, rel=1e-4), row
+        h = np.load(tmp_path / "none" / f"{n}_{p.path.stem}.npy")
+        assert np.abs(h - maps[p.path]).max() <= 1e-4 * np.abs(maps[p.path]).max()
 
 
 def test_unet_graph_gives_the_unets_eps_at_any_batch(exported):
@@ -173,3 +193,4 @@ def test_export_cli_names_a_bad_format(exported, tmp_path, cli):
     run, _, _ = exported
     res = cli("export", "--run", run, "--out", tmp_path / "x", "--format", "tflite", code=2)
     assert "--format: must be one of onnx, torchscript" in res.stderr and not (tmp_path / "x").exists()
+

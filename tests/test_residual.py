@@ -139,39 +139,6 @@ def test_bad_stages_are_one_line_naming_the_option(maha_run, cli):
     assert "--residual-stages" in res.output and "1..4" in res.output and len(res.output.strip().splitlines()) == 1
 
 
-def test_export_with_residual_gaussians_matches_predict(maha_run, tiny_data, tmp_path):
-    pytest.importorskip("onnxruntime")
-    import csv
-    import io
-    import subprocess
-    import sys
-
-    from conftest import copy_run
-    from stages.apps.export import export
-    from PIL import Image
-
-    from stages.apps.predictor import Predictor
-
-    run = copy_run(maha_run, tmp_path / "r.zarr")
-    m = export(RunStore(run), tmp_path / "onnx", "onnx", base_only=True)
-    assert m["base_inputs"] == ["image", "category"] and m["residual_categories"] == ["disc", "grain", "weave"]
-    images = sorted((tiny_data / "disc" / "test").rglob("*.png"))[:2]
-    for category in ("disc", None):  # the images' own Gaussian, and the nearest one (predict with no category)
-        res = subprocess.run([sys.executable, str(tmp_path / "onnx" / "infer.py"), *map(str, images), "--maps",
-                              str(tmp_path / str(category)), *(["--category", category] if category else [])],
-                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
-        assert res.returncode == 0, res.stderr
-        rows = list(csv.DictReader(io.StringIO(res.stdout)))
-        pred = Predictor(RunStore(run), "cpu", base_only=True)
-        ids = np.arange(len(images))
-        imgs = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in images])  # already 64 px
-        ref = pred.run(imgs, ids, [category] * len(images))
-        for n, row in enumerate(rows):
-            assert float(row["score"]) == pytest.approx(float(ref.scores[n]), rel=1e-4), (category, row)
-            h = np.load(tmp_path / str(category) / f"{n}_{images[n].stem}.npy")
-            assert np.abs(h - ref.h_base[n]).max() <= 1e-4 * np.abs(ref.h_base[n]).max()
-
-
 def test_a_damaged_gaussians_file_is_one_line_naming_it_and_the_fix(maha_run, tmp_path, cli, tiny_data):
     from conftest import copy_run
 
