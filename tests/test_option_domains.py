@@ -35,6 +35,7 @@ ZERO_OK = {  # 0 is a real setting of these, the rest must refuse it
     "--crop",  # train on the whole image
     "--gamma",  # base only
     "--worst",  # no worst-case pictures
+    "--check",  # export without checking it
 }
 HUGE_INT, HUGE_REAL = "99999999999999999999", "1e300"
 
