@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--channels", type=int, default=8, help="UNet model channels (memory of the maps does not "
                     "depend on it; time does)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--quick", action="store_true", help="8 vs 24 images, 32 px, 2 steps: a smoke run")
+    ap.add_argument("--quick", action="store_true", help="8 vs 16 images, 32 px, 2 steps: a smoke run")
     ap.add_argument("--json")
     ap.add_argument("--child", nargs=3, metavar=("RUN", "DEVICE", "PARAMS"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                            attention_resolutions=(a.size // 4,), num_head_channels=a.channels * 2, grid=(1, 4, 8))
     inf = InferDiffParams(c=(1, 4, 8))
     if a.quick:
-        a.small, a.large, a.size = 8, 24, 32  # >= one full chunk each: the batch sets the working set
+        a.small, a.large, a.size = 8, 16, 32  # >= one full chunk each: the batch sets the working set
         diff = TrainDiffParams(size=32, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                                attention_resolutions=(16,), num_head_channels=8, grid=(1, 8))
         inf = InferDiffParams(t=(50, 0), c=(1, 8), l=(1, 2))

@@ -54,4 +54,4 @@ def test_bench_base_quick(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_memory_quick(tmp_path: Path) -> None:
     r = _run("bench_memory.py", tmp_path)
-    assert set(r["results"]) == {"8", "24"} and all(v["peak_rss_mb"] > 0 for v in r["results"].values())
+    assert set(r["results"]) == {"8", "16"} and all(v["peak_rss_mb"] > 0 for v in r["results"].values())
