@@ -7,10 +7,10 @@ normalised fusion the mean of the categories' statistics, as `drdc predict` does
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stages.apps.predictor import Predictor, chain_groups, diff_params, diffusion_maps
+from stages.apps.predictor import Predictor, chain_groups, diffusion_maps
+from stages.data.images import model_space
 from stages.method.anomaly_map import upsample
 from stages.method.inpaint import n_draws
 from stages.method.residual import residual_map
@@ -98,16 +98,10 @@ class DRDCGraph(nn.Module):
             self.register_buffer("base_stats", torch.cat([st.base, st.base.mean(0, keepdim=True)]).float())
             self.register_buffer("diff_stats", None if st.diff is None else
                                  torch.cat([st.diff, st.diff.mean(0, keepdim=True)]).float())
-        if pred.unet is not None:
-            for chain, cs in self.groups:
-                diff_params(self.fusion, chain, cs)  # the settings are valid before tracing
 
     def _h_diff(self, images: Tensor, masks: Tensor, noise: Tensor) -> Tensor:
         s = self.diff_size
-        x = images * 255.0  # stages.data.images.to_model_space, from [0, 1]
-        if x.shape[-1] != s:
-            x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-        x = x / 127.5 - 1.0
+        x = model_space(images * 255.0, s)  # as predict's to_model_space of the uint8 image
         draws, o = [], 0
         for chain, cs in self.groups:
             n, nd = len(cs), n_draws(len(chain), self.fusion.test_time_condition)

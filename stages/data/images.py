@@ -99,14 +99,25 @@ def load_mask(path: Path, expect_size: tuple[int, int], size: int, resize: str =
 
 def to_model_space(batch: np.ndarray, size: int, as_uint8: bool = False):
     """(B, H, W, 3) uint8 images -> (B, 3, size, size) torch tensor: the diffusion branch's input, in [-1, 1]
-    (float32), or rounded back to uint8 when as_uint8 (4x less memory for a training set kept in RAM).
-    Downsizing uses antialiased bilinear interpolation so thin defects fade rather than alias."""
+    (float32), or rounded back to uint8 when as_uint8 (4x less memory for a training set kept in RAM)."""
     import torch
-    import torch.nn.functional as F
 
     x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
+    if as_uint8:
+        return _resized(x, size).round_().clamp_(0, 255).to(torch.uint8)
+    return model_space(x, size)
+
+
+def model_space(x, size: int):
+    """(B, 3, H, W) float pixel values in [0, 255] -> (B, 3, size, size) in [-1, 1]: to_model_space on a tensor
+    (the exported graph takes float images)."""
+    return _resized(x, size) / 127.5 - 1.0
+
+
+def _resized(x, size: int):
+    """Downsizing uses antialiased bilinear interpolation so thin defects fade rather than alias."""
+    import torch.nn.functional as F
+
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    if as_uint8:
-        return x.round_().clamp_(0, 255).to(torch.uint8)
-    return x.div_(127.5).sub_(1.0)
+    return x

@@ -7,6 +7,7 @@ numpy in, Python floats out. Bad data raises ``DataError`` (one line), a bad ``f
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
@@ -133,8 +134,6 @@ def _sort_u64(a: np.ndarray) -> np.ndarray:
     this data (AVX2 machines); the top bit is flipped so that signed order is unsigned order. Equal words are
     indistinguishable, so any correct sort gives the same array. Costs 16 bytes per value more than an in-place
     sort (torch also returns the permutation)."""
-    import torch
-
     a ^= _TOP
     out = torch.sort(torch.from_numpy(a.view(np.int64))).values.numpy().view(np.uint64)
     out ^= _TOP
