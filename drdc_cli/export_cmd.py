@@ -9,7 +9,7 @@ import typer
 from stages.store.cache import RunStore
 
 from .app import app, guarded, out
-from .pipeline import RunOpt
+from .pipeline import QuietOpt, RunOpt
 
 
 @app.command("export", rich_help_panel="Results")
@@ -22,13 +22,14 @@ def export_cmd(
     weights: Annotated[Optional[Path], typer.Option(help="Backbone weight file, if `drdc extract` was given one.")] = None,
     check: Annotated[int, typer.Option(help="Then run infer.py on this many of the run's test images and compare "
                                             "it with predict (0: no check).")] = 0,
+    quiet: QuietOpt = False,
 ) -> None:
     """Export the run's models for deployment: what predict scores as one graph (drdc: image, category, masks,
     noise -> H_out), image -> H_base (base), the conditional UNet, a manifest (preprocessing, fusion and its
     statistics, how to draw the masks and noise, thresholds, keys) and infer.py, which needs only onnxruntime."""
     from stages.apps.export import export
 
-    m = export(RunStore(run), dest, format, weights, base_only)
+    m = export(RunStore(run), dest, format, weights, base_only, progress=not quiet)
     out.print(f"[green]✓[/] export: {', '.join(m['graphs'].values())}, manifest.json, infer.py in {dest} "
               f"({m['format']}{', opset ' + str(m['opset']) if m['opset'] else ''}); try "
               f"`python {dest / 'infer.py'} IMAGE...`", soft_wrap=True)
@@ -37,7 +38,7 @@ def export_cmd(
         from stages.apps.export_check import check as check_export
         from stages.errors import DataError
 
-        r = check_export(RunStore(run), dest, check, base_only)
+        r = check_export(RunStore(run), dest, check, base_only, progress=not quiet)
         said = (f"infer.py on {r.images} test images ({', '.join(r.categories)}), {r.mode} mode: scores within "
                 f"{r.score_error:.1e} of predict's (tolerance {SCORE_TOLERANCE:.0e}), maps within {r.map_error:.1e} "
                 f"of their maximum (tolerance {MAP_TOLERANCE:.0e})")

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from stages.apps.export_graphs import BaseGraph, DRDCGraph, UNetGraph, draw_layout
 from stages.errors import ConfigError
@@ -77,7 +78,7 @@ def _save(model: nn.Module, inputs: tuple, names: list[str], outs: list[str], pa
 
 
 def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None = None,
-           base_only: bool = False) -> dict:
+           base_only: bool = False, progress: bool = True) -> dict:
     """Write the graphs, manifest.json and infer.py of the run's current models into dest; returns the manifest."""
     from stages import __version__
     from stages.apps.calibrate import current as current_thresholds
@@ -89,9 +90,9 @@ def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None 
     dest.mkdir(parents=True, exist_ok=True)
     s = pred.size
     image, category = torch.rand(2, 3, s, s), torch.tensor([0, -1])
-    graphs = {"base": _save(BaseGraph(pred), (image, category), ["image", "category"], ["h_base"], dest / "base",
-                            fmt).name}
-    layout, draws = [], None
+    # (name, module, example inputs, input names, output names) of each graph, traced below
+    jobs = [("base", BaseGraph(pred), (image, category), ["image", "category"], ["h_base"])]
+    draws = None
     if pred.fusion is not None:
         inputs, names, outs = (image, category), ["image", "category"], ["h_out", "h_base"]
         if pred.unet is not None:
@@ -105,14 +106,16 @@ def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None 
                                   "{stream}').digest()[:8], 'big') & (2**63 - 1))",
                      "masks": "cells c x c; owner[randperm(G)] = arange(G) % n_s; M_i = 0 on set i's cells",
                      "noise": "noise_draws draws of randn(n_s, 3, size, size), in order"}
-        graphs["drdc"] = _save(DRDCGraph(pred), inputs, names, outs, dest / "drdc", fmt).name
+        jobs.append(("drdc", DRDCGraph(pred), inputs, names, outs))
     if pred.unet is not None:
         d = pred.diff_size
         x, t = torch.randn(2, 3, d, d), torch.tensor([250, 50])
         conditioned = pred.unet.config.model_condition
-        graphs["unet"] = _save(UNetGraph(pred.unet), (x, t, x.clone()) if conditioned else (x, t),
-                               ["x_t", "t", "cond"] if conditioned else ["x_t", "t"], ["eps"], dest / "unet",
-                               fmt).name
+        jobs.append(("unet", UNetGraph(pred.unet), (x, t, x.clone()) if conditioned else (x, t),
+                     ["x_t", "t", "cond"] if conditioned else ["x_t", "t"], ["eps"]))
+    graphs = {}
+    for name, model, inputs, names, outs in tqdm(jobs, desc="export", unit="graph", disable=not progress):
+        graphs[name] = _save(model, inputs, names, outs, dest / name, fmt).name  # tens of seconds each (ONNX)
     thresholds, _ = current_thresholds(store, pred)
     manifest = {
         "drdc": __version__, "format": fmt, "opset": OPSET if fmt == "onnx" else None, "graphs": graphs,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from stages.apps.predict import predict
 from stages.apps.predictor import Predictor
@@ -41,7 +42,7 @@ class CheckResult:
         return self.score_error <= SCORE_TOLERANCE and self.map_error <= MAP_TOLERANCE
 
 
-def pick(records: list[dict], n: int) -> list[dict]:
+def spread(records: list[dict], n: int) -> list[dict]:
     """n test records, taken in turn from each category (its order in the index)."""
     by_cat: dict[str, list[dict]] = {}
     for r in records:
@@ -55,17 +56,17 @@ def pick(records: list[dict], n: int) -> list[dict]:
     return out
 
 
-def check(store: RunStore, dest: Path, n: int, base_only: bool = False) -> CheckResult:
+def check(store: RunStore, dest: Path, n: int, base_only: bool = False, progress: bool = True) -> CheckResult:
     """Run dest/infer.py on n of the run's test images and compare with predict (the same mode as the export)."""
     pred = Predictor(store, "cpu", base_only=base_only)
     root = Path(pred.index.params["root"])
-    chosen = pick(pred.index.attrs["records"], n)
+    chosen = spread(pred.index.attrs["records"], n)
     if not chosen:
         raise DataError(f"{store.name}: the run has no test images to check the export on")
     score_err = map_err = 0.0
     cats = sorted({r["category"] for r in chosen})
     with tempfile.TemporaryDirectory(prefix="drdc-export-check-") as tmp:
-        for cat in cats:
+        for cat in tqdm(cats, desc="export check", unit="category", disable=not progress):
             files = []
             for r in (r for r in chosen if r["category"] == cat):
                 src = root / r["path"]
