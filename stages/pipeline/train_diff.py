@@ -22,6 +22,11 @@ thin defect keeps more of its contrast (a 1-px line keeps about a fifth of it at
 All randomness of step k comes from a generator
 seeded by (seed, k), so a resumed run draws exactly what an uninterrupted one would.
 
+Longer training without starting over: the learning rate is constant and step k's draws depend on k alone, so
+the first k steps of any run are the same. A new `--steps N` entry therefore continues from the checkpoint of
+the longest shorter run of otherwise equal settings (stages.store.checkpoint.adopt_shorter) and ends with the
+weights a run from scratch would have; 1000 steps, then 3000, cost 3000 steps in all.
+
 Under torchrun (DDP): every rank draws its own --batch-size samples a step (effective batch = batch x world size, lr
 as given) from a generator seeded by (seed, k, rank stream); rank 0's stream is the single-process one. Sampling is
 with replacement, so per-rank streams are the step-based equivalent of a DistributedSampler. Rank 0 alone writes the
@@ -196,7 +201,7 @@ def run(store: RunStore, p: TrainDiffParams, device: str = "auto", progress: boo
     dev = resolve_device(device)
     cfg = p.unet_config()
     tr = Training.begin(store, STAGE, p.key_params(), p.batch_size, {"index": index.key}, p.seed, cfg.to_dict(),
-                        "steps", p.steps, dev)
+                        "steps", p.steps, dev, grows="steps")  # constant lr, draws seeded by step: extendable
     if tr.cached:
         return tr.result()
     world, rank, main = tr.world, dist.rank(), tr.main

@@ -33,13 +33,15 @@ class Training:
 
     @classmethod
     def begin(cls, store: RunStore, stage: str, params: dict, batch_size: int, inputs: dict[str, str], seed: int,
-              config: dict, unit: str, total: int, device: torch.device) -> "Training":
+              config: dict, unit: str, total: int, device: torch.device, grows: str | None = None) -> "Training":
         """Set up torchrun (if launched by it) and begin the entry: params keyed as for one process (plus world
-        size and effective batch under DDP), config.json written for a new or resumed entry."""
+        size and effective batch under DDP), config.json written for a new or resumed entry. grows: the length
+        parameter a new entry may continue a shorter run's checkpoint along (only for a trainer whose first k
+        units do not depend on its length)."""
         t0 = time.perf_counter()
         dist.setup(device)
         entry, key, cached, resumed, summary = dist.begin_training(
-            store, stage, dist.ddp_params(params, batch_size), inputs, seed, config, unit, total)
+            store, stage, dist.ddp_params(params, batch_size), inputs, seed, config, unit, total, grows)
         return cls(stage, entry, key, cached, resumed, summary, device, t0)
 
     @property

@@ -12,6 +12,8 @@ from stages.store.faults import point
 if TYPE_CHECKING:
     import torch
 
+    from stages.store.cache import Entry, RunStore
+
 
 def atomic_save(write, path: Path) -> None:
     """Write via write(tmp_path) then rename, so a kill mid-write never leaves a truncated file at path."""
@@ -62,3 +64,36 @@ def _remove_hint(path: Path) -> str:
     except Exception:  # noqa: BLE001 - a store too damaged to read its params: the bare command
         again = hint(stage, str(run))
     return f"remove the entry with `drdc cache gc --run {run} --key {entry.name}`, then rerun `{again}`"
+
+
+def adopt_shorter(store: "RunStore", entry: "Entry", grows: str, unit: str) -> "Entry | None":
+    """Start a new training entry from the checkpoint of a shorter run of the same settings: the entry of the same
+    stage and inputs whose params differ only by a smaller `grows` (e.g. steps), with the most progress in its
+    files/last.pt. Valid only for a training whose first k units do not depend on its length (train-diff: constant
+    learning rate, every step's draws seeded by the step), so the extended run ends with the weights a run from
+    scratch would have. The file is copied (the shorter entry keeps its own); returns the entry adopted."""
+    import shutil
+
+    import torch
+
+    mine = {k: v for k, v in entry.params.items() if k != grows}
+    best, best_at = None, 0
+    for e in store.entries():
+        q = e.params
+        if (e.stage != entry.stage or e.key == entry.key or e.inputs != entry.inputs
+                or {k: v for k, v in q.items() if k != grows} != mine or not q.get(grows, 0) < entry.params[grows]):
+            continue
+        last = e.files / "last.pt"
+        if not last.is_file():
+            continue
+        try:
+            at = int(torch.load(last, map_location="cpu", weights_only=True)[unit.rstrip("s")])
+        except Exception:  # noqa: BLE001 - a damaged or foreign checkpoint is simply not adopted
+            continue
+        if at > best_at:
+            best, best_at = e, at
+    if best is None:
+        return None
+    atomic_save(lambda tmp: shutil.copyfile(best.files / "last.pt", tmp), entry.files / "last.pt")
+    entry.update(extends={"key": best.key, unit: best_at})
+    return best

@@ -153,10 +153,15 @@ def start_together(device: torch.device) -> None:
 
 
 def begin_training(store: "RunStore", stage: str, params: dict, inputs: dict[str, str], seed: int, config: dict,
-                   unit: str, total: int) -> tuple["Entry | None", str, bool, bool, str]:
+                   unit: str, total: int, grows: str | None = None) -> tuple["Entry | None", str, bool, bool, str]:
     """Rank 0 begins the training entry (writer lock, config.json) and every rank learns what it decided:
-    (rank 0's entry or None elsewhere, key, cached, resume from last.pt, summary when cached)."""
+    (rank 0's entry or None elsewhere, key, cached, resume from last.pt, summary when cached).
+    grows: the length parameter (e.g. "steps") of a training whose first k units do not depend on its length;
+    a new entry then starts from the checkpoint of the longest shorter run of the same settings
+    (stages.store.checkpoint.adopt_shorter)."""
     import json
+
+    from stages.store.checkpoint import adopt_shorter
 
     entry = None
 
@@ -167,6 +172,8 @@ def begin_training(store: "RunStore", stage: str, params: dict, inputs: dict[str
             h = entry.attrs.get("history", [])
             return entry.key, True, False, f"{total} {unit}, final loss {h[-1]['loss']:.4g}" if h else ""
         (entry.files / "config.json").write_text(json.dumps(config, indent=1))
+        if grows is not None and not (entry.files / "last.pt").exists():
+            adopt_shorter(store, entry, grows, unit)
         return entry.key, False, (entry.files / "last.pt").exists(), ""
 
     key, cached, resume, summary = main_decides(decide)

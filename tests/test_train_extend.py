@@ -1,0 +1,34 @@
+"""train-diff --steps N continues the longest shorter run of equal settings and ends where a run from scratch ends."""
+from __future__ import annotations
+
+import torch
+
+from stages.store.cache import RunStore
+
+from conftest import TINY_DIFF, TINY_INDEX, options
+
+
+def _entry(run, steps: int):
+    return next(e for e in RunStore(run).entries() if e.stage == "train_diff" and e.params["steps"] == steps)
+
+
+def _weights(run, steps: int) -> dict:
+    return torch.load(_entry(run, steps).files / "model.pt", weights_only=True)
+
+
+def test_longer_training_continues_a_shorter_one_bit_identically(tiny_data, tmp_path, cli):
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    for run in (a, b):
+        cli("index", "--run", run, "--data", tiny_data, *TINY_INDEX, "-q")
+    cli("train-diff", "--run", a, *options(TINY_DIFF, "--steps", "2"), "-q")
+    cli("train-diff", "--run", a, *options(TINY_DIFF, "--steps", "3", "--lr", "3e-4"), "-q")  # other settings
+    res = cli("train-diff", "--run", a, *options(TINY_DIFF, "--steps", "5"), "-q")
+    cli("train-diff", "--run", b, *options(TINY_DIFF, "--steps", "5"), "-q")  # from scratch
+    longer = _entry(a, 5)
+    assert longer.attrs["extends"] == {"key": _entry(a, 2).key, "steps": 2}, res.output
+    assert longer.key == _entry(b, 5).key  # the same settings, the same key
+    wa, wb = _weights(a, 5), _weights(b, 5)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], _weights(a, 2)[k]) for k in wa)  # it did train on
+    assert (_entry(a, 2).files / "last.pt").is_file()  # the shorter run keeps its checkpoint
+    assert "extends" not in _entry(b, 5).attrs
