@@ -28,8 +28,11 @@ def render(table: list[dict], entries: list, title: str) -> Table:
     for r in table:
         if r["category"] == "mean":
             t.add_section()
-        t.add_row("Mean" if r["category"] == "mean" else r["category"],
-                  *["-" if r[c] is None else f"{100 * r[c]:.1f}" for c in cols])
+        kind = rep.is_kind_row(r)  # a defect folder's row, under its category's
+        name = "Mean" if r["category"] == "mean" else (
+            f"[dim]  {r['category'].partition(rep.KIND_SEP)[2]}[/]" if kind else r["category"])
+        t.add_row(name, *[("-" if r[c] is None else f"{100 * r[c]:.1f}") if not kind or r[c] is None
+                          else f"[dim]{100 * r[c]:.1f}[/]" for c in cols])
     return t
 
 
@@ -40,7 +43,8 @@ def print_report(store: RunStore, variants: list[str] | None = None) -> list[dic
     if val:
         out.print(render(val + kinds, entries, f"{store.name}: VALIDATION (held-out normals + synthetic defects, "
                                                 "what settings are chosen on), in %"))
-    out.print(render(table, entries, f"{store.name}: TEST metrics in % (categories without masks: pixel metrics '-')"))
+    out.print(render(table, entries, f"{store.name}: TEST metrics in % (categories without masks: pixel metrics '-'; "
+                                    "indented: each defect folder against the category's good images)"))
     if len(entries) > 1:
         out.print("[dim]" + "; ".join(f"{tag} = score {e.key}" for tag, e in zip(rep.labels(entries), entries)) + "[/]",
                   soft_wrap=True)

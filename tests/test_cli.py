@@ -55,12 +55,14 @@ def test_every_stage_runs_and_reports(done_run, cli, tmp_path):
     kinds = {f"val:synthetic-{k}": v["mean"] for k, v in attrs["val_by_kind"].items()}
     for r in rows:
         cat = r["category"]
+        c, _, d = cat.partition("/")
         want = (kinds[cat] if cat in kinds else attrs["val_metrics"][cat[4:]] if cat.startswith("val:")
-                else attrs["metrics"][cat])
+                else attrs["test_by_kind"][c][d] if d else attrs["metrics"][cat])
         for name in ("i_auroc", "p_auroc", "p_aupro"):
             assert float(r[name]) == pytest.approx(want[name], abs=1e-6)
     doc = json.loads((tmp_path / "m.json").read_text())
-    assert doc["variants"][0]["params"] == {"source": "base", "pool": 16} and len(doc["rows"]) == 4
+    assert doc["variants"][0]["params"] == {"source": "base", "pool": 16} and len([r for r in doc["rows"] if "/" not in r["category"]]) == 4
+    assert len([r for r in doc["rows"] if "/" in r["category"]]) == sum(map(len, attrs["test_by_kind"].values())) > 0
     images = list(csv.DictReader(open(tmp_path / "img.csv")))
     test = [r for r in images if r["split"] == "test"]
     assert len(test) == 3 * (3 + 4) and {r["label"] for r in test} == {"0", "1"}

@@ -45,9 +45,11 @@ def _table(rows: list[dict], tags: list[str], caption: str) -> str:
                    for c in cols)
     body = []
     for r in rows:
-        name = "Mean" if r["category"] == "mean" else r["category"]
+        kind = rep.is_kind_row(r)  # a defect folder's row, under its category's
+        name = "Mean" if r["category"] == "mean" else r["category"].partition(rep.KIND_SEP)[2] if kind else r["category"]
         cells = "".join("<td>-</td>" if r[c] is None else f"<td>{100 * r[c]:.1f}</td>" for c in cols)
-        body.append(f"<tr class='{'mean' if name == 'Mean' else ''}'><th>{html.escape(name)}</th>{cells}</tr>")
+        cls = "mean" if name == "Mean" else "kind" if kind else ""
+        body.append(f"<tr class='{cls}'><th>{html.escape(name)}</th>{cells}</tr>")
     return (f"<table><caption>{html.escape(caption)}</caption><thead><tr><th>Category</th>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>")
 
@@ -55,7 +57,7 @@ def _table(rows: list[dict], tags: list[str], caption: str) -> str:
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;margin:1em 0}caption{text-align:left;font-weight:bold;margin-bottom:.3em}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th:first-child{text-align:left}
-tr.mean{background:#eef}img{max-width:100%;border:1px solid #ddd;margin:4px}small{color:#666}"""
+tr.mean{background:#eef}tr.kind{color:#555}tr.kind th{padding-left:2em;font-weight:normal}img{max-width:100%;border:1px solid #ddd;margin:4px}small{color:#666}"""
 
 
 def write_html(store: RunStore, path: Path, keys: list[str] | None = None, k: int = 3, progress: bool = False) -> Path:
@@ -71,7 +73,8 @@ def write_html(store: RunStore, path: Path, keys: list[str] | None = None, k: in
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              f"<title>drdc report: {html.escape(store.name)}</title><style>{STYLE}</style></head><body>",
              f"<h1>drdc report: {html.escape(store.name)}</h1><p>{html.escape(what)}. Metrics in %.</p>",
-             _table(rep.rows(entries), tags, "TEST"),
+             _table(rep.rows(entries), tags, "TEST (indented rows: each defect folder against the category's good "
+                                            "images)"),
              _table(val, tags, "VALIDATION: held-out normals and synthetic defects, a proxy (what settings are "
                                "chosen on; rows synthetic-*: one defect kind each)")]
     scored = [c for c in entries[0].attrs["metrics"] if c != "mean"]

@@ -43,22 +43,39 @@ def labels(entries: list[Entry]) -> list[str]:
     return [s if sources.count(s) == 1 else f"{s}:{e.key[:6]}" for s, e in zip(sources, entries)]
 
 
+KIND_SEP = "/"  # a per-defect-kind row is named "<category>/<defect folder>"
+
+
+def is_kind_row(row: dict) -> bool:
+    return KIND_SEP in row["category"]
+
+
 def rows(entries: list[Entry], table: str = "metrics") -> list[dict]:
     """One row per category then 'mean': {'category', '<variant>/<metric>': value in [0,1] or None}.
     table: "metrics" (the test split) or "val_metrics" (validation images with synthetic defects); an entry
-    scored before validation existed has no validation rows (empty list)."""
+    scored before validation existed has no validation rows (empty list). Test rows are followed by one row per
+    defect folder of the category ("<category>/<defect>": those images against the category's good ones) when
+    every entry has them (`drdc score` adds them to entries scored before)."""
     if not all(e.attrs.get(table) for e in entries):
         return []
     cats = list(entries[0].attrs[table].keys())
     names = labels(entries)
+    kinds = table == "metrics" and all("test_by_kind" in e.attrs for e in entries)
+
+    def row(name: str, of) -> dict:
+        r: dict = {"category": name}
+        for e, tag in zip(entries, names):
+            m = of(e)
+            for metric in ORDER:
+                r[f"{tag}/{metric}" if len(entries) > 1 else metric] = m.get(metric)
+        return r
+
     out = []
     for cat in cats:
-        row: dict = {"category": cat}
-        for e, tag in zip(entries, names):
-            m = e.attrs[table].get(cat, {})
-            for name in ORDER:
-                row[f"{tag}/{name}" if len(entries) > 1 else name] = m.get(name)
-        out.append(row)
+        out.append(row(cat, lambda e: e.attrs[table].get(cat, {})))
+        if kinds and cat != "mean":
+            for d in entries[0].attrs["test_by_kind"].get(cat, {}):
+                out.append(row(f"{cat}{KIND_SEP}{d}", lambda e: e.attrs["test_by_kind"].get(cat, {}).get(d, {})))
     return out
 
 

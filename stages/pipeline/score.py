@@ -2,7 +2,8 @@
 
 Image score = max of the 16x16 average-pooled map at image resolution. Metrics (stages.method.metrics) per category,
 then their mean over categories (the paper's "Avg" column). Pixel metrics only for categories with masks.
-Test metrics (`metrics`) and validation metrics (`val_metrics`: held-out normals against their synthetic-defect
+Test metrics (`metrics`, and `test_by_kind`: each defect folder of a category against its good images, so a
+user sees which kinds of defect a model misses) and validation metrics (`val_metrics`: held-out normals against their synthetic-defect
 copies, every category has masks there; `val_by_kind`: the same per defect kind) are kept apart and labelled.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from stages.errors import check
 from stages.method.anomaly_map import image_score
 from stages.method.metrics import compute_metrics, mean_over_categories
 from stages.pipeline.reading import category_maps, content
-from stages.store.cache import RunStore
+from stages.store.cache import Entry, RunStore
 from stages.store.common import StageResult
 from stages.store.faults import point
 
@@ -44,23 +45,43 @@ def run(store: RunStore, p: ScoreParams, progress: bool = True) -> StageResult:
     index = store.current("index")
     entry, cached = store.begin(STAGE, {"source": p.source, "pool": p.pool}, {"index": index.key, src_stage: src.key})
     if cached:
+        if "test_by_kind" not in entry.attrs and store.writable:  # scored before the per-kind rows: add them
+            entry.update(test_by_kind=_measure(index, src, array, p, progress)[1]["test_by_kind"])
         return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, _summary(entry.attrs))
-    n = src.array("record").shape[0]
-    scores = np.zeros(n, dtype=np.float32)
+    scores, tables = _measure(index, src, array, p, progress)
+    n = len(scores)
+    entry.require_array("scores", (n,), "float32")[:] = scores
+    entry.require_array("record", (n,), "int64")[:] = src.array("record")[:]
+    point("score.data")  # a kill here leaves arrays without `complete`: rerun recomputes them
+    entry.complete(**tables, source_stage=src_stage)
+    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, _summary(entry.attrs))
+
+
+def _measure(index: Entry, src: Entry, array: str, p: ScoreParams, progress: bool) -> tuple[np.ndarray, dict]:
+    """Image scores of every row, and the tables: `metrics` (test, per category), `test_by_kind` ({category:
+    {defect folder: metrics of that folder's images against the category's good ones}}), `val_metrics` and
+    `val_by_kind` ({synthetic kind: {category: metrics}}), each table with its mean over categories."""
+    rec_idx = src.array("record")[:]
+    scores = np.zeros(len(rec_idx), dtype=np.float32)
     masked = set(index.attrs["masked_categories"])
     cats = index.attrs["categories"]
-    records = [index.attrs["records"][i] for i in src.array("record")[:]]
+    records = [index.attrs["records"][i] for i in rec_idx]
     kinds = sorted({k for r in records if (k := kind_of(r))})
-    metrics, val_metrics = {}, {}
+    metrics, val_metrics, test_by_kind = {}, {}, {}
     by_kind: dict[str, dict] = {k: {} for k in kinds}
-    rec_idx = src.array("record")[:]
     for cat in tqdm(cats, desc="score", unit="category", disable=not progress):
         pos, labels, masks, maps = category_maps(index, src, array, cat)
         v = content(index, rec_idx[pos])
         s = image_score(torch.from_numpy(maps), p.pool, v).numpy()
         scores[pos] = s
-        metrics[cat] = compute_metrics(labels, s, masks if cat in masked else None, maps if cat in masked else None,
-                                       valid=v)
+        loc = cat in masked
+        metrics[cat] = compute_metrics(labels, s, masks if loc else None, maps if loc else None, valid=v)
+        defect = np.array([records[k]["defect"] for k in pos])
+        test_by_kind[cat] = {}
+        for d in sorted(set(defect[labels == 1])):  # each real defect kind against the category's good images
+            sel = (labels == 0) | (defect == d)
+            test_by_kind[cat][d] = compute_metrics(labels[sel], s[sel], masks[sel] if loc else None,
+                                                   maps[sel] if loc else None, valid=None if v is None else v[sel])
         pos, labels, masks, maps = category_maps(index, src, array, cat, "val")
         if len(pos):  # validation: every image has a mask (the normals' are empty), so every category localises
             v = content(index, rec_idx[pos])
@@ -75,11 +96,8 @@ def run(store: RunStore, p: ScoreParams, progress: bool = True) -> StageResult:
     for table in (metrics, val_metrics, *by_kind.values()):
         if table:
             table["mean"] = mean_over_categories(table)
-    entry.require_array("scores", (n,), "float32")[:] = scores
-    entry.require_array("record", (n,), "int64")[:] = src.array("record")[:]
-    point("score.data")  # a kill here leaves arrays without `complete`: rerun recomputes them
-    entry.complete(metrics=metrics, val_metrics=val_metrics, val_by_kind=by_kind, source_stage=src_stage)
-    return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, _summary(entry.attrs))
+    return scores, {"metrics": metrics, "test_by_kind": test_by_kind, "val_metrics": val_metrics,
+                    "val_by_kind": by_kind}
 
 
 def _summary(attrs: dict) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -253,6 +254,11 @@ class RunStore:
                 rollback.CREATED_STORES[str(self.path)] = made
         except OSError as e:
             raise StoreError(f"{self.path}: cannot create run store ({e.strerror or e})") from None
+
+    @property
+    def writable(self) -> bool:
+        """Whether this process may write the store (a store on a read-only mount still serves what it holds)."""
+        return os.access(self.path, os.W_OK)
 
     def locked(self) -> FileLock:
         """The store lock: hold it (`with store.locked():`) for read-modify-write of metadata; re-entrant."""
