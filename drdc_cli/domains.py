@@ -231,7 +231,7 @@ def _domains() -> dict[str, Any]:
         "--val-fraction": Real(0.0, 0.5, hi_open=True), "--val-min": Int(0, 10_000), "--val-defects": Int(0, 16),
         "--val-seed": seed,
         # train-base
-        "--epochs": Int(1, BIG), "--batch-size": Int(1, 65_536), "--lr": Real(0.0, 10.0, lo_open=True),
+        "--epochs": Int(0, BIG), "--batch-size": Int(1, 65_536), "--lr": Real(0.0, 10.0, lo_open=True),
         "--weight-decay": Real(0.0, 1.0), "--schedule": Choice(SCHEDULES), "--lr-step": Int(1, BIG),
         "--warmup-epochs": Int(0, BIG), "--grad-clip": Real(0.0, 1e6), "--holdout": Real(0.0, 0.5, hi_open=True),
         "--seed": seed, "--hidden-dim": Int(1, 8192), "--ffn-dim": Int(1, 65_536), "--heads": Int(1, 256),
@@ -259,7 +259,7 @@ def _domains() -> dict[str, Any]:
         "--filters": List(Int(1, 255, odd=True)), "--rounds": Int(1, 5), "--eval-size": Int(16, 2048),
         "--top": Int(1, 10_000), "--check": Int(0, 10_000),
         # run, make-data, demo
-        "--base-epochs": Int(1, BIG), "--diff-steps": Int(1, 10**9), "--n-train": Int(2, 100_000),
+        "--base-epochs": Int(0, BIG), "--diff-steps": Int(1, 10**9), "--n-train": Int(2, 100_000),
         "--n-test-good": Int(1, 100_000), "--n-test-defect": Int(1, 100_000),
         # cache
         "--key": Text(),

@@ -66,7 +66,7 @@ def indexed(tiny_data, tmp_path_factory):
     (["extract", "--feature-size", "1"], "--feature-size"),
     (["extract", "--preset", "huge"], "--preset: must be one of paper, cpu (got 'huge')"),
     (["extract", "--device", "cuda:7"], "--device"),
-    (["train-base", "--epochs", "0"], "--epochs: must be in [1, 1000000] (got 0)"),
+    (["train-base", "--epochs", "-1"], "--epochs: must be in [0, 1000000] (got -1)"),
     (["train-base", "--holdout", "0.7"], "--holdout"),
     (["train-base", "--lr", "-1"], "--lr"),
     (["train-base", "--schedule", "linear"], "--schedule"),

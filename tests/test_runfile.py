@@ -40,7 +40,7 @@ def test_config_then_run_config_makes_the_same_keys(written, full_run_pristine, 
 @pytest.mark.parametrize("old,new,needle", [
     ("epochs = 2\n", "epoch = 2\n", "[train-base] epoch: unknown key; train-base takes"),
     ("epochs = 2\n", 'epochs = "two"\n', "[train-base] epochs: must be an integer (got 'two')"),
-    ("epochs = 2\n", "epochs = 0\n", "[train-base] epochs: must be in [1, 1000000] (got 0)"),
+    ("epochs = 2\n", "epochs = -1\n", "[train-base] epochs: must be in [0, 1000000] (got -1)"),
     ("heads = 4\n", "heads = 3\n", "[train-base] hidden-dim: must be divisible by nhead=3"),
     ("model-condition = true\n", "model-condition = 1\n", "[train-diff] model-condition: must be true or false"),
     ("[fuse]\n", "[fusion]\n", "[fusion] unknown table"),

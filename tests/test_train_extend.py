@@ -5,7 +5,7 @@ import torch
 
 from stages.store.cache import RunStore
 
-from conftest import TINY_DIFF, TINY_INDEX, options
+from conftest import TINY_DIFF, TINY_INDEX, TINY_TRAIN, options
 
 
 def _entry(run, steps: int):
@@ -32,3 +32,19 @@ def test_longer_training_continues_a_shorter_one_bit_identically(tiny_data, tmp_
     assert not all(torch.equal(wa[k], _weights(a, 2)[k]) for k in wa)  # it did train on
     assert (_entry(a, 2).files / "last.pt").is_file()  # the shorter run keeps its checkpoint
     assert "extends" not in _entry(b, 5).attrs
+
+
+def test_zero_epochs_is_the_seeded_initialisation(full_run, cli):
+    """train-base --epochs 0: the model train-base starts from (seeded weights, the fit images' statistics)."""
+    from stages.models.reconstruction import ReconstructionConfig, UniADReconstruction
+    from stages.store.common import seed_everything
+
+    res = cli("train-base", "--run", full_run, *options(TINY_TRAIN, "--epochs", "0", "--standardize"), "-q")
+    e = next(e for e in RunStore(full_run).entries() if e.stage == "train_base" and e.params["epochs"] == 0)
+    assert "0 epochs" in res.output and e.attrs["history"] == []
+    saved = torch.load(e.files / "model.pt", weights_only=True)
+    cfg = ReconstructionConfig(**{k: v for k, v in __import__("json").loads((e.files / "config.json").read_text()).items()})
+    seed_everything(0)
+    fresh = UniADReconstruction(cfg)
+    assert all(torch.equal(saved[k], v) for k, v in fresh.state_dict().items() if not k.startswith("feat_"))
+    cli("infer-base", "--run", full_run, "--residual-norm", "mahalanobis", "-q")  # the base map follows

@@ -61,7 +61,9 @@ class TrainBaseParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check(self.epochs >= 1, "epochs", "must be >= 1", self.epochs)
+        # 0 epochs: the seeded initialisation (with --standardize, the fit images' statistics): with the residual's
+        # Mahalanobis norm it scores as the trained model does (examples/RESULTS_MTD.md, the base curve)
+        check(self.epochs >= 0, "epochs", "must be >= 0", self.epochs)
         check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
         check(self.lr > 0, "lr", "must be > 0", self.lr)
         check(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}", self.schedule)
@@ -187,6 +189,8 @@ def run(store: RunStore, p: TrainBaseParams, device: str = "auto", progress: boo
     bar.close()
 
     def summary(on: str) -> str:
+        if not history:
+            return f"0 epochs: the seeded initialisation{' with the statistics of ' + str(n) + ' images' if cfg.standardize else ''}"
         last = history[-1]
         val_txt = f", val loss {last['val_loss']:.4g}" if "val_loss" in last else ""
         return f"{p.epochs} epochs on {n} images{on}, final loss {last['loss']:.4g}{val_txt}"
