@@ -47,8 +47,9 @@ def index(
     resize: Annotated[Optional[str], typer.Option(help="How an image of another aspect becomes the square: squash (the default), pad (keep the aspect, fill the rest; the fill is never scored) or center-crop (keep the aspect, lose the borders).")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of train/good per category held out from every trainer as validation normals (0: none).", rich_help_panel=_VAL)] = None,
     val_min: Annotated[Optional[int], typer.Option(help="At least this many validation normals per category (at most half of train/good).", rich_help_panel=_VAL)] = None,
-    val_defects: Annotated[Optional[int], typer.Option(help="Copies of each validation normal with a synthetic defect (scratch, spot, Perlin region, cut-paste, in turn).", rich_help_panel=_VAL)] = None,
+    val_defects: Annotated[Optional[int], typer.Option(help="Copies of each validation normal with a synthetic defect (the --val-kinds in turn).", rich_help_panel=_VAL)] = None,
     val_seed: Annotated[Optional[int], typer.Option(help="Seed of the validation split and its defects.", rich_help_panel=_VAL)] = None,
+    val_kinds: Annotated[Optional[str], typer.Option(help="Synthetic defect kinds, in turn: scratch, spot, perlin, cutpaste (clearly visible) and crack, stain, texture, dent (as faint as the surface's own grain allows).", rich_help_panel=_VAL)] = None,
     preset: PresetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -58,7 +59,7 @@ def index(
     cats = tuple(c.strip() for c in categories.split(",") if c.strip()) if categories else ()
     p = build(index_stage.IndexParams, "index", name, root=str(data), layout=layout, categories=cats,
               image_size=image_size, resize=resize, val_fraction=val_fraction, val_min=val_min, val_defects=val_defects,
-              val_seed=val_seed)
+              val_seed=val_seed, val_kinds=tuple(v.strip() for v in val_kinds.split(",")) if val_kinds else None)
     store.set_attr(preset=name)
     report_stage(index_stage.run(store, p, progress=not quiet))
 
@@ -253,10 +254,14 @@ def fuse(
     norm: NormOpt = FuseParams.norm,
     init: Annotated[Optional[str], typer.Option(help="Which infer-diff variant: its --init (default: the newest cached).")] = None,
     distance: Annotated[str, typer.Option(help="Which maps: pixel (Eq 16) or feature (infer-diff --distance feature).")] = FuseParams.distance,
+    fusion: Annotated[str, typer.Option(help="How the diffusion term enters Eq 19: add (as printed), highpass (only its detail finer than H_base's grid), gated (only where H_base is raised; needs --norm).")] = FuseParams.fusion,
+    gate: Annotated[float, typer.Option(help="--fusion gated: the normalised H_base level (in normal standard deviations) that fully opens the gate.")] = FuseParams.gate,
+    image_gamma: Annotated[Optional[float], typer.Option(help="Image scores from a fusion at this gamma (default: from H_out itself); the pixel map keeps --gamma.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Fuse cached base and diffusion heatmaps (Eq 17-19) on the CPU, without the UNet (--gamma 0: base only)."""
     p = FuseParams(gamma=gamma, filter=filter, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
                    l=_ints(l, "--l") or (), spatio_temporal=spatio_temporal, multiscale_base=multiscale_base,
-                   n_s=ns, test_time_condition=test_time_condition, seed=seed, norm=norm, init=init, distance=distance)
+                   n_s=ns, test_time_condition=test_time_condition, seed=seed, norm=norm, init=init, distance=distance,
+                   fusion=fusion, gate=gate, image_gamma=image_gamma)
     report_stage(fuse_stage.run(RunStore(run), p, progress=not quiet))

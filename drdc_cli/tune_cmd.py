@@ -19,7 +19,8 @@ from .pipeline import QuietOpt, RunOpt, _ints, _numbers
 def render(trials: list[dict], objective: str, top: int) -> Table:
     t = Table(title=f"validation (synthetic defects), best {top} of {len(trials)} trials by {objective}, in %",
               title_justify="left", header_style="bold")
-    for col in ("#", "maps", "norm", "gamma", "m", "t", "c", "l", "I-AUROC", "P-AUROC", "AUPRO", "mean"):
+    for col in ("#", "maps", "norm", "gamma", "fusion", "m", "t", "c", "l", "image γ", "I-AUROC", "P-AUROC", "AUPRO",
+                "mean"):
         t.add_column(col, justify="right")
     kinds = sorted(trials[0]["by_kind"]) if trials else []
     for k in kinds:
@@ -29,7 +30,10 @@ def render(trials: list[dict], objective: str, top: int) -> Table:
     for i, r in enumerate(ranked, 1):
         q, m = r["settings"], r["metrics"]
         maps = "-" if q["gamma"] == 0 else f"{q.get('init', 'paper')}/{q.get('distance', 'pixel')}"
-        t.add_row(str(i), maps, q["norm"], f"{q['gamma']:g}", str(q["filter"]), fmt(q["t"]), fmt(q["c"]), fmt(q["l"]),
+        fusion = q.get("fusion", "add") + (f" {q['gate']:g}" if q.get("gate") else "")
+        image = "-" if q.get("image_gamma") is None else f"{q['image_gamma']:g}"
+        t.add_row(str(i), maps, q["norm"], f"{q['gamma']:g}", fusion, str(q["filter"]), fmt(q["t"]), fmt(q["c"]),
+                  fmt(q["l"]), image,
                   *[f"{100 * m[k]:.1f}" for k in ("i_auroc", "p_auroc", "p_aupro", "mean")],
                   *[f"{100 * r['by_kind'][k][objective]:.1f}" if k in r["by_kind"] else "-" for k in kinds])
     return t
@@ -42,7 +46,9 @@ def show_ranking(objective: str, top: int = 10) -> Callable[[list[dict], StageRe
         out.print(render(trials, objective, top))
         out.print(f"[bold]current fusion chosen on validation[/] ({objective}, tune {res.key}): "
                   f"maps={best.init or 'paper'}/{best.distance} norm={best.norm} "
-                  f"gamma={best.gamma} m={best.filter} t={list(best.t)} c={list(best.c)} l={list(best.l)}",
+                  f"gamma={best.gamma} fusion={best.fusion}" + (f" gate={best.gate}" if best.fusion == "gated" else "")
+                  + f" m={best.filter} t={list(best.t)} c={list(best.c)} l={list(best.l)}"
+                  + (f" image-gamma={best.image_gamma}" if best.image_gamma is not None else ""),
                   soft_wrap=True)
     return show
 
@@ -55,6 +61,8 @@ def tune(
     norms: Annotated[Optional[str], typer.Option(help="Normalisations to try, e.g. none,pixel,quantile.")] = None,
     gammas: Annotated[Optional[str], typer.Option(help="gamma values to try (0: base only, 1: diffusion only).")] = None,
     filters: Annotated[Optional[str], typer.Option(help="Mean filter sizes m to try (odd).")] = None,
+    fusions: Annotated[Optional[str], typer.Option(help="Fusion kinds to try: add (Eq 19), highpass, gated.")] = None,
+    image_gammas: Annotated[Optional[str], typer.Option(help="Image-score gammas to try besides scoring H_out itself.")] = None,
     rounds: Annotated[int, typer.Option(help="Passes of the coordinate search.")] = tune_stage.TuneParams.rounds,
     eval_size: Annotated[int, typer.Option(help="Trials are scored at this map size (the chosen one exactly).")] = tune_stage.TuneParams.eval_size,
     pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = tune_stage.TuneParams.pool,
@@ -67,5 +75,7 @@ def tune(
     p = tune_stage.TuneParams(
         objective=objective, norms=tuple(v.strip() for v in norms.split(",") if v.strip()) if norms else defaults.norms,
         gammas=_numbers(gammas, "--gammas") or defaults.gammas, filters=_ints(filters, "--filters") or defaults.filters,
+        fusions=tuple(v.strip() for v in fusions.split(",") if v.strip()) if fusions else defaults.fusions,
+        image_gammas=_numbers(image_gammas, "--image-gammas") or defaults.image_gammas,
         rounds=rounds, eval_size=eval_size, pool=pool)
     workflow.tune_and_apply(RunStore(run), p, not quiet, report_stage, show_ranking(objective, top))

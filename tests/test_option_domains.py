@@ -36,6 +36,8 @@ ZERO_OK = {  # 0 is a real setting of these, the rest must refuse it
     "--gamma",  # base only
     "--worst",  # no worst-case pictures
     "--check",  # export without checking it
+    "--epochs", "--base-epochs",  # the untrained, seeded transformer (the base curve's first point)
+    "--image-gamma",  # image scores from the base map alone
 }
 HUGE_INT, HUGE_REAL = "99999999999999999999", "1e300"
 

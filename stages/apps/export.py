@@ -106,6 +106,8 @@ def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None 
                                   "{stream}').digest()[:8], 'big') & (2**63 - 1))",
                      "masks": "cells c x c; owner[randperm(G)] = arange(G) % n_s; M_i = 0 on set i's cells",
                      "noise": "noise_draws draws of randn(n_s, 3, size, size), in order"}
+        if pred.fusion.scores_own_map:  # image scores from a fusion of their own (fuse --image-gamma)
+            outs = outs + ["h_img"]
         jobs.append(("drdc", DRDCGraph(pred), inputs, names, outs))
     if pred.unet is not None:
         d = pred.diff_size
@@ -121,7 +123,9 @@ def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None 
         "drdc": __version__, "format": fmt, "opset": OPSET if fmt == "onnx" else None, "graphs": graphs,
         "preprocess": {"size": s, "resize": pred.index.params.get("resize", "squash"), "color": "RGB",
                        "range": "float32 in [0, 1] (uint8 / 255), NCHW", "resample": "bilinear"},
-        "score": {"pool": pred.pool, "rule": "max of the pool x pool average-pooled map (stride 1)"},
+        "score": {"pool": pred.pool, "rule": "max of the pool x pool average-pooled map (stride 1)",
+                  # which output of drdc.onnx the image score is taken from (h_img: a fusion of its own)
+                  "map": "h_img" if pred.fusion is not None and pred.fusion.scores_own_map else "h_out"},
         "mode": pred.mode, "categories": pred.index.attrs["categories"],
         "inputs": {"category": "index into categories, -1: unknown (nearest Gaussian / mean statistics)"},
         "draws": draws,  # what drdc.onnx's masks and noise hold (None: no diffusion branch)

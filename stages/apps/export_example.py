@@ -152,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         inputs = [x[None], cat]
         if d is not None:
             inputs += [v[None] for v in draw(d, content_id(path), a.draws)]
-        h = run(*inputs)[0][0]  # H_out (H_base in base mode)
-        score = image_score(h, pool, valid)
+        outs = run(*inputs)
+        h = outs[0][0]  # H_out (H_base in base mode)
+        own = mode == "fuse" and manifest["score"].get("map") == "h_img"  # image scores from a fusion of their own
+        score = image_score(outs[-1][0] if own else h, pool, valid)
         limit = None if th is None else th["image"].get(a.category, th["image_global"])
         verdict = "uncalibrated" if limit is None else ("anomalous" if score > limit else "normal")
         print(f"{path},{score:.6g},{verdict}")

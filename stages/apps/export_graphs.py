@@ -14,7 +14,7 @@ from stages.data.images import model_space
 from stages.method.anomaly_map import upsample
 from stages.method.inpaint import n_draws
 from stages.method.residual import residual_map
-from stages.pipeline.heatmaps import fuse_maps
+from stages.pipeline.heatmaps import fuse_maps, image_maps
 from stages.pipeline.trained import schedule_of
 
 
@@ -120,4 +120,6 @@ class DRDCGraph(nn.Module):
             k = pick(self.stat_lut, category, self.base_stats.shape[0] - 1)
             stats = (self.base_stats[k], None if self.diff_stats is None else self.diff_stats[k])
         hb, h_st, h_out = fuse_maps(h_feat, h_diff, self.size, self.fusion, self.c_feat, stats)
+        if self.fusion.scores_own_map:  # the image score's own map, last
+            return h_out, hb, h_st, image_maps(h_feat, hb, h_st, h_out, self.fusion, self.c_feat, stats)
         return (h_out, hb) if h_st is None else (h_out, hb, h_st)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from stages.errors import CacheMissError, ConfigError, check
-from stages.method.fusion import check_fusion
+from stages.method.fusion import GATE, check_fusion
 from stages.method.masks import check_grid
 from stages.pipeline.heatmaps import FusionSettings, default_settings
 from stages.pipeline.infer_diff import InferDiffParams
@@ -43,7 +43,8 @@ def fuse_settings(store: RunStore, preset: str) -> FusionSettings:
         return FusionSettings(q["gamma"], q["filter"], tuple(q["t"]), tuple(sorted(q["c"])), tuple(q["l"]),
                               q["spatio_temporal"], q["multiscale_base"], q["n_s"], q["test_time_condition"],
                               q["seed"], tuple(sorted(chains)), q.get("norm", "none"), q.get("init", "paper"),
-                              q.get("distance", "pixel"), source=f"fuse {e.key}{stale}")
+                              q.get("distance", "pixel"), q.get("fusion", "add"), q.get("gate", GATE),
+                              q.get("image_gamma"), source=f"fuse {e.key}{stale}")
     d = build(InferDiffParams, "infer_diff", preset)
     s = default_settings(d.t, d.c, d.l, d.n_s, d.test_time_condition, d.seed,
                          source=f"preset {preset} (no fuse result in the run)")

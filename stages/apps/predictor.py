@@ -18,7 +18,7 @@ from stages.method.inpaint import Noise
 from stages.method.residual import residual_map
 from stages.models.backbone import load_matching
 from stages.pipeline.extract import images_to_tensor
-from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, array_name, fuse_maps, select
+from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, array_name, fuse_maps, image_maps, select
 from stages.pipeline.infer_base import ResidualStats
 from stages.pipeline.infer_diff import InferDiffParams, drawn_heatmaps, sequence_draws
 from stages.pipeline.trained import load_model, load_unet, schedule_of
@@ -121,7 +121,8 @@ class Predictor:
         stats = (self.stats.per_row(cats, [self._fold.get(int(i)) for i in ids]) if self.stats is not None
                  else None)
         hb, h_st, h_out = fuse_maps(h_base, h_diff, self.size, self.fusion, self.c_feat, stats)
-        scores = image_score(h_out, self.pool, None if valid is None else torch.from_numpy(valid))
+        h_img = image_maps(h_base, hb, h_st, h_out, self.fusion, self.c_feat, stats)  # H_out, or the image's own
+        scores = image_score(h_img, self.pool, None if valid is None else torch.from_numpy(valid))
         return Batch(hb.numpy(), None if h_st is None else h_st.numpy(), h_out.numpy(), scores.numpy())
 
     def _diffusion(self, images: np.ndarray, ids: np.ndarray) -> torch.Tensor:

@@ -22,6 +22,12 @@ GAMMA, FILTER = 0.9, 41  # the paper's gamma and m (Sec 5): every default of eve
 # none: Eq 19 as printed (the paper); pixel: per-position mean/std (removes position bias, e.g. hot corners);
 # quantile: EfficientAD's (map - q_0.9) / (q_0.995 - q_0.9) over all normal pixels (anomalib map_norm_quantiles).
 NORMS = ("none", "pixel", "quantile")
+# How the diffusion term enters Eq 19 (drdc options; `add` is Eq 19 as printed). The paper's own words: the
+# diffusion branch supplies "the high-frequency part" and refines the base map. highpass: only the diffusion map's
+# detail below the base map's resolution is added (its low frequencies are the base map's job); gated: the
+# diffusion map is added only where the base map is already raised, as a sharpening of what the base map found.
+FUSIONS = ("add", "highpass", "gated")
+GATE = 2.0  # gated fusion: the base map's normalised value (in normal-image standard deviations) that opens the gate
 
 
 def _check_l(l: int, H: int, W: int) -> None:
@@ -181,3 +187,46 @@ def fuse_normalised(h_base: Tensor, h_sst: Tensor | None, gamma: float, base_sta
             raise ValueError("fuse_normalised: gamma > 0 needs the diffusion map and its statistics")
         out = out + gamma * normalise(h_sst, diff_stats)
     return out
+
+
+def check_refinement(fusion: str, gate: float, norm: str) -> None:
+    """The fusion kind is one of FUSIONS; the gate is a positive level, on normalised maps (a raw base map has
+    no scale that says "raised")."""
+    check(fusion in FUSIONS, "fusion", f"must be one of {', '.join(FUSIONS)}", fusion)
+    check(isinstance(gate, (int, float)) and math.isfinite(gate) and gate > 0, "gate", "must be > 0", gate)
+    check(fusion != "gated" or norm != "none", "fusion",
+          "gated needs normalised maps (norm pixel or quantile): a raw base map has no scale that says raised", fusion)
+
+
+def low_pass(h: Tensor, feat: int) -> Tensor:
+    """h as the base map's resolution sees it: the mean over each cell of the base map's feat x feat grid, bilinearly
+    upsampled back (as H_base itself is). (B, H, W) -> (B, H, W) float32."""
+    H = h.shape[-1]
+    return upsample(F.adaptive_avg_pool2d(h[:, None].float(), feat)[:, 0], H)
+
+
+def high_pass(h: Tensor, feat: int) -> Tensor:
+    """The detail of h finer than the base map's grid: h - low_pass(h). (B, H, W) -> (B, H, W) float32."""
+    return h.float() - low_pass(h, feat)
+
+
+def gate_of(b: Tensor, gate: float) -> Tensor:
+    """How far the base map is raised, from 0 (at or below the normal mean) to 1 (gate normal standard deviations
+    above it or more): clamp(b / gate, 0, 1). (B, H, W) -> (B, H, W)."""
+    return (b.float() / gate).clamp(0.0, 1.0)
+
+
+def refine(b: Tensor, d: Tensor, gamma: float, fusion: str, feat: int, gate: float = GATE) -> Tensor:
+    """H_out = (1 - gamma) b + gamma X from the base map b and the diffusion map d on a common scale (Eq 19's
+    terms), with X by `fusion`: add: d (Eq 19); highpass: high_pass(d, feat), d's detail finer than the base map's
+    feat x feat grid; gated: gate_of(b) * d, d where b is raised. b, d (B, H, W) -> (B, H, W) float32."""
+    check_fusion(gamma, 1)
+    if fusion == "add":
+        x = d.float()
+    elif fusion == "highpass":
+        x = high_pass(d, feat)
+    elif fusion == "gated":
+        x = gate_of(b, gate) * d.float()
+    else:
+        raise ConfigError(f"unknown fusion {fusion!r} (choose from {', '.join(FUSIONS)})", "fusion")
+    return (1.0 - gamma) * b.float() + gamma * x

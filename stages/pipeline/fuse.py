@@ -4,7 +4,9 @@ Any cached subset of (t, c, l) can be selected; a missing one is named with the 
 Table 5's switches: spatio-temporal fusion off (only the last step, l = 1) and the multi-scale base heatmap.
 --norm pixel|quantile fuses maps normalised with statistics of the validation normals (stored in the entry;
 a validation row is normalised by the other fold's normals, stages.data.validation.folds);
---gamma 0 is base only and needs no diffusion maps.
+--gamma 0 is base only and needs no diffusion maps. --fusion highpass|gated refines the base map with the diffusion
+map's detail or where the base map is raised; --image-gamma takes the image scores from a fusion of their own
+(stored as `image_maps`; `maps` stays the pixel map).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from stages.errors import CacheMissError
-from stages.pipeline.heatmaps import fuse_maps, read_diff
+from stages.pipeline.heatmaps import fuse_maps, image_maps, read_diff
 from stages.pipeline.selection import FuseParams, normal_stats, resolve, row_folds
 from stages.store.cache import RunStore
 from stages.store.common import StageResult
@@ -35,7 +37,10 @@ def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
                 "test_time_condition": p.test_time_condition, "seed": p.seed,
                 **({"norm": p.norm} if p.norm != "none" else {}),  # keys made before --norm stay valid
                 **({"init": s.init} if s.init != "paper" else {}),
-                **({"distance": s.distance} if s.distance != "pixel" else {})}
+                **({"distance": s.distance} if s.distance != "pixel" else {}),
+                **({"fusion": s.fusion} if s.fusion != "add" else {}),
+                **({"gate": s.gate} if s.fusion == "gated" else {}),
+                **({"image_gamma": s.image_gamma} if s.scores_own_map else {})}
     inputs = {"infer_base": base.key, **{f"infer_diff@c={c}": e.key for c, e in diffs.items()}}
     entry, cached = store.begin(STAGE, resolved, inputs)
     k_maps = len(s.t) * len(s.c) * len(s.l)
@@ -44,6 +49,10 @@ def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
     summary = f"{what}, gamma={p.gamma}, m={p.filter}, norm={p.norm}"
     if diffs:
         summary += f", init={s.init}, distance={s.distance}"
+    if s.fusion != "add":
+        summary += f", fusion={s.fusion}" + (f" (gate {s.gate})" if s.fusion == "gated" else "")
+    if s.scores_own_map:
+        summary += f", image scores at gamma={s.image_gamma}"
     if cached:
         return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, summary)
     rec = base.array("record")[:]
@@ -59,6 +68,8 @@ def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
     records = index.attrs["records"]
     h_base_all = base.array("h_base")
     maps = entry.require_array("maps", (n, size_img, size_img), "float32")
+    # with an image gamma of its own, the map the image scores are taken from (score reads it)
+    image = entry.require_array("image_maps", (n, size_img, size_img), "float32") if s.scores_own_map else None
     entry.require_array("record", (n,), "int64")[:] = rec
     done = entry.require_done(n)
     todo = entry.pending(n)
@@ -68,7 +79,11 @@ def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
             hd = read_diff(diffs, s, slice(a, b)) if s.uses_diffusion else None
             st = (stats.per_row([records[i]["category"] for i in rec[a:b]], [fold.get(k) for k in range(a, b)])
                   if stats is not None else None)
-            maps[a:b] = fuse_maps(torch.from_numpy(h_base_all[a:b]), hd, size_img, s, c_feat, st)[2].numpy()
+            hf = torch.from_numpy(h_base_all[a:b])
+            hb, h_st, h_out = fuse_maps(hf, hd, size_img, s, c_feat, st)
+            maps[a:b] = h_out.numpy()
+            if image is not None:
+                image[a:b] = image_maps(hf, hb, h_st, h_out, s, c_feat, st).numpy()
             entry.mark_done(done, a, b)
             bar.update(b - a)
     size_diff = next(iter(diffs.values())).params["size"] if diffs else None

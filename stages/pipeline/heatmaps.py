@@ -7,15 +7,15 @@ diffusion resolution, S the image size, (h, w) the feature resolution of H_base.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from stages.method.anomaly_map import upsample
-from stages.method.fusion import (FILTER, GAMMA, drdc_map, fuse_normalised, mean_filter, multiscale_base, norm_stats,
-                                  spatio_temporal)
+from stages.method.fusion import (FILTER, GAMMA, GATE, drdc_map, fuse_normalised, mean_filter, multiscale_base,
+                                  normalise, norm_stats, refine, spatio_temporal)
 
 
 @dataclass(frozen=True)
@@ -38,19 +38,35 @@ class FusionSettings:
     norm: str = "none"
     init: str = "paper"  # which infer-diff variant: how its reverse process starts (stages.method.inpaint.INITS)
     distance: str = "pixel"  # which of its maps: Eq 16's pixel distance or the feature distance (l = 1 only)
+    fusion: str = "add"  # how the diffusion term enters Eq 19 (stages.method.fusion.FUSIONS; add: as printed)
+    gate: float = GATE  # fusion gated: the normalised base level that fully opens the gate
+    image_gamma: float | None = None  # the image score's own gamma (None: scored on H_out itself)
     source: str = field(default="", compare=False)  # where the settings came from (shown to the user)
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d.pop("source")
-        for name, default in (("norm", "none"), ("init", "paper"), ("distance", "pixel")):
+        for name, default in (("norm", "none"), ("init", "paper"), ("distance", "pixel"), ("fusion", "add"),
+                              ("image_gamma", None)):
             if d[name] == default:  # settings recorded before the option existed compare equal
                 d.pop(name)
+        if self.fusion != "gated":
+            d.pop("gate")
         return json.loads(json.dumps(d))  # tuples -> lists: equal to what the store's JSON attrs give back
 
     @property
+    def scores_own_map(self) -> bool:
+        """Whether image scores come from a map of their own (image_gamma), not from H_out."""
+        return self.image_gamma is not None and self.image_gamma != self.gamma and self.uses_diffusion
+
+    def for_image(self) -> "FusionSettings":
+        """The settings whose H_out the image score is taken from."""
+        return replace(self, gamma=self.image_gamma, image_gamma=None) if self.scores_own_map else self
+
+    @property
     def uses_diffusion(self) -> bool:
-        return self.gamma > 0 and bool(self.c)
+        """Whether any map of these settings (H_out, or the image score's own) reads the diffusion maps."""
+        return (self.gamma > 0 or bool(self.image_gamma)) and bool(self.c)
 
 
 def default_settings(t, c, l, n_s: int, test_time_condition: bool, seed: int, norm: str = "none",  # noqa: E741
@@ -104,24 +120,38 @@ def fuse_maps(h_base_feat: Tensor, h_diff: Tensor | None, size: int, s: FusionSe
               stats: tuple[Tensor, Tensor | None] | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
     """h_base_feat (k, h, w), h_diff (k, K, S_d, S_d) or None -> (H_base, H^ST or None, H_out), each (k, S, S)."""
     hb, h_st = source_maps(h_base_feat, h_diff, size, s)
-    return hb, h_st, combine(hb, h_st, s, c_feat, stats)
+    return hb, h_st, combine(hb, h_st, s, c_feat, stats, h_base_feat.shape[-1])
+
+
+def image_maps(h_base_feat: Tensor, hb: Tensor, h_st: Tensor | None, h_out: Tensor, s: FusionSettings | None,
+               c_feat: int, stats: tuple[Tensor, Tensor | None] | None = None) -> Tensor:
+    """The map image scores are taken from: H_out, or with an image gamma of its own (s.image_gamma) the fusion of
+    the same source maps at that gamma. (k, S, S)."""
+    if s is None or not s.scores_own_map:
+        return h_out
+    return combine(hb, h_st, s.for_image(), c_feat, stats, h_base_feat.shape[-1])
 
 
 def combine(hb: Tensor, h_st: Tensor | None, s: FusionSettings | None, c_feat: int,
-            stats: tuple[Tensor, Tensor | None] | None = None) -> Tensor:
+            stats: tuple[Tensor, Tensor | None] | None = None, feat: int = 14) -> Tensor:
     """H_out from the source maps at image size (Eq 18-19). norm none: Eq 18-19 as printed. Otherwise stats =
     (base (k, 2, S, S), diff (k, 2, S, S) or None), the per-image shift/scale of each source map
-    (`NormStats.per_image`), and Eq 19 adds the normalised maps."""
+    (`NormStats.per_image`), and Eq 19 adds the normalised maps. s.fusion other than add: the diffusion term is
+    refined (stages.method.fusion.refine; feat: the side of H_base's own grid, for the high-pass)."""
     if s is None:
         return hb
     if s.norm == "none":
         if h_st is None:
             return hb if s.gamma == 0 else (1.0 - s.gamma) * hb / c_feat
-        return drdc_map(hb, h_st[:, None], s.gamma, s.filter, c_feat, 3)  # Eq 18-19
+        if s.fusion == "add":
+            return drdc_map(hb, h_st[:, None], s.gamma, s.filter, c_feat, 3)  # Eq 18-19
+        return refine(hb.float() / c_feat, mean_filter(h_st, s.filter) / 3, s.gamma, s.fusion, feat, s.gate)
     if stats is None:
         raise ValueError(f"combine: norm {s.norm!r} needs the validation normals' statistics")
     h_sst = mean_filter(h_st, s.filter) if h_st is not None else None  # Eq 18
-    return fuse_normalised(hb, h_sst, s.gamma if h_st is not None else 0.0, stats[0], stats[1])
+    if s.fusion == "add" or h_sst is None or s.gamma == 0:
+        return fuse_normalised(hb, h_sst, s.gamma if h_st is not None else 0.0, stats[0], stats[1])
+    return refine(normalise(hb, stats[0]), normalise(h_sst, stats[1]), s.gamma, s.fusion, feat, s.gate)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from stages.data.validation import kind_of
 from stages.errors import check
-from stages.method.anomaly_map import image_score
+from stages.method.anomaly_map import image_score, upsample
 from stages.method.metrics import compute_metrics, mean_over_categories
 from stages.pipeline.reading import category_maps, content
 from stages.store.cache import Entry, RunStore
@@ -72,7 +72,7 @@ def _measure(index: Entry, src: Entry, array: str, p: ScoreParams, progress: boo
     for cat in tqdm(cats, desc="score", unit="category", disable=not progress):
         pos, labels, masks, maps = category_maps(index, src, array, cat)
         v = content(index, rec_idx[pos])
-        s = image_score(torch.from_numpy(maps), p.pool, v).numpy()
+        s = _image_scores(src, pos, maps, p.pool, v)
         scores[pos] = s
         loc = cat in masked
         metrics[cat] = compute_metrics(labels, s, masks if loc else None, maps if loc else None, valid=v)
@@ -85,7 +85,7 @@ def _measure(index: Entry, src: Entry, array: str, p: ScoreParams, progress: boo
         pos, labels, masks, maps = category_maps(index, src, array, cat, "val")
         if len(pos):  # validation: every image has a mask (the normals' are empty), so every category localises
             v = content(index, rec_idx[pos])
-            s = image_score(torch.from_numpy(maps), p.pool, v).numpy()
+            s = _image_scores(src, pos, maps, p.pool, v)
             scores[pos] = s
             val_metrics[cat] = compute_metrics(labels, s, masks, maps, valid=v)
             kind = np.array([kind_of(records[k]) or "" for k in pos])
@@ -98,6 +98,15 @@ def _measure(index: Entry, src: Entry, array: str, p: ScoreParams, progress: boo
             table["mean"] = mean_over_categories(table)
     return scores, {"metrics": metrics, "test_by_kind": test_by_kind, "val_metrics": val_metrics,
                     "val_by_kind": by_kind}
+
+
+def _image_scores(src: Entry, pos: np.ndarray, maps: np.ndarray, pool: int, valid) -> np.ndarray:
+    """Image scores of rows pos: from the entry's `image_maps` when its fusion gave image scores a map of their own
+    (fuse --image-gamma), else from the pixel maps."""
+    if src.has("image_maps"):
+        maps = upsample(torch.from_numpy(src.array("image_maps").get_orthogonal_selection((pos,))), maps.shape[-1])
+        return image_score(maps, pool, valid).numpy()
+    return image_score(torch.from_numpy(maps), pool, valid).numpy()
 
 
 def _summary(attrs: dict) -> str:

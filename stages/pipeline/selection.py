@@ -13,7 +13,7 @@ import torch
 from stages.data.validation import folds, is_validation_normal
 from stages.errors import CacheMissError, ConfigError, check
 from stages.method.feature_distance import DISTANCES
-from stages.method.fusion import FILTER, GAMMA, check_fusion, check_norm
+from stages.method.fusion import FILTER, GAMMA, GATE, check_fusion, check_norm, check_refinement
 from stages.method.inpaint import check_init
 from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, read_diff, source_maps
 from stages.store.cache import Entry, RunStore
@@ -35,10 +35,16 @@ class FuseParams:
     norm: str = "none"  # stages.method.fusion.NORMS; statistics from the validation normals
     init: str | None = None  # which infer-diff variant: its --init; None: that of the newest cached entry
     distance: str = "pixel"  # which of its maps: pixel (Eq 16) or feature (an entry made with --distance feature)
+    fusion: str = "add"  # stages.method.fusion.FUSIONS: how the diffusion term enters Eq 19 (add: as printed)
+    gate: float = GATE  # fusion gated: the normalised base level that fully opens the gate
+    image_gamma: float | None = None  # the image score's own gamma (None: the image score is taken from H_out)
 
     def __post_init__(self) -> None:
         check_fusion(self.gamma, self.filter)
         check_norm(self.norm)
+        check_refinement(self.fusion, self.gate, self.norm)
+        if self.image_gamma is not None:
+            check_fusion(self.image_gamma, 1)
         if self.init is not None:
             check_init(self.init)
         check(self.distance in DISTANCES, "distance", f"must be one of {', '.join(DISTANCES)}", self.distance)
@@ -101,7 +107,7 @@ def diff_entries(store: RunStore, p: FuseParams) -> dict[int, Entry]:
 def resolve(store: RunStore, p: FuseParams) -> tuple[FusionSettings, dict[int, Entry]]:
     """The settings fuse applies (given or common t and l; spatio-temporal fusion off keeps the last t at l = 1)
     and the infer-diff entries {c: entry} they read. gamma = 0 is base only and needs no diffusion maps."""
-    if p.gamma == 0:
+    if p.gamma == 0 and not p.image_gamma:
         p = replace(p, init="paper", distance="pixel")  # no diffusion maps: no variant
         ls = tuple(sorted(p.l or (1, 2, 4, 8))) if p.multiscale_base else ()
         return FusionSettings(0.0, p.filter, (), (), ls, p.spatio_temporal, p.multiscale_base, p.n_s,
@@ -120,7 +126,7 @@ def resolve(store: RunStore, p: FuseParams) -> tuple[FusionSettings, dict[int, E
     chains = tuple((c, tuple(e.params["t"])) for c, e in diffs.items())
     return FusionSettings(p.gamma, p.filter, tuple(ts), tuple(diffs), tuple(ls), p.spatio_temporal,
                           p.multiscale_base, p.n_s, p.test_time_condition, p.seed, chains, p.norm, p.init,
-                          p.distance), diffs
+                          p.distance, p.fusion, p.gate, p.image_gamma), diffs
 
 
 def validation_normals(index: Entry, rec: np.ndarray) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from stages.store.registry import STAGES
 FLAGS: dict[str, dict[str, str]] = {  # entry param -> CLI flag, per stage
     "index": {"root": "--data", "layout": "--layout", "categories": "--categories", "image_size": "--image-size",
               "resize": "--resize", "val_fraction": "--val-fraction", "val_min": "--val-min", "val_defects": "--val-defects",
-              "val_seed": "--val-seed"},
+              "val_seed": "--val-seed", "val_kinds": "--val-kinds"},
     "extract": {"backbone": "--backbone", "feature_size": "--feature-size"},
     "train_base": {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
                    "schedule": "--schedule", "lr_step": "--lr-step", "warmup_epochs": "--warmup-epochs",
@@ -36,12 +36,13 @@ FLAGS: dict[str, dict[str, str]] = {  # entry param -> CLI flag, per stage
     "fuse": {"gamma": "--gamma", "filter": "--filter", "t": "--t", "c": "--c", "l": "--l",
              "spatio_temporal": "--spatio-temporal", "multiscale_base": "--multiscale-base", "n_s": "--ns",
              "test_time_condition": "--test-time-condition", "seed": "--seed", "norm": "--norm", "init": "--init",
-             "distance": "--distance"},
+             "distance": "--distance", "fusion": "--fusion", "gate": "--gate", "image_gamma": "--image-gamma"},
     "score": {"source": "--source", "pool": "--pool"},
 }
 # Params a key leaves out while they hold the class default (keys made before the option existed stay valid):
 # the preset may set another value, so the line spells the default out.
-ABSENT = {"infer_diff": {"init": "paper", "distance": "pixel"}, "train_diff": {"task": "paper", "crop": 0},
+ABSENT = {"index": {"val_kinds": ["scratch", "spot", "perlin", "cutpaste"]},
+          "infer_diff": {"init": "paper", "distance": "pixel"}, "train_diff": {"task": "paper", "crop": 0},
           "train_base": {"standardize": False}, "infer_base": {"residual_norm": "l2"}}
 SWITCH_ONLY = {"--bf16"}  # on/off flags without a --no- form
 
