@@ -205,9 +205,10 @@ def _domains() -> dict[str, Any]:
     # choices come from the stages that own them, so a new choice needs no second edit
     from stages.apps.bound import DOWN_MODES, UP_MODES
     from stages.apps.export import FORMATS
+    from stages.data.defects import ALL_KINDS
     from stages.data.geometry import RESIZES
     from stages.method.feature_distance import DISTANCES
-    from stages.method.fusion import NORMS
+    from stages.method.fusion import FUSIONS, NORMS
     from stages.method.inpaint import INITS
     from stages.method.residual import RESIDUAL_NORMS
     from stages.models.backbone import SUPPORTED
@@ -229,7 +230,7 @@ def _domains() -> dict[str, Any]:
         "--backbone": Choice(SUPPORTED), "--feature-size": Int(2, 64),
         # validation split
         "--val-fraction": Real(0.0, 0.5, hi_open=True), "--val-min": Int(0, 10_000), "--val-defects": Int(0, 16),
-        "--val-seed": seed,
+        "--val-seed": seed, "--val-kinds": List(Choice(ALL_KINDS), distinct=True),
         # train-base
         "--epochs": Int(0, BIG), "--batch-size": Int(1, 65_536), "--lr": Real(0.0, 10.0, lo_open=True),
         "--weight-decay": Real(0.0, 1.0), "--schedule": Choice(SCHEDULES), "--lr-step": Int(1, BIG),
@@ -249,7 +250,8 @@ def _domains() -> dict[str, Any]:
         # infer-diff, fuse and everything that fuses
         "--t": timesteps, "--c": List(Int(1, 2048)), "--l": List(Int(1, 2048)), "--init": Choice(INITS),
         "--distance": Choice(DISTANCES), "--gamma": Real(0.0, 1.0), "--filter": Int(1, 255, odd=True),
-        "--norm": Choice(NORMS), "--pool": Int(1, 256),
+        "--norm": Choice(NORMS), "--pool": Int(1, 256), "--fusion": Choice(FUSIONS), "--gate": Real(0.0, 1e3, lo_open=True),
+        "--image-gamma": Real(0.0, 1.0), "--fusions": List(Choice(FUSIONS)), "--image-gammas": List(Real(0.0, 1.0)),
         # results
         "--source": Choice(SOURCES), "--csv": Output(), "--json": Output(), "--toml": Output(), "--html": Output(), "--format": Choice(FORMATS), "--config": Existing("file"), "--per-image": Output(), "--plots": Output("dir"),
         "--variant": Text(), "--worst": Int(0, 1000), "--fpr": Real(0.0, 1.0, lo_open=True, hi_open=True),

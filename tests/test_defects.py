@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from stages.data.defects import KINDS, paint_defect
+from stages.data.defects import HARD_KINDS, KINDS, paint_defect
 
 S = 224
 SEEDS = range(5)
@@ -136,9 +136,70 @@ def test_other_sizes(size: int) -> None:
 
 def test_errors() -> None:
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="crack"):
-        paint_defect(IMAGES["noise"], "crack", rng)
+    with pytest.raises(ValueError, match="bogus"):
+        paint_defect(IMAGES["noise"], "bogus", rng)
     with pytest.raises(ValueError, match="cutpaste"):
         paint_defect(IMAGES["noise"], "cutpaste", rng)
     with pytest.raises(ValueError, match="spot"):
         paint_defect(IMAGES["noise"][:16, :16], "spot", rng)
+
+
+def _fine_sd(image: np.ndarray) -> float:
+    """The surface's fine texture, as the hard kinds measure it: gray minus its 5 x 5 box mean."""
+    from stages.data.defects import _blur
+
+    gray = image.astype(float).mean(-1)
+    return max(2.0, float((gray - _blur(gray, 2)).std()))
+
+
+@pytest.mark.parametrize("name", list(IMAGES))
+@pytest.mark.parametrize("kind", HARD_KINDS)
+def test_hard_kinds_contract(kind: str, name: str) -> None:
+    """The harder kinds: same contract as the classic ones (shape, binary non-empty mask, input untouched,
+    gray stays gray, deterministic), a contrast stated in the surface's own texture (faint on a fine grain)."""
+    image = IMAGES[name].copy()
+    image.flags.writeable = False
+    for seed in SEEDS:
+        out, mask = _paint(image, kind, seed)
+        assert out.shape == image.shape and out.dtype == np.uint8 and mask.shape == image.shape[:2]
+        assert set(np.unique(mask)) <= {0, 1} and mask.sum() > 0
+        change = np.abs(out.astype(int) - image.astype(int))
+        assert change[mask.astype(bool)].mean() > 0.5, f"{kind} on {name}, seed {seed}: invisible"
+        assert change.max() <= 4 * max(_fine_sd(image), 2.0) + 2 or kind == "texture", "not faint"
+        if name in ("uniform", "gray"):
+            assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+        if kind in ("crack", "texture") and name == "noise":  # hard-edged (a surface without grain gets a stain)
+            assert np.array_equal(out[~_dilate(mask)], image[~_dilate(mask)])
+        a, b = _paint(image, kind, seed), _paint(image, kind, seed)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert np.array_equal(image, IMAGES[name])
+
+
+def test_hard_kinds_shapes() -> None:
+    for seed in range(10):
+        _, crack = _paint(IMAGES["noise"], "crack", seed)
+        assert not sliding_window_view(crack, (5, 5)).all(axis=(-1, -2)).any(), "a crack is a thin line"
+        _, stain = _paint(IMAGES["noise"], "stain", seed)
+        assert 0.02 * S * S <= stain.sum() <= 0.3 * S * S  # large: an uneven region
+        out, region = _paint(IMAGES["noise"], "texture", seed)
+        r = region.astype(bool)
+        assert np.abs(out[r].astype(float).mean(0) - IMAGES["noise"][r].astype(float).mean(0)).max() < 1.5  # same mean
+        _, dent = _paint(IMAGES["noise"], "dent", seed)
+        assert 5 <= dent.sum() <= 2 * np.pi * 11 ** 2
+
+
+def test_index_paints_the_kinds_asked_for_and_keeps_the_classic_keys(tiny_data, tmp_path, cli) -> None:
+    from stages.store.cache import RunStore
+
+    from conftest import TINY_INDEX
+
+    cli("index", "--run", tmp_path / "a.zarr", "--data", tiny_data, *TINY_INDEX, "-q")
+    cli("index", "--run", tmp_path / "b.zarr", "--data", tiny_data, *TINY_INDEX, "--val-kinds",
+        "scratch,spot,perlin,cutpaste", "-q")
+    cli("index", "--run", tmp_path / "c.zarr", "--data", tiny_data, *TINY_INDEX, "--val-kinds", "crack,stain", "-q")
+    a, b, c = (RunStore(tmp_path / f"{n}.zarr").current("index") for n in "abc")
+    assert a.key == b.key and "val_kinds" not in a.params  # the classic kinds: the keys runs had before
+    kinds = [r["synthetic"] for r in c.attrs["records"] if r.get("synthetic")]
+    assert set(kinds) == {"crack", "stain"} and kinds.count("crack") == kinds.count("stain")
+    res = cli("index", "--run", tmp_path / "d.zarr", "--data", tiny_data, "--val-kinds", "crack,bogus", code=2)
+    assert "--val-kinds" in res.output

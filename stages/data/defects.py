@@ -12,16 +12,31 @@ Kinds (``KINDS``):
     texture (smooth noise or stripes) or shifted in brightness / colour;
   * ``cutpaste`` -- a rectangle cut from another normal image of the category (``donor``) and pasted, maybe
     flipped / rotated, at a random place.
+Harder kinds (``HARD_KINDS``), each with a contrast of k standard deviations of the surface's fine texture around it
+(k drawn per defect):
+  * ``crack``   -- a jagged random-walk line 1-2 px wide at 224 px, maybe with a branch, darker or brighter by
+    k in [1, 4] standard deviations of the pixels around it;
+  * ``stain``   -- a large soft-edged region (5%-25% of the image, low-frequency Perlin) shifted in brightness by
+    k in [1, 4]: an uneven surface; the mask is where the blend weight reaches one half;
+  * ``texture`` -- a Perlin region (2%-10%) whose texture is changed but not its mean: smoothed away (a box blur)
+    or replaced by the image's own texture from elsewhere at 1.5-2.5x zoom, mean matched;
+  * ``dent``    -- 1-2 soft blobs (radius 3-10 px at 224), darker or brighter by k in [1, 3].
 
 Pure numpy: no torch, no IO. Deterministic given the ``np.random.Generator``; the input is never modified.
-Pixels outside a 1-pixel dilation of the returned mask are bit-identical to the input (only anti-aliased
+For the classic kinds, pixels outside a 1-pixel dilation of the returned mask are bit-identical to the input
+(the soft edges of ``stain`` and ``dent`` reach further) (only anti-aliased
 edges of ``scratch`` / ``spot`` touch that 1-pixel ring), and a grayscale input (R = G = B) stays grayscale.
 """
 from __future__ import annotations
 
 import numpy as np
 
-KINDS: tuple[str, ...] = ("scratch", "spot", "perlin", "cutpaste")
+KINDS: tuple[str, ...] = ("scratch", "spot", "perlin", "cutpaste")  # the classic, clearly visible ones
+# Harder kinds, closer to real surface defects (thin cracks, large uneven regions, texture changes): their contrast
+# is drawn relative to the image's own local variation (in local standard deviations), from barely visible to
+# clear, so that validation also holds defects as faint as real ones (MTD's crack, uneven, fray).
+HARD_KINDS: tuple[str, ...] = ("crack", "stain", "texture", "dent")
+ALL_KINDS: tuple[str, ...] = KINDS + HARD_KINDS
 REF = 224.0  # the image size the pixel ranges below are stated for; they scale with S / REF
 
 
@@ -213,6 +228,118 @@ def _cutpaste(img: np.ndarray, donor: np.ndarray, rng: np.random.Generator, gray
     return out, mask
 
 
+def _local_sd(img: np.ndarray, where: np.ndarray) -> float:
+    """The standard deviation of the image's fine texture (the gray level minus its 5 x 5 box mean) over `where`
+    (a box around the defect): the variation a hard defect's contrast is stated in, the surface's own grain, not
+    the structure of an object. At least 2 gray levels, so a flat image still gets a defect."""
+    gray = img.mean(-1)
+    return max(2.0, float((gray - _blur(gray, 2))[where].std()))
+
+
+def _around(mask: np.ndarray, pad: int) -> np.ndarray:
+    """(S, S) bool: the bounding box of mask, grown by pad pixels (clipped to the image)."""
+    ys, xs = np.nonzero(mask)
+    box = np.zeros_like(mask)
+    box[max(0, ys.min() - pad):ys.max() + pad + 1, max(0, xs.min() - pad):xs.max() + pad + 1] = True
+    return box
+
+
+def _blur(x: np.ndarray, r: int) -> np.ndarray:
+    """Separable box blur of an (S, S) or (S, S, C) array with window 2r + 1 (edges replicated)."""
+    if r < 1:
+        return x
+    for axis in (0, 1):
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (r + 1, r)
+        c = np.cumsum(np.pad(x, pad, mode="edge"), axis=axis)
+        n = x.shape[axis]
+        x = (np.take(c, range(2 * r + 1, 2 * r + 1 + n), axis=axis) - np.take(c, range(0, n), axis=axis)) / (2 * r + 1)
+    return x
+
+
+def _crack(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    s = img.shape[0]
+    scale = s / REF
+    half = max(0.5, rng.uniform(1, 2) * scale) / 2
+    margin = int(np.ceil(half)) + 3
+    paths = []
+    n = int(rng.uniform(0.15, 0.4) * s / max(1.0, 2 * scale))  # steps of about 2 px at 224
+    start = rng.uniform(0.25 * s, 0.75 * s, 2)
+    for branch in range(1 + int(rng.random() < 0.4)):  # sometimes a second, shorter branch
+        heading = rng.uniform(0, 2 * np.pi)
+        p0 = start if branch == 0 else paths[0][len(paths[0]) // 2]
+        steps = n if branch == 0 else n // 2
+        turns = np.cumsum(rng.normal(0, 0.35, steps))  # a jagged, wandering course
+        d = 2 * scale * np.stack([np.sin(heading + turns), np.cos(heading + turns)], 1)
+        paths.append(np.clip(p0 + np.cumsum(d, 0), margin, s - 1 - margin))
+    mask = np.zeros((s, s), dtype=bool)
+    cov = np.zeros((s, s))
+    yy, xx = np.arange(s)[:, None], np.arange(s)[None, :]
+    for pts in paths:
+        c, m = _coverage(_polyline_distance(pts, yy, xx), half)
+        cov, mask = np.maximum(cov, c), mask | m
+    if not mask.any():  # a sub-pixel line: keep its centre pixels
+        for y, x in np.rint(paths[0]).astype(int):
+            mask[y, x] = True
+        cov = np.maximum(cov, mask.astype(float))
+    sd = _local_sd(img, _around(mask, int(8 * scale)))
+    shift = _signed(rng, rng.uniform(1, 4) * sd, float(img[mask].mean()))
+    return img + cov[..., None] * shift, mask
+
+
+def _stain(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    s = img.shape[0]
+    res = int(2 ** rng.integers(1, 3))  # 2 or 4 cells: large, smooth regions
+    noise = _perlin((s, s), (res, res), rng)
+    frac = rng.uniform(0.05, 0.25)
+    hard = noise > np.quantile(noise, 1 - frac)
+    alpha = _blur(hard.astype(float), max(1, int(rng.uniform(3, 8) * s / REF)))  # soft edges
+    mask = alpha >= 0.5
+    if not mask.any():
+        mask, alpha = hard, hard.astype(float)
+    sd = _local_sd(img, _around(mask, int(8 * s / REF)))
+    shift = _signed(rng, rng.uniform(1, 4) * sd, float(img[mask].mean()))
+    return img + alpha[..., None] * shift, mask
+
+
+def _texture_change(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    s = img.shape[0]
+    res = tuple(int(2 ** rng.integers(1, 4)) for _ in range(2))
+    noise = _perlin((s, s), res, rng)
+    region = noise > np.quantile(noise, 1 - rng.uniform(0.02, 0.10))
+    if rng.random() < 0.5:  # the texture smoothed away (a worn, frayed surface)
+        other = _blur(img, max(1, int(rng.uniform(2, 5) * s / REF)))
+    else:  # the image's own texture from elsewhere, zoomed 1.5-2.5x (a coarser grain)
+        z = rng.uniform(1.5, 2.5)
+        span = int(s / z)
+        oy, ox = rng.integers(0, s - span + 1, 2)
+        idx = np.minimum((np.arange(s) / z).astype(int), span - 1)
+        other = img[oy + idx][:, ox + idx]
+    other = other - other[region].mean(0) + img[region].mean(0)  # the same mean: only the texture differs
+    out = img.copy()
+    out[region] = other[region]
+    if np.abs(out - img)[region].mean() < 1.0:  # a surface without texture has none to change: stain it instead
+        return _stain(img, rng)
+    return out, region
+
+
+def _dent(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    s = img.shape[0]
+    yy, xx = np.arange(s)[:, None], np.arange(s)[None, :]
+    out = img.copy()
+    mask = np.zeros((s, s), dtype=bool)
+    for _ in range(int(rng.integers(1, 3))):
+        r = max(1.5, rng.uniform(3, 10) * s / REF)
+        cy, cx = rng.uniform(r + 2, s - 3 - r, 2)
+        d = np.hypot(yy - cy, xx - cx)
+        w = np.clip(1.5 - d / r, 0, 1)  # full inside r / 2, fading to 0 at 1.5 r
+        blob = w >= 0.5
+        sd = _local_sd(img, _around(blob, int(r)))
+        out += (w * _signed(rng, rng.uniform(1, 3) * sd, float(img[blob].mean())))[..., None]
+        mask |= blob
+    return out, mask
+
+
 def _check(name: str, a: np.ndarray, kind: str) -> None:
     if not (isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3
             and a.shape[0] == a.shape[1] >= 32):
@@ -224,8 +351,8 @@ def paint_defect(image: np.ndarray, kind: str, rng: np.random.Generator, donor: 
                  ) -> tuple[np.ndarray, np.ndarray]:
     """image (S, S, 3) uint8 (S is any size >= 32, typically 224) -> (defective image (S, S, 3) uint8, mask (S, S) uint8 in {0,1}).
     donor: another normal image of the same category (S, S, 3) uint8, required for 'cutpaste' (ValueError otherwise)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown defect kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind not in ALL_KINDS:
+        raise ValueError(f"unknown defect kind {kind!r}; expected one of {', '.join(ALL_KINDS)}")
     _check("image", image, kind)
     gray = _is_gray(image)
     img = image.astype(np.float64)  # a copy: the caller's array is never written
@@ -235,6 +362,8 @@ def paint_defect(image: np.ndarray, kind: str, rng: np.random.Generator, donor: 
         out, mask = _spot(img, rng)
     elif kind == "perlin":
         out, mask = _perlin_defect(img, rng, gray)
+    elif kind in HARD_KINDS:
+        out, mask = {"crack": _crack, "stain": _stain, "texture": _texture_change, "dent": _dent}[kind](img, rng)
     else:
         if donor is None:
             raise ValueError("defect 'cutpaste' needs a donor image (another normal image of the category)")

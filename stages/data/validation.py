@@ -38,10 +38,11 @@ def held_out(records: list[dict], fraction: float, minimum: int, seed: int) -> s
     return out
 
 
-def with_validation(records: list[dict], fraction: float, minimum: int, copies: int, seed: int) -> list[dict]:
+def with_validation(records: list[dict], fraction: float, minimum: int, copies: int, seed: int,
+                    kinds: tuple[str, ...] = KINDS) -> list[dict]:
     """The dataset's records with the held-out ones as split "val", then one synthetic record per (validation
     normal, copy): {"synthetic": kind, "source": position of the normal, "donor": a train image of the same
-    category (the cut-paste patch comes from it)}. Deterministic in (records, fraction, minimum, copies, seed)."""
+    category (the cut-paste patch comes from it)}. Deterministic in (records, fraction, minimum, copies, seed, kinds)."""
     val = held_out(records, fraction, minimum, seed)
     out = [dict(r, split="val") if i in val else dict(r) for i, r in enumerate(records)]
     train_of: dict[str, list[int]] = {}
@@ -54,7 +55,7 @@ def with_validation(records: list[dict], fraction: float, minimum: int, copies: 
         for _ in range(copies):
             k = turn.get(r["category"], 0)
             turn[r["category"]] = k + 1
-            kind = KINDS[k % len(KINDS)]  # kinds in turn per category: balanced counts
+            kind = kinds[k % len(kinds)]  # kinds in turn per category: balanced counts
             rng = np.random.default_rng([seed, i, k])
             donors = train_of[r["category"]]
             out.append({"category": r["category"], "split": "val", "label": 1, "defect": SYNTHETIC_PREFIX + kind,

@@ -22,6 +22,7 @@ from stages.data.defects import paint_defect
 from stages.data.geometry import RESIZES, valid
 from stages.data.images import load_mask, load_rgb
 from stages.data.validation import paint_seed, with_validation
+from stages.data.defects import ALL_KINDS, KINDS
 from stages.errors import check
 from stages.store.cache import RunStore
 from stages.store.common import StageResult
@@ -40,6 +41,7 @@ class IndexParams:
     val_defects: int = 2  # synthetic defective copies of each validation normal
     val_seed: int = 0
     resize: str = "squash"  # stages.data.geometry.RESIZES: how an image of another aspect becomes the square
+    val_kinds: tuple[str, ...] = KINDS  # synthetic defect kinds, in turn (stages.data.defects.ALL_KINDS)
 
     def __post_init__(self) -> None:
         check(self.resize in RESIZES, "resize", f"must be one of {', '.join(RESIZES)}", self.resize)
@@ -48,6 +50,9 @@ class IndexParams:
         check(self.val_min >= 0, "val_min", "must be >= 0", self.val_min)
         check(0 <= self.val_defects <= 16, "val_defects", "must be in [0, 16]", self.val_defects)
         check(0 <= self.val_seed < 2**32, "val_seed", "must be in [0, 2^32)", self.val_seed)
+        check(len(self.val_kinds) > 0 and set(self.val_kinds) <= set(ALL_KINDS)
+              and len(set(self.val_kinds)) == len(self.val_kinds), "val_kinds",
+              f"must be distinct kinds of {', '.join(ALL_KINDS)}", self.val_kinds)
         check(32 <= self.image_size <= 2048 and self.image_size % 16 == 0, "image_size",
               "must be a multiple of 16 in [32, 2048]", self.image_size)
 
@@ -79,7 +84,7 @@ def run(store: RunStore, p: IndexParams, progress: bool = True, workers: int = 2
     t0 = time.perf_counter()
     ds = discover(Path(p.root), p.layout, p.categories or None)
     records = with_validation([r.to_dict() for r in ds.records], p.val_fraction, p.val_min, p.val_defects,
-                              p.val_seed)
+                              p.val_seed, p.val_kinds)
     params = {
         "root": str(ds.root), "layout": ds.layout, "categories": list(p.categories), "image_size": p.image_size,
         "fingerprint": fingerprint(ds.root, ds.records), "val_fraction": p.val_fraction, "val_min": p.val_min,
@@ -87,6 +92,8 @@ def run(store: RunStore, p: IndexParams, progress: bool = True, workers: int = 2
     }
     if p.resize != "squash":  # squash keys stay those of runs made before --resize
         params["resize"] = p.resize
+    if p.val_kinds != KINDS:  # the classic kinds keep the keys of runs made before --val-kinds
+        params["val_kinds"] = list(p.val_kinds)
     entry, cached = store.begin(STAGE, params, {})
     n, s = len(records), p.image_size
     count = lambda split, label=None: sum(r["split"] == split and label in (None, r["label"]) for r in records)  # noqa: E731

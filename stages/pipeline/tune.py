@@ -3,7 +3,8 @@
 Only validation rows are read (held-out normals and their synthetic-defect copies, stages.data.validation): never a
 test label, mask or map. The search is a coordinate ascent from the paper's settings over the axes
 variant (the cached infer-diff starts and distances of the current UNet: --init, pixel or feature maps),
-normalisation, gamma (0 = base only, 1 = diffusion only), m, and the t / c / l subsets of the cached maps:
+normalisation, gamma (0 = base only, 1 = diffusion only), the fusion kind (add, highpass, gated) and its gate, m,
+the t / c / l subsets of the cached maps, and the image score's own gamma (none: scored on H_out itself):
 each axis in turn takes its best value with the others fixed, for `rounds` passes. Every trial is recorded
 with its metrics (mean over categories, and per defect kind, so that a ranking can be checked across kinds).
 
@@ -26,9 +27,10 @@ from tqdm import tqdm
 from stages.data.validation import folds, is_validation_normal, kind_of
 from stages.errors import CacheMissError, ConfigError, check
 from stages.method.anomaly_map import image_score
-from stages.method.fusion import FILTER, NORMS
+from stages.method.fusion import FILTER, FUSIONS, GATE, NORMS
 from stages.method.metrics import image_auroc, localisation
-from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, array_name, combine, select, source_maps
+from stages.pipeline.heatmaps import (CrossFitStats, FusionSettings, array_name, combine, select,
+                                      source_maps)
 from stages.pipeline.reading import content
 from stages.pipeline.selection import FuseParams, resolve
 from stages.store.cache import Entry, RunStore
@@ -37,7 +39,7 @@ from stages.store.common import StageResult
 
 STAGE = "tune"
 OBJECTIVES = ("mean", "p_auroc", "p_aupro", "i_auroc")
-AXES = ("variant", "norm", "gamma", "filter", "t", "c", "l")
+AXES = ("variant", "norm", "gamma", "fusion", "gate", "filter", "t", "c", "l", "image_gamma")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class TuneParams:
     norms: tuple[str, ...] = NORMS
     gammas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
     filters: tuple[int, ...] = (1, 11, 21, FILTER)
+    fusions: tuple[str, ...] = FUSIONS  # how the diffusion term enters Eq 19 (add: as printed)
+    gates: tuple[float, ...] = (1.0, GATE, 4.0)  # fusion gated: levels that open the gate
+    image_gammas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # the image score's own gamma (besides H_out's)
     rounds: int = 2
     eval_size: int = 112
     pool: int = 16
@@ -57,6 +62,10 @@ class TuneParams:
               self.gammas)
         check(len(self.filters) > 0 and all(m >= 1 and m % 2 == 1 for m in self.filters), "filters",
               "must be odd integers >= 1", self.filters)
+        check(len(self.fusions) > 0 and set(self.fusions) <= set(FUSIONS), "fusions", f"must be some of {FUSIONS}",
+              self.fusions)
+        check(len(self.gates) > 0 and all(g > 0 for g in self.gates), "gates", "must be > 0", self.gates)
+        check(all(0 <= g <= 1 for g in self.image_gammas), "image_gammas", "must be in [0, 1]", self.image_gammas)
         check(1 <= self.rounds <= 5, "rounds", "must be in [1, 5]", self.rounds)
         check(16 <= self.eval_size <= 1024, "eval_size", "must be in [16, 1024]", self.eval_size)
 
@@ -71,9 +80,13 @@ def subsets(values: tuple[int, ...], descending: bool = False) -> list[tuple[int
 
 
 class ValidationSet:
-    """The validation rows' cached maps, labels and masks, held in memory once for every trial."""
+    """The validation rows' cached maps, labels and masks, held in memory once for every trial.
 
-    def __init__(self, store: RunStore, p: TuneParams):
+    splits: the rows held; tune holds ("val",) only and never reads a test row. A measurement of how well
+    validation ranks settings (benchmarks/rank_correlation.py) holds ("val", "test") and evaluates each split
+    apart, the test rows normalised with the statistics of every validation normal (as fuse does)."""
+
+    def __init__(self, store: RunStore, p: TuneParams, splits: tuple[str, ...] = ("val",)):
         self.base = store.current("infer_base")
         extract = store.get("extract", self.base.inputs["extract"])
         self.index = store.get("index", extract.inputs["index"])
@@ -81,18 +94,22 @@ class ValidationSet:
         self.size = int(self.index.params["image_size"])
         records = self.index.attrs["records"]
         rec = self.base.array("record")[:]
-        self.pos = np.array([k for k, i in enumerate(rec) if records[i]["split"] == "val"], dtype=np.int64)
-        if not (self.pos.size and any(records[rec[k]]["label"] == 1 for k in self.pos)):
+        self.pos = np.array([k for k, i in enumerate(rec) if records[i]["split"] in splits], dtype=np.int64)
+        if not any(records[rec[k]]["label"] == 1 and records[rec[k]]["split"] == "val" for k in self.pos):
             raise ConfigError("the run has no validation images with synthetic defects to tune on; index again "
                               f"with `{with_validation(self.index)}` (then rerun the stages after it)")
-        recs = [records[rec[k]] for k in self.pos]  # validation records only, from here on
+        recs = [records[rec[k]] for k in self.pos]  # the held rows only, from here on
+        self.split = np.array([r["split"] for r in recs])
         self.cats = [r["category"] for r in recs]
         self.labels = np.array([r["label"] for r in recs], dtype=np.int64)
-        self.kinds = np.array([kind_of(r) or "" for r in recs])
+        # the defect kind of an anomalous row: validation, the synthetic kind; test, "<category>/<defect folder>"
+        self.kinds = np.array([kind_of(r) or "" if r["split"] == "val" else
+                               f"{r['category']}/{r['defect']}" if r["label"] == 1 else "" for r in recs])
+        self.masked = set(self.index.attrs["masked_categories"])
         self.normal = {c: np.flatnonzero([r["category"] == c and is_validation_normal(r) for r in recs])
                        for c in dict.fromkeys(self.cats)}
         of_record = folds(records)
-        self.fold = {j: of_record[rec[k]] for j, k in enumerate(self.pos)}
+        self.fold = {j: of_record[rec[k]] for j, k in enumerate(self.pos) if rec[k] in of_record}
         masks = torch.from_numpy(self.index.array("masks").get_orthogonal_selection((rec[self.pos],))).float()
         self.factor = max(1, self.size // p.eval_size)
         self.masks = F.max_pool2d(masks[:, None], self.factor)[:, 0].numpy().astype(bool)
@@ -127,41 +144,50 @@ class ValidationSet:
             self._st = {key: source_maps(self.h_base, hd, self.size, s)}  # one selection at a time: memory
         return self._st[key]
 
-    def evaluate(self, s: FusionSettings, pool: int) -> dict:
-        """Validation metrics of settings s: mean over categories, and per defect kind."""
+    def evaluate(self, s: FusionSettings, pool: int, split: str = "val") -> dict:
+        """Metrics of settings s on one held split: mean over categories, per category, and per defect kind
+        (validation: the synthetic kinds; test: each category's defect folders, as "<category>/<folder>")."""
         hb, h_st = self.sources(s)
         stats = None
         if s.norm != "none":  # cross-fitted: a row is normalised by the other fold's normals
             cf = CrossFitStats.compute(lambda i: (hb[i], None if h_st is None else h_st[i]), self.normal,
                                        self.fold, s)
-            stats = cf.per_row(self.cats, [self.fold[k] for k in range(len(self.cats))])
+            stats = cf.per_row(self.cats, [self.fold.get(k) for k in range(len(self.cats))])
         with torch.no_grad():
-            h_out = combine(hb, h_st, s, self.c_feat, stats)
-            scores = image_score(h_out, pool, self.valid).numpy()
+            feat = self.h_base.shape[-1]
+            h_out = combine(hb, h_st, s, self.c_feat, stats, feat)
+            h_img = (h_out if not s.scores_own_map
+                     else combine(hb, h_st, s.for_image(), self.c_feat, stats, feat))  # image_maps' rule
+            scores = image_score(h_img, pool, self.valid).numpy()
             small = F.avg_pool2d(h_out[:, None], self.factor)[:, 0].numpy() if self.factor > 1 else h_out.numpy()
         cats = np.array(self.cats)
         per_kind: dict[str, list[dict]] = {}
-        overall = []
+        by_category = {}
         for c in dict.fromkeys(self.cats):
-            sel = cats == c
+            sel = (cats == c) & (self.split == split)
+            if not sel.any():
+                continue
             vs = lambda rows: None if self.valid_small is None else self.valid_small[rows]  # noqa: E731
-            overall.append(_metrics(self.labels[sel], scores[sel], self.masks[sel], small[sel], vs(sel)))
+            pixel = split == "val" or c in self.masked  # every validation image has a (synthetic) mask
+            by_category[c] = _metrics(self.labels[sel], scores[sel], self.masks[sel], small[sel], vs(sel), pixel)
             for k in sorted(set(self.kinds[sel & (self.labels == 1)])):
                 ks = sel & ((self.labels == 0) | (self.kinds == k))
                 per_kind.setdefault(k, []).append(_metrics(self.labels[ks], scores[ks], self.masks[ks], small[ks],
-                                                           vs(ks)))
-        return {"metrics": _mean(overall), "by_kind": {k: _mean(v) for k, v in per_kind.items()}}
+                                                           vs(ks), pixel))
+        return {"metrics": _mean(list(by_category.values())), "by_kind": {k: _mean(v) for k, v in per_kind.items()},
+                "by_category": by_category}
 
 
-def _metrics(labels, scores, masks, maps, valid=None) -> dict:
-    p_auroc, p_aupro = localisation(masks, maps, valid=valid)
+def _metrics(labels, scores, masks, maps, valid=None, pixel: bool = True) -> dict:
+    p_auroc, p_aupro = localisation(masks, maps, valid=valid) if pixel else (None, None)
     out = {"i_auroc": image_auroc(labels, scores), "p_auroc": p_auroc, "p_aupro": p_aupro}
-    out["mean"] = float(np.mean(list(out.values())))
+    out["mean"] = float(np.mean([v for v in out.values() if v is not None]))
     return out
 
 
 def _mean(rows: list[dict]) -> dict:
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    """Each metric's mean over the rows that have it (a category without masks has no pixel metrics)."""
+    return {k: (float(np.mean(v)) if (v := [r[k] for r in rows if r[k] is not None]) else None) for k in rows[0]}
 
 
 def _cached_variants(store: RunStore, s: FusionSettings) -> list[tuple[str, str]]:
@@ -180,18 +206,29 @@ def _cached_variants(store: RunStore, s: FusionSettings) -> list[tuple[str, str]
 
 def _label(s: FusionSettings) -> dict:
     return {"init": s.init, "distance": s.distance, "norm": s.norm, "gamma": s.gamma, "filter": s.filter,
-            "t": list(s.t), "c": list(s.c), "l": list(s.l)}
+            "t": list(s.t), "c": list(s.c), "l": list(s.l), "fusion": s.fusion,
+            **({"gate": s.gate} if s.fusion == "gated" else {}),
+            "image_gamma": s.image_gamma if s.scores_own_map else None}
+
+
+def _valid(s: FusionSettings) -> bool:
+    """Settings fuse accepts: the gated fusion reads normalised maps; an image gamma is its own only with maps."""
+    return not (s.fusion == "gated" and s.norm == "none") and (s.image_gamma is None or s.scores_own_map)
 
 
 def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict]:
     """Every trial of the coordinate ascent, in the order tried: {settings, metrics, by_kind}."""
     start = vs.start
     fixed = {"norm": list(p.norms), "gamma": list(p.gammas) if vs.diffs else [0.0],
-             "filter": list(p.filters) if vs.diffs else [start.filter]}
+             "filter": list(p.filters) if vs.diffs else [start.filter],
+             "fusion": list(dict.fromkeys(("add", *p.fusions))) if vs.diffs else ["add"],  # Eq 19 first
+             "image_gamma": [None, *p.image_gammas] if vs.diffs else [None]}
 
     def options(s: FusionSettings, axis: str) -> list:
         if axis in fixed:
             return fixed[axis]
+        if axis == "gate":
+            return list(p.gates) if s.fusion == "gated" else []
         if not vs.diffs:
             return [()]
         if axis == "variant":
@@ -217,8 +254,9 @@ def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict
                 values = options(best, axis)
                 if len(values) < 2:
                     continue
-                cands = [_with(best, axis, v, vs) for v in values]
-                best = max(cands, key=score)  # ties: the first, i.e. the order given (paper's values first)
+                cands = [c for v in values if _valid(c := _with(best, axis, v, vs))]
+                if cands:
+                    best = max(cands, key=score)  # ties: the first, i.e. the order given (paper's values first)
             if best == before:
                 break
     return list(trials.values())
@@ -229,7 +267,8 @@ def _with(s: FusionSettings, axis: str, v, vs: ValidationSet) -> FusionSettings:
         own = vs.variants[v][0]
         keep = lambda mine, theirs: mine if mine and set(mine) <= set(theirs) else theirs  # noqa: E731
         c = keep(s.c, own.c)
-        return replace(own, norm=s.norm, gamma=s.gamma, filter=s.filter, t=keep(s.t, own.t), c=c,
+        return replace(own, norm=s.norm, gamma=s.gamma, filter=s.filter, fusion=s.fusion, gate=s.gate,
+                       image_gamma=s.image_gamma, t=keep(s.t, own.t), c=c,
                        l=own.l if own.distance == "feature" else keep(s.l, own.l),
                        chains=tuple(ch for ch in own.chains if ch[0] in c))
     if axis == "c":
@@ -247,7 +286,8 @@ def fuse_params(trial: dict, diffs: dict[int, Entry]) -> FuseParams:
     first = next(iter(diffs.values())).params if diffs else {"n_s": 2, "test_time_condition": True, "seed": 0}
     return FuseParams(gamma=q["gamma"], filter=q["filter"], t=tuple(q["t"]), c=tuple(q["c"]), l=tuple(q["l"]),
                       n_s=first["n_s"], test_time_condition=first["test_time_condition"], seed=first["seed"],
-                      norm=q["norm"], init=q.get("init", "paper"), distance=q.get("distance", "pixel"))
+                      norm=q["norm"], init=q.get("init", "paper"), distance=q.get("distance", "pixel"),
+                      fusion=q.get("fusion", "add"), gate=q.get("gate", GATE), image_gamma=q.get("image_gamma"))
 
 
 def run(store: RunStore, p: TuneParams, progress: bool = True) -> tuple[StageResult, list[dict], FuseParams]:
@@ -258,7 +298,8 @@ def run(store: RunStore, p: TuneParams, progress: bool = True) -> tuple[StageRes
     inputs = {"infer_base": vs.base.key, **{f"infer_diff@{v[0]},c={c}": e.key for v, (_, ds) in vs.variants.items()
                                             if v[1] == "pixel" for c, e in ds.items()}}
     params = {"objective": p.objective, "norms": list(p.norms), "gammas": list(p.gammas),
-              "filters": list(p.filters), "rounds": p.rounds, "eval_size": p.eval_size, "pool": p.pool}
+              "filters": list(p.filters), "fusions": list(p.fusions), "gates": list(p.gates),
+              "image_gammas": list(p.image_gammas), "rounds": p.rounds, "eval_size": p.eval_size, "pool": p.pool}
     entry, cached = store.begin(STAGE, params, inputs)
     if cached:
         trials = entry.attrs["trials"]
@@ -271,6 +312,8 @@ def run(store: RunStore, p: TuneParams, progress: bool = True) -> tuple[StageRes
     q = best["settings"]
     summary = (f"{len(trials)} trials on {vs.pos.size} validation images; best {p.objective} "
                f"{100 * m[p.objective]:.1f}: init={q.get('init')} distance={q.get('distance')} norm={q['norm']} gamma={q['gamma']} m={q['filter']} "
-               f"t={q['t']} c={q['c']} l={q['l']}")
+               f"t={q['t']} c={q['c']} l={q['l']} fusion={q.get('fusion', 'add')}"
+               + (f" gate={q['gate']}" if q.get("gate") else "")
+               + (f" image_gamma={q['image_gamma']}" if q.get("image_gamma") is not None else ""))
     return (StageResult(STAGE, entry.key, cached, time.perf_counter() - t0, summary), trials,
             fuse_params(best, vs.diffs))
