@@ -44,7 +44,8 @@ def render(rows: list[abl.Row], title: str, split: str = "test") -> Table:
             continue
         switches = "" if v is None else " ".join(_mark(x) for x in (v.multiscale_base, v.spatio_temporal,
                                                                       v.model_condition, v.test_time_condition))
-        maps = "" if v is None else "/".join(x or "·" for x in (v.task, v.init, v.distance))
+        maps = "" if v is None else "/".join(x or "·" for x in (v.task, v.init, v.distance)) + (
+            f" {v.fusion}" if v.fusion else "") + (f" image γ {v.image_gamma:g}" if v.image_gamma is not None else "")
         t.add_row(r.name, switches, maps, *vals)
     return t
 
@@ -73,7 +74,8 @@ def write_json(rows: list[abl.Row], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = [{"variant": r.name, "switches": None if r.variant is None else {
         k: getattr(r.variant, k) for k in ("multiscale_base", "spatio_temporal", "model_condition",
-                                           "test_time_condition", "task", "init", "distance")},
+                                           "test_time_condition", "task", "init", "distance", "fusion",
+                                           "image_gamma")},
             "metrics": r.metrics, "validation_metrics": r.val_metrics, "fusion": r.fusion, "entries": r.entries, "commands": r.commands} for r in rows]
     path.write_text(json.dumps(doc, indent=1))
 
@@ -93,6 +95,8 @@ def ablate(
     norm: NormOpt = abl.Selection.norm,
     init: Annotated[Optional[str], typer.Option(help="Table 5's rows: which infer-diff --init (default: that of the newest cached maps).")] = None,
     distance: Annotated[str, typer.Option(help="Table 5's rows: pixel or feature maps.")] = abl.Selection.distance,
+    fusion: Annotated[str, typer.Option(help="How every row's diffusion term enters Eq 19 (add: as printed); the fusion rows set their own.")] = abl.Selection.fusion,
+    gate: Annotated[float, typer.Option(help="The gated rows' gate (normalised H_base level).")] = abl.Selection.gate,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-category metrics of every row as CSV.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Rows, switches, settings and commands as JSON.")] = None,
     quiet: QuietOpt = False,
@@ -112,9 +116,12 @@ def ablate(
     if init is not None:
         check_init(init)
     check(distance in DISTANCES, "--distance", f"must be one of {', '.join(DISTANCES)}", distance)
+    from stages.method.fusion import check_refinement
+
+    check_refinement(fusion, gate, norm)
     sel = abl.Selection(gamma=gamma, filter=filter_, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
                         l=_ints(l, "--l") or (), n_s=ns, seed=seed, pool=pool, norm=norm, init=init,
-                        distance=distance)
+                        distance=distance, fusion=fusion, gate=gate)
     store = RunStore(run)
     rows = abl.run(store, sel, progress=not quiet)
     if any(r.val_metrics for r in rows):

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from stages.apps.ablate import BASE, BASE_MAHALANOBIS, OPTIONS, TABLE5
+from stages.apps.ablate import BASE, BASE_MAHALANOBIS, FUSION_OPTIONS, OPTIONS, TABLE5
 from stages.store.cache import RunStore
 from stages.method.metrics import METRIC_NAMES
 
@@ -74,6 +74,22 @@ def test_fusion_rows_equal_fuse_then_score(ablated, cli):
         assert name in output
 
 
+def test_fusion_option_rows_equal_fuse_with_the_option_then_score(ablated, cli, tmp_path):
+    """The gated row on raw maps is normalised per pixel (the gate reads normalised maps); the image-gamma row
+    takes its image scores from H_base alone."""
+    run, tmp, _ = ablated
+    rows = _rows(tmp / "t5.json")
+    assert [v.name for v in FUSION_OPTIONS] == list(rows)[-len(FUSION_OPTIONS):]
+    run2 = copy_run(run, tmp_path / "r2.zarr")
+    _same(rows["+ high-pass fusion"]["metrics"], _fuse_and_score(cli, run2, "--fusion", "highpass"))
+    _same(rows["+ gated fusion"]["metrics"], _fuse_and_score(cli, run2, "--fusion", "gated", "--norm", "pixel"))
+    image = _fuse_and_score(cli, run2, "--image-gamma", "0")
+    _same(rows["+ image scores from H_base (image gamma 0)"]["metrics"], image)
+    base = rows[BASE_MAHALANOBIS]["metrics"]
+    assert all(image[c]["i_auroc"] == pytest.approx(base[c]["i_auroc"], abs=1e-6) for c in base)  # H_base's ranking
+    assert rows["+ gated fusion"]["fusion"]["norm"] == "pixel" and rows["+ gated fusion"]["fusion"]["fusion"] == "gated"
+
+
 def test_csv_has_every_category_of_computed_rows(ablated):
     run, tmp, _ = ablated
     rows = list(csv.DictReader((tmp / "t5.csv").open()))
@@ -126,7 +142,7 @@ def test_option_rows_name_commands_that_fill_them(ablated, cli, tmp_path):
     run, the rows equal fuse (with that start and distance) then score."""
     run, tmp, output = ablated
     rows = _rows(tmp / "t5.json")
-    assert [v.name for v in OPTIONS] == list(rows)[-len(OPTIONS):]
+    assert [v.name for v in OPTIONS] == list(rows)[-len(OPTIONS) - len(FUSION_OPTIONS):-len(FUSION_OPTIONS)]
     assert rows["DRDC, paper training and start"]["metrics"] is not None  # the fixture's own maps
     want = ["+ start ddad + feature distance", "+ inpaint training + feature distance"]
     for name in want:

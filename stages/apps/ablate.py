@@ -2,7 +2,8 @@
 
 Rows (switches as in the paper: multi-scale base heatmap, spatio-temporal fusion, model condition, test-time
 condition) plus the base model alone (UniAD, the reference), then what each of drdc's diffusion options adds
-(OPTIONS: the training task, the start of the reverse process, the feature distance). Fusion-only switches are computed in memory from
+(OPTIONS: the training task, the start of the reverse process, the feature distance) and each fusion option
+(FUSION_OPTIONS: high-pass or gated fusion, image scores from H_base). Fusion-only switches are computed in memory from
 the cached infer-base and infer-diff heatmaps with the same code as `fuse` (`heatmaps.fuse_maps`) and scored as
 `score` does; a row that needs another diffusion model (model condition off) or other diffusion heatmaps
 (test-time condition off) is computed when matching entries are cached, else it names the commands that make
@@ -18,9 +19,9 @@ from tqdm import tqdm
 
 from stages.errors import CacheMissError
 from stages.method.anomaly_map import image_score, upsample
-from stages.method.fusion import FILTER, GAMMA
+from stages.method.fusion import FILTER, GAMMA, GATE
 from stages.method.metrics import compute_metrics, mean_over_categories
-from stages.pipeline.heatmaps import FusionSettings, fuse_maps, read_diff
+from stages.pipeline.heatmaps import FusionSettings, fuse_maps, image_maps, read_diff
 from stages.pipeline.reading import content
 from stages.pipeline.selection import FuseParams, matches, newest_init, normal_stats, row_folds
 from stages.pipeline.train_diff import TrainDiffParams
@@ -39,6 +40,8 @@ class Variant:
     task: str | None = None  # train-diff --task; None: the current UNet's
     init: str | None = None  # infer-diff --init; None: the selection's
     distance: str | None = None  # pixel | feature; None: the selection's
+    fusion: str | None = None  # fuse --fusion; None: the selection's (gated on raw maps: normalised per pixel)
+    image_gamma: float | None = None  # fuse --image-gamma; None: image scores from H_out
 
 
 BASE = "base only (UniAD)"
@@ -60,6 +63,12 @@ OPTIONS: tuple[Variant, ...] = (
     Variant("+ inpaint training (start noise)", False, True, True, True, "inpaint", "noise", "pixel"),
     Variant("+ inpaint training + feature distance", False, True, True, True, "inpaint", "noise", "feature"),
 )
+# What drdc's fusion options add to the full method's maps (fuse --fusion, --image-gamma; not in the paper).
+FUSION_OPTIONS: tuple[Variant, ...] = (
+    Variant("+ high-pass fusion", False, True, True, True, fusion="highpass"),
+    Variant("+ gated fusion", False, True, True, True, fusion="gated"),
+    Variant("+ image scores from H_base (image gamma 0)", False, True, True, True, image_gamma=0.0),
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,8 @@ class Selection:
     norm: str = "none"  # stages.method.fusion.NORMS: every row is normalised the same way, with its own statistics
     init: str | None = None  # Table 5's rows: which infer-diff start (None: that of the newest cached maps, as
     distance: str = "pixel"  # fuse takes it) and distance; the OPTIONS rows set their own
+    fusion: str = "add"  # how every row's diffusion term enters Eq 19; the FUSION_OPTIONS rows set their own
+    gate: float = GATE
 
 
 @dataclass
@@ -172,9 +183,11 @@ def _resolve(diffs: dict[int, Entry], sel: Selection, v: Variant, init: str, dis
     if not v.spatio_temporal:
         ts, ls = [min(ts)], [1]
     chains = tuple((c, tuple(e.params["t"])) for c, e in diffs.items())
+    fusion = v.fusion or sel.fusion
+    norm = "pixel" if fusion == "gated" and sel.norm == "none" else sel.norm  # the gate reads normalised maps
     return FusionSettings(sel.gamma, sel.filter, tuple(ts), tuple(diffs), tuple(ls), v.spatio_temporal,
-                          v.multiscale_base, sel.n_s, v.test_time_condition, sel.seed, chains, sel.norm, init,
-                          distance)
+                          v.multiscale_base, sel.n_s, v.test_time_condition, sel.seed, chains, norm, init,
+                          distance, fusion, sel.gate, v.image_gamma)
 
 
 def _category_metrics(index: Entry, base: Entry, c_feat: int, sel: Selection, fusion: FusionSettings | None,
@@ -201,9 +214,11 @@ def _category_metrics(index: Entry, base: Entry, c_feat: int, sel: Selection, fu
         h_diff = read_diff(diffs, fusion, pos) if fusion is not None and fusion.uses_diffusion else None
         st = stats.per_row([cat] * len(pos), [fold.get(int(k)) for k in pos]) if stats is not None else None
         with torch.no_grad():
-            maps = upsample(fuse_maps(hb, h_diff, size, fusion, c_feat, st)[2], masks.shape[-1])
+            b, h_st, h_out = fuse_maps(hb, h_diff, size, fusion, c_feat, st)
+            maps = upsample(h_out, masks.shape[-1])
+            scored = upsample(image_maps(hb, b, h_st, h_out, fusion, c_feat, st), masks.shape[-1])
             v = content(index, rec[pos])  # padded images: only what shows the image is scored
-            scores = image_score(maps, sel.pool, None if v is None else torch.from_numpy(v)).numpy()
+            scores = image_score(scored, sel.pool, None if v is None else torch.from_numpy(v)).numpy()
         maps = maps.numpy()
         pixel = split == "val" or cat in masked  # every validation image has an exact (synthetic) mask
         metrics[cat] = compute_metrics(labels, scores, masks if pixel else None, maps if pixel else None, valid=v)
@@ -267,7 +282,7 @@ def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) ->
         l_want = sel.l or tuple(sorted(common_l))
     else:
         l_want = sel.l or l_def
-    for v in (*TABLE5, *OPTIONS):
+    for v in (*TABLE5, *OPTIONS, *FUSION_OPTIONS):
         row = Row(v.name, v)
         rows.append(row)
         init = v.init or sel.init or newest
