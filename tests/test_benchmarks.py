@@ -55,3 +55,20 @@ def test_bench_base_quick(tmp_path: Path) -> None:
 def test_bench_memory_quick(tmp_path: Path) -> None:
     r = _run("bench_memory.py", tmp_path)
     assert set(r["results"]) == {"8", "16"} and all(v["peak_rss_mb"] > 0 for v in r["results"].values())
+
+
+@pytest.mark.slow
+def test_gpu_accuracy_script_on_cpu_at_a_tiny_size(tiny_data: Path, tmp_path: Path) -> None:
+    """benchmarks/gpu_accuracy.sh, the prepared device run, end to end on the CPU (TINY=1): three scorings side by
+    side (base only, the diffusion map alone, tuned DRDC), each with per-defect-folder test rows."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "TINY": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(["bash", str(BENCH / "gpu_accuracy.sh"), str(tiny_data), str(tmp_path / "w")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((tmp_path / "w" / "report.json").read_text())
+    sources = [v["params"]["source"] for v in doc["variants"]]
+    assert sources == ["base", "fuse", "fuse"] and "diffusion only" in proc.stdout
+    kinds = [r["category"] for r in doc["rows"] if "/" in r["category"]]
+    assert kinds and all(r["category"].split("/")[0] in {"disc", "grain", "weave"} for r in doc["rows"]
+                         if "/" in r["category"])
