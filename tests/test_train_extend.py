@@ -1,11 +1,21 @@
 """train-diff --steps N continues the longest shorter run of equal settings and ends where a run from scratch ends."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 import torch
 
 from stages.store.cache import RunStore
 
 from conftest import TINY_DIFF, TINY_INDEX, TINY_TRAIN, options
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _entry(run, steps: int):
@@ -48,3 +58,39 @@ def test_zero_epochs_is_the_seeded_initialisation(full_run, cli):
     fresh = UniADReconstruction(cfg)
     assert all(torch.equal(saved[k], v) for k, v in fresh.state_dict().items() if not k.startswith("feat_"))
     cli("infer-base", "--run", full_run, "--residual-norm", "mahalanobis", "-q")  # the base map follows
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143)])  # SIGINT takes the same path (StepBoundary)
+def test_train_diff_stopped_between_checkpoints_saves_the_step_it_was_in(tiny_data, tmp_path, cli, sig, code):
+    """Ctrl-C or SIGTERM between checkpoints: the step in progress ends and a checkpoint of it is saved (the state
+    k steps from scratch give), and the command says so in one line. The rerun resumes from it (as after any
+    checkpoint: tests/test_kill_anywhere.py)."""
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    train = options(TINY_DIFF, "--steps", "100000", "--ckpt-every", "100000")  # no checkpoint before the signal
+    for run in (a, b):
+        cli("index", "--run", run, "--data", tiny_data, *TINY_INDEX, "-q")
+    proc = subprocess.Popen([sys.executable, "-m", "drdc_cli", "train-diff", "--run", str(a), "-q", *train],
+                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while not list(a.glob("train_diff/*/files/config.json")) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(5)  # some steps
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == code
+        msg = proc.stderr.read().strip()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len(msg.splitlines()) == 1 and "Traceback" not in msg and "to resume" in msg, msg
+    e = next(e for e in RunStore(a).entries() if e.stage == "train_diff")
+    saved = torch.load(e.files / "last.pt", weights_only=True)
+    k = saved["step"]
+    assert 0 < k < 100000
+    cli("train-diff", "--run", b, *options(train, "--steps", str(k)), "-q")  # k steps from scratch
+    ref = torch.load(next(b.glob("train_diff/*/files/last.pt")), weights_only=True)
+    assert ref["step"] == k
+    for part in ("model", "ema"):
+        assert all(torch.equal(saved[part][n], ref[part][n]) for n in ref[part]), part

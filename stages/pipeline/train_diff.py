@@ -50,7 +50,7 @@ from stages.method.inpaint import make_input, reverse_process, t_batch
 from stages.method.masks import check_grid, grid_masks, image_generator
 from stages.models.unet import ConditionalUNet, UNetConfig
 from stages.pipeline.trained import SCHEDULE_DEFAULTS, schedule_of
-from stages.pipeline.training import Training
+from stages.pipeline.training import StepBoundary, Training
 from stages.store import dist
 from stages.store.cache import RunStore
 from stages.store.common import StageResult, keyed, resolve_device, seed_everything
@@ -224,30 +224,37 @@ def run(store: RunStore, p: TrainDiffParams, device: str = "auto", progress: boo
 
     bar = tqdm(total=p.steps, initial=start, desc="train-diff", unit="step", disable=not (progress and main))
     running, count, tw = 0.0, 0, time.perf_counter()
-    for step in range(start, p.steps):
-        if world > 1:  # per-rank dropout draws that do not depend on where a run resumed
-            torch.manual_seed(dist.rank_seed(p.seed, step))
-        if p.task == "inpaint":
-            x0, M, x_t, cond, t = inpaint_batch(p, model, images, step, sched, dev, rank)  # noqa: N806
-            loss = inpaint_loss(net(x_t, cond, t), x_t, t, x0, M, sched)
-        else:
-            x0, I_in, t, eps = (v.to(dev) for v in _batch(p, images, step, rank))  # noqa: N806
-            x_t = q_sample(x0, t, eps, sched)  # Eq 4
-            loss = nn.functional.mse_loss(net(x_t, I_in if p.model_condition else None, t), eps)  # Eq 12
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # under DDP the gradients are averaged over ranks here
-        opt.step()
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1.0 - p.ema)
-        running, count = running + loss.item(), count + 1
-        bar.update(1)
-        if (step + 1) % p.ckpt_every == 0 or step + 1 == p.steps:
-            running, count = dist.all_reduce_sum(running, count)  # mean over every rank's steps
-            history.append({"step": step + 1, "loss": running / count, "seconds": round(time.perf_counter() - tw, 2)})
-            bar.set_postfix(loss=f"{running / count:.4g}")
-            running, count, tw = 0.0, 0, time.perf_counter()
-            tr.checkpoint(states, history, step=step + 1)
+    with StepBoundary() as stop:  # Ctrl-C / SIGTERM: finish the step, save it, then stop
+        for step in range(start, p.steps):
+            if world > 1:  # per-rank dropout draws that do not depend on where a run resumed
+                torch.manual_seed(dist.rank_seed(p.seed, step))
+            if p.task == "inpaint":
+                x0, M, x_t, cond, t = inpaint_batch(p, model, images, step, sched, dev, rank)  # noqa: N806
+                loss = inpaint_loss(net(x_t, cond, t), x_t, t, x0, M, sched)
+            else:
+                x0, I_in, t, eps = (v.to(dev) for v in _batch(p, images, step, rank))  # noqa: N806
+                x_t = q_sample(x0, t, eps, sched)  # Eq 4
+                loss = nn.functional.mse_loss(net(x_t, I_in if p.model_condition else None, t), eps)  # Eq 12
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # under DDP the gradients are averaged over ranks here
+            opt.step()
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1.0 - p.ema)
+            running, count = running + loss.item(), count + 1
+            bar.update(1)
+            if (step + 1) % p.ckpt_every == 0 or step + 1 == p.steps:
+                running, count = dist.all_reduce_sum(running, count)  # mean over every rank's steps
+                history.append({"step": step + 1, "loss": running / count,
+                                "seconds": round(time.perf_counter() - tw, 2)})
+                bar.set_postfix(loss=f"{running / count:.4g}")
+                running, count, tw = 0.0, 0, time.perf_counter()
+                tr.checkpoint(states, history, step=step + 1)
+            elif stop.requested is not None:  # stopped between checkpoints: keep every step done
+                tr.checkpoint(states, history, step=step + 1)
+            if stop.requested is not None:
+                bar.close()
+                stop.deliver()
     bar.close()
 
     crop = f" ({p.crop} px crops)" if p.crop else ""

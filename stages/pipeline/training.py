@@ -8,6 +8,9 @@ Rank 0 alone writes the store; the other ranks hold no entry (`t.entry is None`)
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -105,3 +108,45 @@ class Training:
 
         dist.barrier()
         return dist.main_decides(done)
+
+
+class StepBoundary:
+    """Ctrl-C (SIGINT) or SIGTERM during a training step is held until the step ends, so the trainer can save a
+    checkpoint of a consistent state (weights, EMA, optimiser and RNG of the same step) before the signal takes
+    effect: `with StepBoundary() as stop: ... if stop.requested: save; stop.deliver()`. A second signal while
+    one is held interrupts at once. Outside the main thread (no signal handling there) it holds nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StepBoundary":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._hold)
+        return self
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:  # asked twice: do not wait for the step
+            self._restore()
+            os.kill(os.getpid(), signum)
+            return
+        self.requested = signum
+
+    def _restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def deliver(self) -> None:
+        """Let the held signal take effect now, as the command's own handlers take it (SIGINT: KeyboardInterrupt)."""
+        signum, self.requested = self.requested, None
+        self._restore()
+        if signum is not None:
+            os.kill(os.getpid(), signum)
+            time.sleep(0.1)  # the handler runs here; a bare SIGINT with no handler raises KeyboardInterrupt
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
