@@ -246,13 +246,16 @@ def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict
         return trials[key]["metrics"][p.objective]
 
     best = start
+    for axis, values in fixed.items():  # the start inside the search space (e.g. --gammas 1: no trial at 0.9)
+        if getattr(best, axis) not in values and _valid(moved := _with(best, axis, values[0], vs)):
+            best = moved
     with tqdm(desc="tune", unit="trial", disable=not progress) as bar:
         score(best)
         for _ in range(p.rounds):
             before = best
             for axis in AXES:
                 values = options(best, axis)
-                if len(values) < 2:
+                if not values:  # a single value still applies: e.g. --gammas 1 moves the paper's 0.9 to 1
                     continue
                 cands = [c for v in values if _valid(c := _with(best, axis, v, vs))]
                 if cands:
