@@ -10,7 +10,7 @@ import functools
 import os
 import signal
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import typer
 from rich.console import Console
@@ -18,9 +18,11 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from stages.errors import DrdcError
-from stages.store.common import StageResult
 
 from . import flags
+
+if TYPE_CHECKING:
+    from stages.store.common import StageResult
 
 
 class StrictGroup(TyperGroup):
@@ -172,11 +174,10 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _out_of_memory(e: BaseException) -> bool:
-    import torch
-
+    torch = sys.modules.get("torch")  # not loaded: then torch raised nothing (and loading it here costs seconds)
     text = str(e)
-    return (isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
-            or "out of memory" in text.lower())
+    return (isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.OutOfMemoryError))
+            or "can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def report_stage(r: StageResult) -> None:
@@ -203,6 +204,16 @@ def register_commands() -> None:
 
 
 def main() -> None:
+    """Run the app. Ctrl-C while options are parsed is one "aborted" line (StrictGroup), while a command runs one
+    line saying what is saved (guarded), and at any other moment one line too, never a traceback."""
+    from . import quiet_start
+
+    quiet_start()  # the console script installed these already; `python -m` and older scripts come here first
     register_commands()
     signal.signal(signal.SIGTERM, _on_sigterm)
-    app()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        app()
+    except KeyboardInterrupt as e:  # between the steps that handle it themselves
+        err.print("[yellow]terminated[/]" if isinstance(e, Terminated) else "[yellow]interrupted[/]")
+        sys.exit(143 if isinstance(e, Terminated) else 130)

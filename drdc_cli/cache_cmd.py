@@ -6,7 +6,6 @@ import json
 import typer
 from rich.table import Table
 
-from stages.store.cache import RunStore
 from stages.store.registry import STAGES
 
 from .app import cache_app, guarded, out
@@ -29,6 +28,8 @@ def _params(stage: str, p: dict) -> str:
 @guarded
 def ls(run: RunOpt) -> None:
     """List every entry: stage, key, status (with progress when partial), parameters, size."""
+    from stages.store.cache import RunStore
+
     store = RunStore(run)
     current = store.current_keys
     t = Table(title=f"{store.name}", title_justify="left", header_style="bold")
@@ -55,6 +56,7 @@ def verify_cmd(
     """Check every complete entry (shapes, done flags, chunks decode, no NaN/inf, checkpoints and required files,
     inputs exist); every fault is one row; exit 1 if anything is wrong (unless --repair mended it)."""
     from stages.errors import StoreError
+    from stages.store.cache import RunStore
     from stages.store.verify import repair as repair_store
     from stages.store.verify import verify
 
@@ -91,6 +93,7 @@ def gc_cmd(
     """Free space: remove abandoned partial entries, stale entries, or named ones. Entries being written by
     another process are never removed."""
     from stages.errors import ConfigError
+    from stages.store.cache import RunStore
     from stages.store.verify import collect, remove
 
     store = RunStore(run)

@@ -33,13 +33,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from stages.apps.choices import FORMATS
 from stages.apps.export_graphs import BaseGraph, DRDCGraph, UNetGraph, draw_layout
 from stages.errors import ConfigError
 from stages.pipeline.trained import SCHEDULE_DEFAULTS
 from stages.store.cache import RunStore
 
 OPSET = 18
-FORMATS = ("onnx", "torchscript")
 EXAMPLE = Path(__file__).with_name("export_example.py")
 
 

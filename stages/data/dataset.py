@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.data.choices import LAYOUTS  # noqa: F401 (plain Python, re-exported)
 from stages.data.images import IMAGE_SUFFIXES
 from stages.errors import DataError
 
-LAYOUTS = ("auto", "mvtec", "btad")
 _JUNK = {"thumbs.db", "desktop.ini"}
 _GOOD = {"mvtec": "good", "btad": "ok"}
 

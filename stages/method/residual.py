@@ -22,9 +22,8 @@ import torch
 from sklearn.covariance import LedoitWolf
 from torch import Tensor
 
+from stages.method.choices import RESIDUAL_NORMS  # noqa: F401 (torch-free vocabulary, re-exported)
 from stages.models.reconstruction import base_heatmap, residual
-
-RESIDUAL_NORMS = ("l2", "mahalanobis")
 
 
 def stage_channels(backbone_channels: Sequence[int], stages: Sequence[int]) -> list[int]:

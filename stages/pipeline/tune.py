@@ -17,7 +17,7 @@ with statistics its own image (or the normal its defect was painted on) helped m
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from stages.data.validation import folds, is_validation_normal, kind_of
-from stages.errors import CacheMissError, ConfigError, check
+from stages.errors import CacheMissError, ConfigError
 from stages.method.anomaly_map import image_score
-from stages.method.fusion import FILTER, FUSIONS, GATE, NORMS
+from stages.method.fusion import GATE
 from stages.method.metrics import image_auroc, localisation
 from stages.pipeline.heatmaps import (CrossFitStats, FusionSettings, array_name, combine, select,
                                       source_maps)
+from stages.pipeline.params import OBJECTIVES, TuneParams  # noqa: F401 (torch-free, re-exported)
 from stages.pipeline.reading import content
 from stages.pipeline.selection import FuseParams, resolve
 from stages.store.cache import Entry, RunStore
@@ -38,36 +39,7 @@ from stages.store.commands import with_validation
 from stages.store.common import StageResult
 
 STAGE = "tune"
-OBJECTIVES = ("mean", "p_auroc", "p_aupro", "i_auroc")
 AXES = ("variant", "norm", "gamma", "fusion", "gate", "filter", "t", "c", "l", "image_gamma")
-
-
-@dataclass(frozen=True)
-class TuneParams:
-    objective: str = "mean"
-    norms: tuple[str, ...] = NORMS
-    gammas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
-    filters: tuple[int, ...] = (1, 11, 21, FILTER)
-    fusions: tuple[str, ...] = FUSIONS  # how the diffusion term enters Eq 19 (add: as printed)
-    gates: tuple[float, ...] = (1.0, GATE, 4.0)  # fusion gated: levels that open the gate
-    image_gammas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # the image score's own gamma (besides H_out's)
-    rounds: int = 2
-    eval_size: int = 112
-    pool: int = 16
-
-    def __post_init__(self) -> None:
-        check(self.objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}", self.objective)
-        check(len(self.norms) > 0 and set(self.norms) <= set(NORMS), "norms", f"must be some of {NORMS}", self.norms)
-        check(len(self.gammas) > 0 and all(0 <= g <= 1 for g in self.gammas), "gammas", "must be in [0, 1]",
-              self.gammas)
-        check(len(self.filters) > 0 and all(m >= 1 and m % 2 == 1 for m in self.filters), "filters",
-              "must be odd integers >= 1", self.filters)
-        check(len(self.fusions) > 0 and set(self.fusions) <= set(FUSIONS), "fusions", f"must be some of {FUSIONS}",
-              self.fusions)
-        check(len(self.gates) > 0 and all(g > 0 for g in self.gates), "gates", "must be > 0", self.gates)
-        check(all(0 <= g <= 1 for g in self.image_gammas), "image_gammas", "must be in [0, 1]", self.image_gammas)
-        check(1 <= self.rounds <= 5, "rounds", "must be in [1, 5]", self.rounds)
-        check(16 <= self.eval_size <= 1024, "eval_size", "must be in [16, 1024]", self.eval_size)
 
 
 def subsets(values: tuple[int, ...], descending: bool = False) -> list[tuple[int, ...]]:
