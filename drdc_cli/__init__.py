@@ -17,9 +17,17 @@ def _stopped_at_start(signum: int, frame: object) -> None:
 
 
 def quiet_start() -> None:
-    """Until the command runs (drdc_cli.app.main installs its own handlers), a signal ends drdc in one line."""
-    signal.signal(signal.SIGINT, _stopped_at_start)
-    signal.signal(signal.SIGTERM, _stopped_at_start)
+    """Until the command runs (drdc_cli.app.main installs its own handlers), a signal ends drdc in one line. A
+    signal the parent ignores (a background job of a script, nohup) stays ignored."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) not in (signal.SIG_IGN, _stopped_at_start):
+            signal.signal(sig, _stopped_at_start)
+
+
+def handle(sig: int, handler: object) -> None:
+    """Install a handler for a signal drdc catches (not one the parent made it ignore)."""
+    if signal.getsignal(sig) != signal.SIG_IGN:
+        signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -10,25 +10,57 @@ import functools
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from stages.errors import DrdcError
 
-from . import flags
+from . import flags, logs
 
 if TYPE_CHECKING:
     from stages.store.common import StageResult
 
 
+class Switch(TyperOption):
+    """An on/off flag (--x, or --x/--no-x): it takes no value, so its help row shows no `<bool>` placeholder."""
+
+    def display_type_rich(self, ctx: Any) -> None:
+        return None
+
+
+def plain_switches(params: list) -> list:
+    """`params` with every flag shown as a Switch (typer builds each option as a TyperOption)."""
+    for p in params:
+        if type(p) is TyperOption and p.is_flag:
+            p.__class__ = Switch
+    return params
+
+
+class Command(TyperCommand):
+    """A command as typer builds it, whose help shows switches as switches."""
+
+    def get_params(self, ctx: Any) -> list:
+        return plain_switches(super().get_params(ctx))
+
+
 class StrictGroup(TyperGroup):
     """The command groups' parsing, with two house rules: a usage error (a wrong type, an unknown option, a
     missing value) is one line on stderr, as every other error is; an option given twice is an error, not a
-    silent 'the last one wins'."""
+    silent 'the last one wins'. Help shows switches (--x/--no-x, --quiet) without a value placeholder."""
+
+    def get_params(self, ctx: Any) -> list:
+        return plain_switches(super().get_params(ctx))
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        cmd = super().get_command(ctx, name)
+        if type(cmd) is TyperCommand:
+            cmd.__class__ = Command
+        return cmd
 
     def resolve_command(self, ctx: Any, args: list[str]) -> tuple:
         name, cmd, rest = super().resolve_command(ctx, args)
@@ -91,13 +123,13 @@ app = typer.Typer(
     help="Multi-class industrial anomaly detection with Diffusion Refinement with Dual Conditions (DRDC).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (bash, zsh, fish, PowerShell)
 )
 cache_app = typer.Typer(cls=StrictGroup, help="Inspect the run store.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = logs.Output(highlight=False)  # full-length lines into a file or a pipe; copied to --log-file
+err = logs.Output(stderr=True, highlight=False, level=logs.logging.WARNING)
 
 
 def _version(value: bool) -> None:
@@ -111,8 +143,21 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="DEBUG details (options, entries reused or made, device, timings, tracebacks of errors): into --log-file, else on stderr.")] = False,
+    log_file: Annotated[Optional[Path], typer.Option(help="Append every message the command prints (plain text, timestamped) to this file; it is never replaced.")] = None,
 ) -> None:
     """Multi-class industrial anomaly detection with Diffusion Refinement with Dual Conditions (DRDC)."""
+    try:
+        from .domains import check_options
+
+        check_options(_root, {"log_file": log_file})
+        logs.start(log_file, verbose)
+    except DrdcError as e:
+        err.print(f"[bold red]error:[/] {escape(flags.message(e))}", soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except OSError as e:
+        err.print(f"[bold red]error:[/] --log-file: cannot open {log_file} ({e.strerror or e})", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 class Terminated(KeyboardInterrupt):
@@ -139,12 +184,17 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         from stages.store.locks import release_all
         from stages.store.rollback import active_summary, forget_active, roll_back
 
+        t0 = time.perf_counter()
         try:
             from .domains import check_options
 
             check_options(fn, kwargs)  # every option in its domain before any work or write
-            return fn(*args, **kwargs)
+            logs.LOG.debug("options: %s", ", ".join(f"{k}={v!r}" for k, v in kwargs.items()))
+            result = fn(*args, **kwargs)
+            logs.LOG.info("finished in %.1f s", time.perf_counter() - t0)
+            return result
         except DrdcError as e:
+            logs.LOG.debug("after %.1f s:", time.perf_counter() - t0, exc_info=True)
             roll_back(dataset_error=isinstance(e, DataError))
             err.print(f"[bold red]error:[/] {escape(flags.message(e))}", soft_wrap=True)  # [table] is text, not markup
             raise typer.Exit(e.exit_code) from None
@@ -156,6 +206,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(1) from None
         except (MemoryError, RuntimeError) as e:  # a batch too big for this machine: the user's setting, not a bug
             if not _out_of_memory(e):
+                _log_bug()
                 raise
             roll_back(dataset_error=False)
             err.print("[bold red]error:[/] out of memory; lower --batch-size (or the model or image size), or use "
@@ -166,11 +217,21 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             how = "terminated" if isinstance(e, Terminated) else "interrupted"
             err.print(f"[yellow]{how}:[/] saved {saved}; rerun `{_command_line()}` to resume", soft_wrap=True)
             raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+        except Exception as e:
+            if not isinstance(e, (typer.Exit, typer.Abort)):
+                _log_bug()
+            raise
         finally:
             release_all()
             forget_active()
 
     return wrapper
+
+
+def _log_bug() -> None:
+    """The traceback of an unexpected exception (a bug: it keeps its traceback on the terminal too) into the log."""
+    if logs.active():
+        logs.LOG.exception("a bug (please report it with this traceback):")
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -206,12 +267,12 @@ def register_commands() -> None:
 def main() -> None:
     """Run the app. Ctrl-C while options are parsed is one "aborted" line (StrictGroup), while a command runs one
     line saying what is saved (guarded), and at any other moment one line too, never a traceback."""
-    from . import quiet_start
+    from . import handle, quiet_start
 
     quiet_start()  # the console script installed these already; `python -m` and older scripts come here first
     register_commands()
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    handle(signal.SIGTERM, _on_sigterm)
+    handle(signal.SIGINT, signal.default_int_handler)
     try:
         app()
     except KeyboardInterrupt as e:  # between the steps that handle it themselves

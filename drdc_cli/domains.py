@@ -259,6 +259,8 @@ def _domains() -> dict[str, Any]:
         "--n-test-good": Int(1, 100_000), "--n-test-defect": Int(1, 100_000),
         # cache
         "--key": Text(),
+        # every command (drdc's own options, before the command)
+        "--log-file": Output(),
     }
 
 

@@ -72,3 +72,12 @@ def test_gpu_accuracy_script_on_cpu_at_a_tiny_size(tiny_data: Path, tmp_path: Pa
     kinds = [r["category"] for r in doc["rows"] if "/" in r["category"]]
     assert kinds and all(r["category"].split("/")[0] in {"disc", "grain", "weave"} for r in doc["rows"]
                          if "/" in r["category"])
+
+
+def test_bench_startup_quick(tmp_path: Path) -> None:
+    r = _run("bench_startup.py", tmp_path)
+    assert set(r["ratio"]) == {r["baseline"], "drdc --version", "drdc --help", "drdc cache ls --run R",
+                               "drdc fuse --run R --gamma 2 (error)"}
+    assert r["ratio"][r["baseline"]] == 1 and all(v > 0 for v in r["ratio"].values())
+    # none of them loads torch or matplotlib (python -X importtime's report of each)
+    assert all(v == [] for v in r["heavy_imports"].values()), r["heavy_imports"]

@@ -83,6 +83,12 @@ def test_cache_ls_lists_entries(done_run, cli):
     for stage in ("index", "extract", "train-base", "infer-base", "score"):
         assert stage in res.output
     assert res.output.count("complete") == 5
+    listing = json.loads(cli("cache", "ls", "--run", run, "--json").output)  # the same, machine-readable
+    store = RunStore(run)
+    assert [(e["stage"], e["key"]) for e in listing["entries"]] == [(e.stage, e.key) for e in store.entries()]
+    assert listing["current"] == store.current_keys and all(e["current"] for e in listing["entries"])
+    assert all(e["status"] == "complete" and e["size_bytes"] > 0 and not e["running"] for e in listing["entries"])
+    assert {e["stage"]: e["params"] for e in listing["entries"]}["train_base"] == store.current("train_base").params
 
 
 def test_changed_parameter_new_entry_and_stale_downstream_refused(tiny_data, cli, tmp_path):
