@@ -69,12 +69,20 @@ def test_every_stage_runs_and_reports(done_run, cli, tmp_path):
     assert {r["split"] for r in images} == {"val", "test"}
 
 
-def test_rerun_is_cached_and_changes_nothing(done_run, cli, tiny_data):
+def test_rerun_is_cached_and_changes_nothing(done_run, cli, tiny_data, tmp_path):
     run, _ = done_run
     before = RunStore(run).current_keys
     for o in _pipeline(cli, tiny_data, run):
         assert "cached" in o.output
     assert RunStore(run).current_keys == before
+    # --log-file appends what was printed (plain text, timestamped); --verbose adds which entry was reused
+    log = tmp_path / "drdc.log"
+    log.write_text("the user's own line\n")
+    printed = cli("--log-file", log, "--verbose", "score", "--run", run).output.strip()
+    text = log.read_text()
+    assert text.startswith("the user's own line\n") and printed.startswith("✓ score") and printed in text
+    assert f"DEBUG   score {before['score']}: complete, reused" in text and "INFO    finished in" in text
+    assert "[green]" not in text and "\x1b[" not in text
 
 
 def test_cache_ls_lists_entries(done_run, cli):
