@@ -214,6 +214,10 @@ def test_tuning_never_reads_test_labels(full_run: Path, tmp_path: Path, cli, mon
     trials = [RunStore(r).current("tune").attrs["trials"] for r in (full_run, scrambled)]
     assert json.dumps(trials[0], sort_keys=True) == json.dumps(trials[1], sort_keys=True)
     assert len(trials[0]) >= 4
+    from stages.pipeline.tune import TuneParams, ValidationSet, trial_bound
+
+    p = TuneParams(rounds=1, filters=(1, 11), gammas=(0.0, 0.9), eval_size=32)
+    assert len(trials[0]) <= trial_bound(ValidationSet(RunStore(full_run), p), p)  # the progress bar's total
     # the chosen settings became the current fuse result, and the test split was scored once with them
     for r in (full_run, scrambled):
         s = RunStore(r)

@@ -58,7 +58,7 @@ class ValidationSet:
     validation ranks settings (benchmarks/rank_correlation.py) holds ("val", "test") and evaluates each split
     apart, the test rows normalised with the statistics of every validation normal (as fuse does)."""
 
-    def __init__(self, store: RunStore, p: TuneParams, splits: tuple[str, ...] = ("val",)):
+    def __init__(self, store: RunStore, p: TuneParams, splits: tuple[str, ...] = ("val",), progress: bool = False):
         self.base = store.current("infer_base")
         extract = store.get("extract", self.base.inputs["extract"])
         self.index = store.get("index", extract.inputs["index"])
@@ -102,8 +102,10 @@ class ValidationSet:
                     self.variants[v] = resolve(store, FuseParams(init=v[0], distance=v[1]))
                 except CacheMissError:  # e.g. its c have no t or l in common
                     continue
+        entries = [(v, c, st, e) for v, (st, ds) in self.variants.items() for c, e in ds.items()]
         self.h_diff_all = {(v, c): torch.from_numpy(e.array(array_name(st)).get_orthogonal_selection((self.pos,)))
-                           for v, (st, ds) in self.variants.items() for c, e in ds.items()}  # float16 as stored
+                           for v, c, st, e in tqdm(entries, desc="validation maps", unit="entry",
+                                                   disable=not progress)}  # float16 as stored
         self._st: dict = {}
 
     def sources(self, s: FusionSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -188,13 +190,39 @@ def _valid(s: FusionSettings) -> bool:
     return not (s.fusion == "gated" and s.norm == "none") and (s.image_gamma is None or s.scores_own_map)
 
 
+def _fixed(vs: ValidationSet, p: TuneParams) -> dict[str, list]:
+    """The axes whose values do not depend on the other settings."""
+    return {"norm": list(p.norms), "gamma": list(p.gammas) if vs.diffs else [0.0],
+            "filter": list(p.filters) if vs.diffs else [vs.start.filter],
+            "fusion": list(dict.fromkeys(("add", *p.fusions))) if vs.diffs else ["add"],  # Eq 19 first
+            "image_gamma": [None, *p.image_gammas] if vs.diffs else [None]}
+
+
+def trial_bound(vs: ValidationSet, p: TuneParams) -> int:
+    """An upper bound of the trials `search` scores (the total of its progress bar): the start, then per round
+    every value of every axis that has two or more (a value tried before is not scored again, and the search
+    stops early when a round changes nothing)."""
+    fixed = _fixed(vs, p)
+
+    def most(axis: str) -> int:  # the most values an axis can offer, whatever the settings it starts from
+        if axis in fixed:
+            return len(fixed[axis])
+        if axis == "gate":
+            return len(p.gates)
+        if not vs.diffs:
+            return 1
+        if axis == "variant":
+            return len(vs.variants)
+        return max(len(subsets(own.t, descending=True) if axis == "t" else subsets(getattr(own, axis)))
+                   for own, _ in vs.variants.values())
+
+    return 1 + p.rounds * sum(n for axis in AXES if (n := most(axis)) >= 2)
+
+
 def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict]:
     """Every trial of the coordinate ascent, in the order tried: {settings, metrics, by_kind}."""
     start = vs.start
-    fixed = {"norm": list(p.norms), "gamma": list(p.gammas) if vs.diffs else [0.0],
-             "filter": list(p.filters) if vs.diffs else [start.filter],
-             "fusion": list(dict.fromkeys(("add", *p.fusions))) if vs.diffs else ["add"],  # Eq 19 first
-             "image_gamma": [None, *p.image_gammas] if vs.diffs else [None]}
+    fixed = _fixed(vs, p)
 
     def options(s: FusionSettings, axis: str) -> list:
         if axis in fixed:
@@ -218,7 +246,7 @@ def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict
         return trials[key]["metrics"][p.objective]
 
     best = start
-    with tqdm(desc="tune", unit="trial", disable=not progress) as bar:
+    with tqdm(total=trial_bound(vs, p), desc="tune (at most)", unit="trial", disable=not progress) as bar:
         score(best)
         for _ in range(p.rounds):
             before = best
@@ -231,6 +259,8 @@ def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict
                     best = max(cands, key=score)  # ties: the first, i.e. the order given (paper's values first)
             if best == before:
                 break
+        bar.total = bar.n  # done: the bound was not reached
+        bar.refresh()
     return list(trials.values())
 
 
@@ -266,7 +296,7 @@ def run(store: RunStore, p: TuneParams, progress: bool = True) -> tuple[StageRes
     """Search, record every trial in a `tune` entry, and return the best trial's fuse params (the caller makes
     them current with `fuse` and `score`)."""
     t0 = time.perf_counter()
-    vs = ValidationSet(store, p)
+    vs = ValidationSet(store, p, progress=progress)
     inputs = {"infer_base": vs.base.key, **{f"infer_diff@{v[0]},c={c}": e.key for v, (_, ds) in vs.variants.items()
                                             if v[1] == "pixel" for c, e in ds.items()}}
     params = {"objective": p.objective, "norms": list(p.norms), "gammas": list(p.gammas),
