@@ -39,7 +39,7 @@ def render(table: list[dict], p: bnd.BoundParams, title: str) -> Table:
 @app.command(rich_help_panel="Results")
 @guarded
 def bound(
-    data: Annotated[Optional[Path], typer.Option(help="Dataset root (MVTec-AD or BTAD layout) to read masks from.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Dataset root (MVTec-AD, BTAD, VisA or folder layout) to read masks from.")] = None,
     run: Annotated[Optional[Path], typer.Option("--run", "-r", help="Or: use the masks already in this run store's index.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Masks are resized to this square size first (default 224; with --run: the index's size).")] = None,
     scales: Annotated[str, typer.Option(help="Downscaling factors s (the map is S/s pixels wide); each must divide the image size.")] = "2,4,8,16",

@@ -34,9 +34,9 @@ def preset_of(store: RunStore, preset: str | None) -> str:
 @app.command(rich_help_panel="Stages")
 @guarded
 def index(
-    data: Annotated[Path, typer.Option(help="Dataset root in MVTec-AD or BTAD layout (one or several categories).")],
+    data: Annotated[Path, typer.Option(help="Dataset root in MVTec-AD, BTAD, VisA or folder layout (one or several categories).")],
     run: RunOpt,
-    layout: Annotated[str, typer.Option(help="auto, mvtec or btad.")] = "auto",
+    layout: Annotated[str, typer.Option(help="auto (detected: VisA by split_csv/1cls.csv, else each category's train/good, train/ok or good/ folder), mvtec, btad, visa or folder.")] = "auto",
     categories: Annotated[Optional[str], typer.Option(help="Comma-separated subset of categories.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square size.")] = None,
     resize: Annotated[Optional[str], typer.Option(help="How an image of another aspect becomes the square: squash (the default), pad (keep the aspect, fill the rest; the fill is never scored) or center-crop (keep the aspect, lose the borders).")] = None,

@@ -30,7 +30,7 @@ def run_all(store: RunStore, data: Path, preset: str, device: str, progress: boo
 @app.command("run", rich_help_panel="Stages")
 @guarded
 def run_cmd(
-    data: Annotated[Optional[Path], typer.Option(help="Dataset root (MVTec-AD or BTAD layout).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Dataset root (MVTec-AD, BTAD, VisA or folder layout, detected).")] = None,
     run: Annotated[Optional[Path], typer.Option("--run", "-r", help="Run store: a .zarr directory holding every stage's results.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="A run file (TOML, as `drdc config` writes): every stage's options; instead of --data / --preset.")] = None,
     preset: PresetOpt = None,

@@ -2,7 +2,7 @@
 --val-kinds against it at parse time; the modules that do the work import it from here."""
 from __future__ import annotations
 
-LAYOUTS = ("auto", "mvtec", "btad")  # stages.data.dataset.discover
+LAYOUTS = ("auto", "mvtec", "btad", "visa", "folder")  # stages.data.dataset.discover
 RESIZES = ("squash", "pad", "center-crop")  # stages.data.geometry
 
 # Synthetic validation defects (stages.data.defects):

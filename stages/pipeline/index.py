@@ -88,7 +88,7 @@ def run(store: RunStore, p: IndexParams, progress: bool = True, workers: int = 2
                               p.val_seed, p.val_kinds)
     params = {
         "root": str(ds.root), "layout": ds.layout, "categories": list(p.categories), "image_size": p.image_size,
-        "fingerprint": fingerprint(ds.root, ds.records), "val_fraction": p.val_fraction, "val_min": p.val_min,
+        "fingerprint": fingerprint(ds.root, ds.records, ds.sources), "val_fraction": p.val_fraction, "val_min": p.val_min,
         "val_defects": p.val_defects, "val_seed": p.val_seed,
     }
     if p.resize != "squash":  # squash keys stay those of runs made before --resize
