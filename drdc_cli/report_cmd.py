@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .app import app, guarded, out
@@ -52,6 +53,9 @@ def print_report(store: RunStore, variants: list[str] | None = None) -> list[dic
     if len(entries) > 1:
         out.print("[dim]" + "; ".join(f"{tag} = score {e.key}" for tag, e in zip(rep.labels(entries), entries)) + "[/]",
                   soft_wrap=True)
+    note = rep.base_only_note(store, entries)
+    if note:
+        out.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     return table
 
 
