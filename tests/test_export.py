@@ -21,8 +21,6 @@ from stages.store.cache import RunStore
 from stages.apps.predict import predict
 from stages.apps.predictor import Predictor
 
-from conftest import copy_run
-
 ort = pytest.importorskip("onnxruntime")
 
 
