@@ -73,6 +73,8 @@ class StrictGroup(TyperGroup):
         from typer import Abort
         from typer._click.exceptions import ClickException  # typer 0.29 vendors click; no public alias
 
+        global _depth
+        _depth += 1
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except ClickException as e:
@@ -87,10 +89,17 @@ class StrictGroup(TyperGroup):
         except Abort:
             err.print("[yellow]aborted[/]")
             rv = 1
+        finally:
+            _depth -= 1
+            if _depth == 0:  # the outermost command is done (`run --config` calls the others through here)
+                logs.stop()
         code = rv if isinstance(rv, int) else 0
         if not standalone_mode:
             return code
         sys.exit(code)
+
+
+_depth = 0  # StrictGroup.main calls in progress: the log closes when the outermost one ends
 
 
 def refuse_repeats(cmd: Any, args: list[str], path: str) -> None:
@@ -151,7 +160,8 @@ def _root(
         from .domains import check_options
 
         check_options(_root, {"log_file": log_file})
-        logs.start(log_file, verbose)
+        if log_file is not None or verbose:  # a command `run --config` calls keeps the log its caller opened
+            logs.start(log_file, verbose)
     except DrdcError as e:
         err.print(f"[bold red]error:[/] {escape(flags.message(e))}", soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
