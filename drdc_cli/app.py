@@ -62,6 +62,16 @@ class StrictGroup(TyperGroup):
             cmd.__class__ = Command
         return cmd
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """The group's own options (before the command's name) may not repeat either."""
+        valued = {o for p in self.get_params(ctx) if p.param_type_name == "option" and not p.is_flag for o in p.opts}
+        head, i = [], 0
+        while i < len(args) and args[i].startswith("-") and args[i] != "--":
+            head.append(args[i])
+            i += 1 + (args[i] in valued)
+        refuse_repeats(self, head, ctx.command_path)
+        return super().parse_args(ctx, args)
+
     def resolve_command(self, ctx: Any, args: list[str]) -> tuple:
         name, cmd, rest = super().resolve_command(ctx, args)
         if cmd is not None and not isinstance(cmd, TyperGroup):

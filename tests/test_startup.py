@@ -27,6 +27,7 @@ CASES = [
     (["infer-diff", "--run", "STORE", "--init", "bogus"], 2),  # a choice
     (["fuse", "--run", "STORE", "--gamma", "x"], 2),  # a usage error: not a number
     (["fuse", "--run", "STORE", "--gamma", "0.5", "--gamma", "0.6"], 2),  # given twice
+    (["--log-file", "LOG", "--log-file", "LOG", "cache", "ls", "--run", "STORE"], 2),  # drdc's own, given twice
     (["tune", "--bogus"], 2),  # no such option
     (["predict", "--run", "STORE"], 2),  # a missing argument
     (["ablate", "--run", "STORE", "--norm", "none", "--fusion", "gated"], 2),  # two options that do not go together
