@@ -41,11 +41,25 @@ def plain_switches(params: list) -> list:
     return params
 
 
+def complete_choices(params: list) -> list:
+    """Shell completion of the values of every option whose domain is a choice (--norm, --layout, --preset ...),
+    from drdc_cli/domains.py (torch-free)."""
+    from .domains import Choice, domains
+
+    table = domains()
+    for p in params:
+        dom = table.get(next((o for o in getattr(p, "opts", ()) if o.startswith("--")), ""))
+        if isinstance(dom, Choice) and getattr(p, "_custom_shell_complete", False) is None:
+            p._custom_shell_complete = lambda ctx, param, incomplete, v=tuple(dom.values): [
+                x for x in v if x.startswith(incomplete)]
+    return params
+
+
 class Command(TyperCommand):
-    """A command as typer builds it, whose help shows switches as switches."""
+    """A command as typer builds it, whose help shows switches as switches and whose choices complete."""
 
     def get_params(self, ctx: Any) -> list:
-        return plain_switches(super().get_params(ctx))
+        return complete_choices(plain_switches(super().get_params(ctx)))
 
 
 class StrictGroup(TyperGroup):

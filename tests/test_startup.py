@@ -127,3 +127,19 @@ def test_ctrl_c_at_start_up_is_one_line(moment: str, tmp_path: Path) -> None:
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert proc.returncode == 130 and len(err.strip().splitlines()) == 1, err
     assert err.startswith("interrupted"), err
+
+
+@pytest.mark.parametrize("words,want", [("drdc fuse --norm ", ["none", "pixel", "quantile"]),
+                                        ("drdc index --layout v", ["visa"]), ("drdc inf", ["infer-base", "infer-diff"])])
+def test_shell_completion_of_commands_and_choices_loads_no_torch(words: str, want: list[str]) -> None:
+    """What `drdc --install-completion` installs asks drdc for the candidates: commands, and an option's choices
+    from its domain."""
+    script = Path(sys.executable).parent / "drdc"  # completion is keyed by the program's name: the console script
+    if not script.exists():
+        pytest.skip("drdc is not installed as a console script here")
+    env = {**_env(), "COMP_WORDS": words, "COMP_CWORD": str(len(words.split(" ")) - 1),
+           "_DRDC_COMPLETE": "complete_bash", "PYTHONPROFILEIMPORTTIME": "1"}
+    proc = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == want, proc.stdout + proc.stderr[-2000:]
+    loaded = {ln.rsplit("|", 1)[-1].strip() for ln in proc.stderr.splitlines() if ln.startswith("import time:")}
+    assert not loaded & set(HEAVY), loaded & set(HEAVY)
