@@ -1,4 +1,4 @@
 """`python -m drdc_cli ...` (also what torchrun launches)."""
-from .app import main
+from . import main
 
 main()

@@ -4,17 +4,19 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from stages.apps import ablate as abl
-from stages.method.metrics import METRIC_NAMES
-from stages.store.cache import RunStore
+from stages.apps.choices import Selection  # the defaults, torch-free; stages.apps.ablate loads when the command runs
 
 from .app import app, guarded, out
 from .pipeline import NormOpt, QuietOpt, RunOpt, _ints
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from stages.apps import ablate as abl
 
 
 def _pct(v) -> str:
@@ -27,6 +29,8 @@ def _mark(v: bool | None) -> str:
 
 def render(rows: list[abl.Row], title: str, split: str = "test") -> Table:
     """One table per split: the test split with each row's switches, or the validation images."""
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left", header_style="bold")
     t.add_column("variant", style="bold")
     if split == "test":
@@ -51,6 +55,8 @@ def render(rows: list[abl.Row], title: str, split: str = "test") -> Table:
 
 
 def write_csv(rows: list[abl.Row], path: Path) -> None:
+    from stages.method.metrics import METRIC_NAMES
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -84,19 +90,19 @@ def write_json(rows: list[abl.Row], path: Path) -> None:
 @guarded
 def ablate(
     run: RunOpt,
-    gamma: Annotated[float, typer.Option(help="Weight of the diffusion heatmap (Eq 19).")] = abl.Selection.gamma,
-    filter_: Annotated[int, typer.Option("--filter", help="Mean filter size m (Eq 18), odd.")] = abl.Selection.filter,
+    gamma: Annotated[float, typer.Option(help="Weight of the diffusion heatmap (Eq 19).")] = Selection.gamma,
+    filter_: Annotated[int, typer.Option("--filter", help="Mean filter size m (Eq 18), odd.")] = Selection.filter,
     t: Annotated[Optional[str], typer.Option("--t", help="Subset of cached timesteps (default: all).")] = None,
     c: Annotated[Optional[str], typer.Option("--c", help="Subset of cached grid sizes (default: all).")] = None,
     l: Annotated[Optional[str], typer.Option("--l", help="Subset of cached scales (default: all).")] = None,  # noqa: E741
-    ns: Annotated[int, typer.Option("--ns", help="Which infer-diff variant: its n_s.")] = abl.Selection.n_s,
-    seed: Annotated[int, typer.Option(help="Which infer-diff variant: its seed.")] = abl.Selection.seed,
-    pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = abl.Selection.pool,
-    norm: NormOpt = abl.Selection.norm,
+    ns: Annotated[int, typer.Option("--ns", help="Which infer-diff variant: its n_s.")] = Selection.n_s,
+    seed: Annotated[int, typer.Option(help="Which infer-diff variant: its seed.")] = Selection.seed,
+    pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = Selection.pool,
+    norm: NormOpt = Selection.norm,
     init: Annotated[Optional[str], typer.Option(help="Table 5's rows: which infer-diff --init (default: that of the newest cached maps).")] = None,
-    distance: Annotated[str, typer.Option(help="Table 5's rows: pixel or feature maps.")] = abl.Selection.distance,
-    fusion: Annotated[str, typer.Option(help="How every row's diffusion term enters Eq 19 (add: as printed); the fusion rows set their own.")] = abl.Selection.fusion,
-    gate: Annotated[float, typer.Option(help="The gated rows' gate (normalised H_base level).")] = abl.Selection.gate,
+    distance: Annotated[str, typer.Option(help="Table 5's rows: pixel or feature maps.")] = Selection.distance,
+    fusion: Annotated[str, typer.Option(help="How every row's diffusion term enters Eq 19 (add: as printed); the fusion rows set their own.")] = Selection.fusion,
+    gate: Annotated[float, typer.Option(help="The gated rows' gate (normalised H_base level).")] = Selection.gate,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-category metrics of every row as CSV.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Rows, switches, settings and commands as JSON.")] = None,
     quiet: QuietOpt = False,
@@ -104,24 +110,22 @@ def ablate(
     """The paper's Table 5 (ablations) from cached heatmaps: fusion switches computed in memory, without the UNet;
     rows that need another diffusion model or other heatmaps name the commands that make them."""
     from stages.errors import check
-    from stages.method.fusion import check_fusion, check_norm
+    from stages.method.choices import DISTANCES, check_fusion, check_init, check_norm, check_refinement
 
     check_fusion(gamma, filter_)
     check_norm(norm)
     check(ns >= 2, "--ns", "must be >= 2", ns)
     check(1 <= pool <= 256, "--pool", "must be in [1, 256]", pool)
-    from stages.method.feature_distance import DISTANCES
-    from stages.method.inpaint import check_init
-
     if init is not None:
         check_init(init)
     check(distance in DISTANCES, "--distance", f"must be one of {', '.join(DISTANCES)}", distance)
-    from stages.method.fusion import check_refinement
-
     check_refinement(fusion, gate, norm)
-    sel = abl.Selection(gamma=gamma, filter=filter_, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
+    sel = Selection(gamma=gamma, filter=filter_, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
                         l=_ints(l, "--l") or (), n_s=ns, seed=seed, pool=pool, norm=norm, init=init,
                         distance=distance, fusion=fusion, gate=gate)
+    from stages.apps import ablate as abl
+    from stages.store.cache import RunStore
+
     store = RunStore(run)
     rows = abl.run(store, sel, progress=not quiet)
     if any(r.val_metrics for r in rows):

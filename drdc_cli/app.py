@@ -10,23 +10,81 @@ import functools
 import os
 import signal
 import sys
-from typing import Any, Callable
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from stages.errors import DrdcError
-from stages.store.common import StageResult
 
-from . import flags
+from . import flags, logs
+
+if TYPE_CHECKING:
+    from stages.store.common import StageResult
+
+
+class Switch(TyperOption):
+    """An on/off flag (--x, or --x/--no-x): it takes no value, so its help row shows no `<bool>` placeholder."""
+
+    def display_type_rich(self, ctx: Any) -> None:
+        return None
+
+
+def plain_switches(params: list) -> list:
+    """`params` with every flag shown as a Switch (typer builds each option as a TyperOption)."""
+    for p in params:
+        if type(p) is TyperOption and p.is_flag:
+            p.__class__ = Switch
+    return params
+
+
+def complete_choices(params: list) -> list:
+    """Shell completion of the values of every option whose domain is a choice (--norm, --layout, --preset ...),
+    from drdc_cli/domains.py (torch-free)."""
+    from .domains import Choice, domains
+
+    table = domains()
+    for p in params:
+        dom = table.get(next((o for o in getattr(p, "opts", ()) if o.startswith("--")), ""))
+        if isinstance(dom, Choice) and getattr(p, "_custom_shell_complete", False) is None:
+            p._custom_shell_complete = lambda ctx, param, incomplete, v=tuple(dom.values): [
+                x for x in v if x.startswith(incomplete)]
+    return params
+
+
+class Command(TyperCommand):
+    """A command as typer builds it, whose help shows switches as switches and whose choices complete."""
+
+    def get_params(self, ctx: Any) -> list:
+        return complete_choices(plain_switches(super().get_params(ctx)))
 
 
 class StrictGroup(TyperGroup):
     """The command groups' parsing, with two house rules: a usage error (a wrong type, an unknown option, a
     missing value) is one line on stderr, as every other error is; an option given twice is an error, not a
-    silent 'the last one wins'."""
+    silent 'the last one wins'. Help shows switches (--x/--no-x, --quiet) without a value placeholder."""
+
+    def get_params(self, ctx: Any) -> list:
+        return plain_switches(super().get_params(ctx))
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        cmd = super().get_command(ctx, name)
+        if type(cmd) is TyperCommand:
+            cmd.__class__ = Command
+        return cmd
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """The group's own options (before the command's name) may not repeat either."""
+        valued = {o for p in self.get_params(ctx) if p.param_type_name == "option" and not p.is_flag for o in p.opts}
+        head, i = [], 0
+        while i < len(args) and args[i].startswith("-") and args[i] != "--":
+            head.append(args[i])
+            i += 1 + (args[i] in valued)
+        refuse_repeats(self, head, ctx.command_path)
+        return super().parse_args(ctx, args)
 
     def resolve_command(self, ctx: Any, args: list[str]) -> tuple:
         name, cmd, rest = super().resolve_command(ctx, args)
@@ -39,6 +97,8 @@ class StrictGroup(TyperGroup):
         from typer import Abort
         from typer._click.exceptions import ClickException  # typer 0.29 vendors click; no public alias
 
+        global _depth
+        _depth += 1
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except ClickException as e:
@@ -53,10 +113,17 @@ class StrictGroup(TyperGroup):
         except Abort:
             err.print("[yellow]aborted[/]")
             rv = 1
+        finally:
+            _depth -= 1
+            if _depth == 0:  # the outermost command is done (`run --config` calls the others through here)
+                logs.stop()
         code = rv if isinstance(rv, int) else 0
         if not standalone_mode:
             return code
         sys.exit(code)
+
+
+_depth = 0  # StrictGroup.main calls in progress: the log closes when the outermost one ends
 
 
 def refuse_repeats(cmd: Any, args: list[str], path: str) -> None:
@@ -89,13 +156,13 @@ app = typer.Typer(
     help="Multi-class industrial anomaly detection with Diffusion Refinement with Dual Conditions (DRDC).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (bash, zsh, fish, PowerShell)
 )
 cache_app = typer.Typer(cls=StrictGroup, help="Inspect the run store.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = logs.Output(highlight=False)  # full-length lines into a file or a pipe; copied to --log-file
+err = logs.Output(stderr=True, highlight=False, level=logs.logging.WARNING)
 
 
 def _version(value: bool) -> None:
@@ -109,8 +176,22 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="DEBUG details (options, entries reused or made, device, timings, tracebacks of errors): into --log-file, else on stderr.")] = False,
+    log_file: Annotated[Optional[Path], typer.Option(help="Append every message the command prints (plain text, timestamped) to this file; it is never replaced.")] = None,
 ) -> None:
     """Multi-class industrial anomaly detection with Diffusion Refinement with Dual Conditions (DRDC)."""
+    try:
+        from .domains import check_options
+
+        check_options(_root, {"log_file": log_file})
+        if log_file is not None or verbose:  # a command `run --config` calls keeps the log its caller opened
+            logs.start(log_file, verbose)
+    except DrdcError as e:
+        err.print(f"[bold red]error:[/] {escape(flags.message(e))}", soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except OSError as e:
+        err.print(f"[bold red]error:[/] --log-file: cannot open {log_file} ({e.strerror or e})", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 class Terminated(KeyboardInterrupt):
@@ -137,12 +218,17 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         from stages.store.locks import release_all
         from stages.store.rollback import active_summary, forget_active, roll_back
 
+        t0 = time.perf_counter()
         try:
             from .domains import check_options
 
             check_options(fn, kwargs)  # every option in its domain before any work or write
-            return fn(*args, **kwargs)
+            logs.LOG.debug("options: %s", ", ".join(f"{k}={v!r}" for k, v in kwargs.items()))
+            result = fn(*args, **kwargs)
+            logs.LOG.info("finished in %.1f s", time.perf_counter() - t0)
+            return result
         except DrdcError as e:
+            logs.LOG.debug("after %.1f s:", time.perf_counter() - t0, exc_info=True)
             roll_back(dataset_error=isinstance(e, DataError))
             err.print(f"[bold red]error:[/] {escape(flags.message(e))}", soft_wrap=True)  # [table] is text, not markup
             raise typer.Exit(e.exit_code) from None
@@ -154,6 +240,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(1) from None
         except (MemoryError, RuntimeError) as e:  # a batch too big for this machine: the user's setting, not a bug
             if not _out_of_memory(e):
+                _log_bug()
                 raise
             roll_back(dataset_error=False)
             err.print("[bold red]error:[/] out of memory; lower --batch-size (or the model or image size), or use "
@@ -164,6 +251,10 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             how = "terminated" if isinstance(e, Terminated) else "interrupted"
             err.print(f"[yellow]{how}:[/] saved {saved}; rerun `{_command_line()}` to resume", soft_wrap=True)
             raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+        except Exception as e:
+            if not isinstance(e, (typer.Exit, typer.Abort)):
+                _log_bug()
+            raise
         finally:
             release_all()
             forget_active()
@@ -171,12 +262,17 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _out_of_memory(e: BaseException) -> bool:
-    import torch
+def _log_bug() -> None:
+    """The traceback of an unexpected exception (a bug: it keeps its traceback on the terminal too) into the log."""
+    if logs.active():
+        logs.LOG.exception("a bug (please report it with this traceback):")
 
+
+def _out_of_memory(e: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # not loaded: then torch raised nothing (and loading it here costs seconds)
     text = str(e)
-    return (isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
-            or "out of memory" in text.lower())
+    return (isinstance(e, MemoryError) or (torch is not None and isinstance(e, torch.OutOfMemoryError))
+            or "can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def report_stage(r: StageResult) -> None:
@@ -203,6 +299,16 @@ def register_commands() -> None:
 
 
 def main() -> None:
+    """Run the app. Ctrl-C while options are parsed is one "aborted" line (StrictGroup), while a command runs one
+    line saying what is saved (guarded), and at any other moment one line too, never a traceback."""
+    from . import handle, quiet_start
+
+    quiet_start()  # the console script installed these already; `python -m` and older scripts come here first
     register_commands()
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    app()
+    handle(signal.SIGTERM, _on_sigterm)
+    handle(signal.SIGINT, signal.default_int_handler)
+    try:
+        app()
+    except KeyboardInterrupt as e:  # between the steps that handle it themselves
+        err.print("[yellow]terminated[/]" if isinstance(e, Terminated) else "[yellow]interrupted[/]")
+        sys.exit(143 if isinstance(e, Terminated) else 130)

@@ -3,21 +3,26 @@ from __future__ import annotations
 
 import json as jsonlib
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from stages.apps import bound as bnd
-from stages.apps import report as rep
 from stages.errors import ConfigError
-from stages.store.cache import RunStore
 
 from .app import app, guarded, out
 from .pipeline import QuietOpt, _ints
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from stages.apps import bound as bnd
+
 
 def render(table: list[dict], p: bnd.BoundParams, title: str) -> Table:
+    from rich.table import Table
+
+    from stages.apps import bound as bnd
+
     t = Table(title=title, title_justify="left", header_style="bold")
     t.add_column("Category", style="bold")
     t.add_column("Test images", justify="right")
@@ -34,7 +39,7 @@ def render(table: list[dict], p: bnd.BoundParams, title: str) -> Table:
 @app.command(rich_help_panel="Results")
 @guarded
 def bound(
-    data: Annotated[Optional[Path], typer.Option(help="Dataset root (MVTec-AD or BTAD layout) to read masks from.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Dataset root (MVTec-AD, BTAD, VisA or folder layout) to read masks from.")] = None,
     run: Annotated[Optional[Path], typer.Option("--run", "-r", help="Or: use the masks already in this run store's index.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Masks are resized to this square size first (default 224; with --run: the index's size).")] = None,
     scales: Annotated[str, typer.Option(help="Downscaling factors s (the map is S/s pixels wide); each must divide the image size.")] = "2,4,8,16",
@@ -48,6 +53,10 @@ def bound(
     """The paper's Table 1: pixel AUROC of the ground-truth masks after downscaling by 1/s and upsampling back."""
     if (data is None) == (run is None):
         raise ConfigError("--data / --run: give exactly one (a dataset root, or a run store whose index to use)")
+    from stages.apps import bound as bnd
+    from stages.apps import report as rep
+    from stages.store.cache import RunStore
+
     cats = tuple(c.strip() for c in category.split(",") if c.strip()) if category else None
     scale_list = _ints(scales, "--scales")
     if run is not None:

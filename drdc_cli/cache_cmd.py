@@ -6,7 +6,6 @@ import json
 import typer
 from rich.table import Table
 
-from stages.store.cache import RunStore
 from stages.store.registry import STAGES
 
 from .app import cache_app, guarded, out
@@ -27,20 +26,38 @@ def _params(stage: str, p: dict) -> str:
 
 @cache_app.command("ls")
 @guarded
-def ls(run: RunOpt) -> None:
+def ls(
+    run: RunOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the listing as JSON (the store, then one object per "
+                                                       "entry with all its parameters) instead of a table."),
+) -> None:
     """List every entry: stage, key, status (with progress when partial), parameters, size."""
+    from stages.store.cache import RunStore
+
     store = RunStore(run)
     current = store.current_keys
+    rows = []
+    for e in store.entries():
+        prog = e.progress()
+        rows.append({"stage": e.stage, "key": e.key, "current": current.get(e.stage) == e.key, "status": e.status,
+                     "done": None if prog is None else prog[0], "total": None if prog is None else prog[1],
+                     "running": e.status != "complete" and e.is_busy(), "params": e.params, "inputs": e.inputs,
+                     "size_bytes": e.size_bytes()})
+    if as_json:
+        doc = {"store": store.name, "path": str(store.path), "current": current, "entries": rows}
+        out.print(json.dumps(doc, indent=1), markup=False, highlight=False, emoji=False, soft_wrap=True)
+        return
     t = Table(title=f"{store.name}", title_justify="left", header_style="bold")
     for c in ("stage", "key", "status", "key parameters", "size"):
         t.add_column(c, overflow="fold", justify="right" if c == "size" else "left")
-    for e in store.entries():
-        status = e.status
-        prog = e.progress()
+    for r in rows:
+        status = r["status"]
         if status != "complete":
-            status = (f"partial {prog[0]}/{prog[1]}" if prog else "partial") + (", running" if e.is_busy() else "")
-        mark = " *" if current.get(e.stage) == e.key else ""
-        t.add_row(e.stage.replace("_", "-"), e.key + mark, status, _params(e.stage, e.params), _human(e.size_bytes()))
+            status = (f"partial {r['done']}/{r['total']}" if r["total"] is not None else "partial") + (
+                ", running" if r["running"] else "")
+        mark = " *" if r["current"] else ""
+        t.add_row(r["stage"].replace("_", "-"), r["key"] + mark, status, _params(r["stage"], r["params"]),
+                  _human(r["size_bytes"]))
     out.print(t)
     out.print("[dim]* current entry of its stage[/]")
 
@@ -55,6 +72,7 @@ def verify_cmd(
     """Check every complete entry (shapes, done flags, chunks decode, no NaN/inf, checkpoints and required files,
     inputs exist); every fault is one row; exit 1 if anything is wrong (unless --repair mended it)."""
     from stages.errors import StoreError
+    from stages.store.cache import RunStore
     from stages.store.verify import repair as repair_store
     from stages.store.verify import verify
 
@@ -91,6 +109,7 @@ def gc_cmd(
     """Free space: remove abandoned partial entries, stale entries, or named ones. Entries being written by
     another process are never removed."""
     from stages.errors import ConfigError
+    from stages.store.cache import RunStore
     from stages.store.verify import collect, remove
 
     store = RunStore(run)

@@ -4,11 +4,6 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
-
-from stages.apps import calibrate as cal
-from stages.apps.predictor import Predictor
-from stages.store.cache import RunStore
 
 from .app import app, err, guarded, out, report_stage
 from .pipeline import DeviceOpt, QuietOpt, RunOpt
@@ -39,6 +34,12 @@ def calibrate(
     same pipeline as `drdc predict` (and cached, so another --fpr is instant). Use the same fusion options here
     as with predict.
     """
+    from rich.table import Table
+
+    from stages.apps import calibrate as cal
+    from stages.apps.predictor import Predictor
+    from stages.store.cache import RunStore
+
     store = RunStore(run)
     if on_test_labels:
         if fpr is not None or percentile is not None:

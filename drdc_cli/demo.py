@@ -3,19 +3,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-
-from stages.apps import calibrate
-from stages.apps.predictor import Predictor
-from stages.data import synthetic
-from stages.store.cache import RunStore
 
 from .app import app, guarded, out, report_stage
 from .pipeline import DeviceOpt, QuietOpt
 from .predict_cmd import run_predict
 from .workflow import run_all
+
+if TYPE_CHECKING:
+    from stages.store.cache import RunStore
 
 
 @app.command("make-data", rich_help_panel="Data")
@@ -30,6 +28,8 @@ def make_data(
     quiet: QuietOpt = False,
 ) -> None:
     """Write the built-in synthetic multi-category dataset (textures and objects, four defect kinds, exact masks)."""
+    from stages.data import synthetic
+
     spec = synthetic.SyntheticSpec(size=size, n_train=n_train, n_test_good=n_test_good,
                                    n_test_defect=n_test_defect, seed=seed)
     synthetic.make_dataset(dest, spec, progress=not quiet)
@@ -50,6 +50,9 @@ def demo(
     quiet: QuietOpt = False,
 ) -> None:
     """Generate the synthetic dataset, run every stage on it with the cpu preset, print base-only vs DRDC."""
+    from stages.data import synthetic
+    from stages.store.cache import RunStore
+
     t0 = time.perf_counter()
     progress = not quiet
     data, run = dest / "data", dest / "run.zarr"
@@ -71,6 +74,9 @@ def demo(
 def demo_pictures(store: RunStore, dest: Path, device: str, progress: bool) -> Path:
     """Calibrate thresholds on the held-out normal images (with a pixel threshold), then `predict` one normal
     and one defective test image per category into <dest>/pictures/."""
+    from stages.apps import calibrate
+    from stages.apps.predictor import Predictor
+
     index = store.current("index")
     root = Path(index.params["root"])
     chosen: list[Path] = []

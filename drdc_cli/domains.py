@@ -196,27 +196,21 @@ class Device:
     """--device: auto, cpu, cuda or cuda:N, and present on this machine (checked before any data is made)."""
 
     def check(self, option: str, v: Any) -> None:
+        if v in ("auto", "cpu"):  # always present: no need to load torch to say so
+            return
         from stages.store.common import resolve_device
 
         resolve_device(v)
 
 
 def _domains() -> dict[str, Any]:
-    # choices come from the stages that own them, so a new choice needs no second edit
-    from stages.apps.bound import DOWN_MODES, UP_MODES
-    from stages.apps.export import FORMATS
-    from stages.data.defects import ALL_KINDS
-    from stages.data.geometry import RESIZES
-    from stages.method.feature_distance import DISTANCES
-    from stages.method.fusion import FUSIONS, NORMS
-    from stages.method.inpaint import INITS
-    from stages.method.residual import RESIDUAL_NORMS
-    from stages.models.backbone import SUPPORTED
-    from stages.pipeline.index import LAYOUTS
-    from stages.pipeline.score import SOURCES
-    from stages.pipeline.train_base import SCHEDULES
-    from stages.pipeline.train_diff import TASKS
-    from stages.pipeline.tune import OBJECTIVES
+    # choices come from the packages that own them, in their torch-free vocabulary modules (a new choice needs no
+    # second edit, and checking an option never loads torch: tests/test_startup.py)
+    from stages.apps.choices import DOWN_MODES, FORMATS, UP_MODES
+    from stages.data.choices import ALL_KINDS, LAYOUTS, RESIZES
+    from stages.method.choices import DISTANCES, FUSIONS, INITS, NORMS, RESIDUAL_NORMS
+    from stages.models.choices import SUPPORTED
+    from stages.pipeline.params import OBJECTIVES, SCHEDULES, SOURCES, TASKS
     from stages.store.presets import PRESETS
 
     seed = Int(0, SEEDS - 1)
@@ -265,6 +259,8 @@ def _domains() -> dict[str, Any]:
         "--n-test-good": Int(1, 100_000), "--n-test-defect": Int(1, 100_000),
         # cache
         "--key": Text(),
+        # every command (drdc's own options, before the command)
+        "--log-file": Output(),
     }
 
 
@@ -304,6 +300,7 @@ def flags(fn: Callable[..., Any]) -> dict[str, tuple[str, bool]]:
 def check_options(fn: Callable[..., Any], values: dict[str, Any]) -> None:
     """Check every given value (not None, not a bool switch) of command `fn` against its flag's domain."""
     table = domains()
+    given = []
     for name, (flag, is_bool) in flags(fn).items():
         v = values.get(name)
         if v is None or is_bool:
@@ -311,5 +308,8 @@ def check_options(fn: Callable[..., Any], values: dict[str, Any]) -> None:
         dom = table.get(flag)
         if dom is None:  # a bug, caught by tests/test_option_domains.py, never a user's error
             raise KeyError(f"option {flag} has no domain in drdc_cli/domains.py")
+        given.append((flag, dom, v))
+    # a device is checked last: asking torch whether cuda is present takes seconds, a typo elsewhere is found first
+    for flag, dom, v in sorted(given, key=lambda g: isinstance(g[1], Device)):
         for x in (v if isinstance(v, (list, tuple)) else [v]):
             dom.check(flag, x)

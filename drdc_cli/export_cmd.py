@@ -6,8 +6,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from stages.store.cache import RunStore
-
 from .app import app, guarded, out
 from .pipeline import QuietOpt, RunOpt
 
@@ -28,6 +26,7 @@ def export_cmd(
     noise -> H_out), image -> H_base (base), the conditional UNet, a manifest (preprocessing, fusion and its
     statistics, how to draw the masks and noise, thresholds, keys) and infer.py, which needs only onnxruntime."""
     from stages.apps.export import export
+    from stages.store.cache import RunStore
 
     m = export(RunStore(run), dest, format, weights, base_only, progress=not quiet)
     out.print(f"[green]✓[/] export: {', '.join(m['graphs'].values())}, manifest.json, infer.py in {dest} "

@@ -3,23 +3,18 @@ Options -> frozen Params -> stage.run."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from stages.pipeline import extract as extract_stage
-from stages.pipeline import fuse as fuse_stage
-from stages.pipeline import index as index_stage
-from stages.pipeline import infer_base as infer_base_stage
-from stages.pipeline import infer_diff as infer_diff_stage
-from stages.pipeline import score as score_stage
-from stages.pipeline import train_base as train_base_stage
-from stages.pipeline import train_diff as train_diff_stage
-from stages.pipeline.selection import FuseParams
-from stages.store.cache import RunStore
+# What --help and the option checks need, torch-free; each command imports its stage (torch, numpy) when it runs.
+from stages.pipeline.params import FuseParams
 from stages.store.presets import DEFAULT_PRESET, PRESETS, build
 
 from .app import app, guarded, report_stage
+
+if TYPE_CHECKING:
+    from stages.store.cache import RunStore
 
 RunOpt = Annotated[Path, typer.Option("--run", "-r", help="Run store: a .zarr directory holding every stage's results.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")]
@@ -39,9 +34,9 @@ def preset_of(store: RunStore, preset: str | None) -> str:
 @app.command(rich_help_panel="Stages")
 @guarded
 def index(
-    data: Annotated[Path, typer.Option(help="Dataset root in MVTec-AD or BTAD layout (one or several categories).")],
+    data: Annotated[Path, typer.Option(help="Dataset root in MVTec-AD, BTAD, VisA or folder layout (one or several categories).")],
     run: RunOpt,
-    layout: Annotated[str, typer.Option(help="auto, mvtec or btad.")] = "auto",
+    layout: Annotated[str, typer.Option(help="auto (detected: VisA by split_csv/1cls.csv, else each category's train/good, train/ok or good/ folder), mvtec, btad, visa or folder.")] = "auto",
     categories: Annotated[Optional[str], typer.Option(help="Comma-separated subset of categories.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square size.")] = None,
     resize: Annotated[Optional[str], typer.Option(help="How an image of another aspect becomes the square: squash (the default), pad (keep the aspect, fill the rest; the fill is never scored) or center-crop (keep the aspect, lose the borders).")] = None,
@@ -54,6 +49,9 @@ def index(
     quiet: QuietOpt = False,
 ) -> None:
     """Scan and validate a dataset; decode every image and mask once into the run store; make the validation split."""
+    from stages.pipeline import index as index_stage
+    from stages.store.cache import RunStore
+
     store = RunStore(run, create=True)
     name = preset_of(store, preset)
     cats = tuple(c.strip() for c in categories.split(",") if c.strip()) if categories else ()
@@ -76,6 +74,9 @@ def extract(
     quiet: QuietOpt = False,
 ) -> None:
     """Frozen backbone features F_in of every indexed image (stages 1-4 resized and concatenated)."""
+    from stages.pipeline import extract as extract_stage
+    from stages.store.cache import RunStore
+
     store = RunStore(run)
     p = build(extract_stage.ExtractParams, "extract", preset_of(store, preset), backbone=backbone,
               feature_size=feature_size)
@@ -110,6 +111,9 @@ def train_base(
     quiet: QuietOpt = False,
 ) -> None:
     """Train the UniAD reconstruction transformer on cached train features; resumes after a kill."""
+    from stages.pipeline import train_base as train_base_stage
+    from stages.store.cache import RunStore
+
     store = RunStore(run)
     p = build(train_base_stage.TrainBaseParams, "train_base", preset_of(store, preset), epochs=epochs,
               batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule, lr_step=lr_step,
@@ -131,6 +135,9 @@ def infer_base(
     quiet: QuietOpt = False,
 ) -> None:
     """Base heatmaps H_base (Eq 2) of every validation and test image."""
+    from stages.pipeline import infer_base as infer_base_stage
+    from stages.store.cache import RunStore
+
     store = RunStore(run)
     p = build(infer_base_stage.InferBaseParams, "infer_base", preset_of(store, preset), residual_norm=residual_norm,
               residual_stages=_ints(residual_stages, "--residual-stages"))
@@ -146,6 +153,9 @@ def score(
     quiet: QuietOpt = False,
 ) -> None:
     """Image scores and per-category metrics (I-AUROC, P-AUROC, AUPRO, AP, F1-max)."""
+    from stages.pipeline import score as score_stage
+    from stages.store.cache import RunStore
+
     p = score_stage.ScoreParams(source=source, pool=pool)
     report_stage(score_stage.run(RunStore(run), p, progress=not quiet))
 
@@ -199,6 +209,9 @@ def train_diff(
     quiet: QuietOpt = False,
 ) -> None:
     """Train the conditional diffusion UNet (Eq 12) on train images; resumes after a kill."""
+    from stages.pipeline import train_diff as train_diff_stage
+    from stages.store.cache import RunStore
+
     store = RunStore(run)
     p = build(train_diff_stage.TrainDiffParams, "train_diff", preset_of(store, preset), steps=steps,
               batch_size=batch_size, lr=lr, ema=ema, grid=_ints(grid, "--grid"), n_s=ns, t_max=t_max,
@@ -230,6 +243,9 @@ def infer_diff(
     quiet: QuietOpt = False,
 ) -> None:
     """Diffusion heatmaps per (t, c, l) of every test image; cached (t-list, c) are not recomputed."""
+    from stages.pipeline import infer_diff as infer_diff_stage
+    from stages.store.cache import RunStore
+
     store = RunStore(run)
     p = build(infer_diff_stage.InferDiffParams, "infer_diff", preset_of(store, preset), t=_ints(t, "--t"),
               c=_ints(c, "--c"), l=_ints(l, "--l"), n_s=ns, test_time_condition=test_time_condition, seed=seed,
@@ -260,6 +276,9 @@ def fuse(
     quiet: QuietOpt = False,
 ) -> None:
     """Fuse cached base and diffusion heatmaps (Eq 17-19) on the CPU, without the UNet (--gamma 0: base only)."""
+    from stages.pipeline import fuse as fuse_stage
+    from stages.store.cache import RunStore
+
     p = FuseParams(gamma=gamma, filter=filter, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
                    l=_ints(l, "--l") or (), spatio_temporal=spatio_temporal, multiscale_base=multiscale_base,
                    n_s=ns, test_time_condition=test_time_condition, seed=seed, norm=norm, init=init, distance=distance,

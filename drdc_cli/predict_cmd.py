@@ -4,23 +4,22 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich import box
 from rich.table import Table
 
-from stages.apps import calibrate as cal
-from stages.apps.predict import Prediction, predict
-from stages.apps.predict_inputs import check_category, collect_images, display_names, picture_names
-from stages.apps.predict_outputs import picture_writer, write_results
-from stages.apps.predict_settings import FuseOverrides
-from stages.apps.predictor import Predictor
 from stages.errors import ConfigError
-from stages.store.cache import RunStore
 
 from .app import app, err, guarded, out
 from .pipeline import DeviceOpt, QuietOpt, RunOpt, _ints
+
+if TYPE_CHECKING:  # loaded when a command runs: they bring torch, and matplotlib only when pictures are drawn
+    from stages.apps.predict import Prediction
+    from stages.apps.predict_settings import FuseOverrides
+    from stages.apps.predictor import Predictor
+    from stages.store.cache import RunStore
 
 _FUSION = "Fusion (default: the run's current fuse settings)"
 GammaOpt = Annotated[Optional[float], typer.Option(help="Weight of the diffusion heatmap (Eq 19).", rich_help_panel=_FUSION)]
@@ -37,9 +36,9 @@ def overrides(gamma, filter_, t, c, l, base_only: bool = False) -> FuseOverrides
     """The fusion options given; with --base-only there is no fusion, so any of them would be silently dropped."""
     given = [f for f, v in (("--gamma", gamma), ("--filter", filter_), ("--t", t), ("--c", c), ("--l", l)) if v is not None]
     if base_only and given:
-        from stages.errors import ConfigError
-
         raise ConfigError(f"--base-only scores H_base alone, so {', '.join(given)} would have no effect; give one or the other")
+    from stages.apps.predict_settings import FuseOverrides
+
     return FuseOverrides(gamma=gamma, filter=filter_, t=_ints(t, "--t") or None, c=_ints(c, "--c") or None,
                          l=_ints(l, "--l") or None)
 
@@ -72,11 +71,19 @@ def _table(rows: list[Prediction], shown: int, names: dict[Path, str], common: s
 
 
 def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category: str | None = None,
-                fuse: FuseOverrides = FuseOverrides(), base_only: bool = False, pictures: bool = True,
+                fuse: FuseOverrides | None = None, base_only: bool = False, pictures: bool = True,
                 masks: bool = True, device: str = "auto", weights: Path | None = None,
                 progress: bool = True, show: int = MAX_ROWS, pred: Predictor | None = None,
                 full_size_masks: bool = False) -> list[Prediction]:
     """The predict command's body (also used by `drdc demo`, which passes its loaded `pred`)."""
+    from stages.apps import calibrate as cal
+    from stages.apps.predict import predict
+    from stages.apps.predict_inputs import check_category, collect_images, display_names, picture_names
+    from stages.apps.predict_outputs import picture_writer, write_results
+    from stages.apps.predict_settings import FuseOverrides
+    from stages.apps.predictor import Predictor
+
+    fuse = FuseOverrides() if fuse is None else fuse
     paths = collect_images(inputs)  # bad paths and options fail before any model loads
     check_category(store.current("index"), category)
     t0 = time.perf_counter()
@@ -143,6 +150,8 @@ def predict_cmd(
 
     Images of any size or mode are decoded and resized to the run's image size exactly as `drdc index` does.
     """
+    from stages.store.cache import RunStore
+
     store = RunStore(run)
     if dest is not None and dest.exists() and not dest.is_dir():
         raise ConfigError(f"--out: {dest} exists and is not a folder")

@@ -2,19 +2,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
-
-from stages.apps import report as rep
-from stages.store.cache import RunStore
 
 from .app import app, guarded, out
 from .pipeline import QuietOpt, RunOpt
 
+if TYPE_CHECKING:
+    from stages.store.cache import RunStore
+
 
 def render(table: list[dict], entries: list, title: str) -> Table:
+    from stages.apps import report as rep
+
     t = Table(title=title, title_justify="left", header_style="bold")
     t.add_column("Category", style="bold")
     multi = len(entries) > 1
@@ -37,6 +40,8 @@ def render(table: list[dict], entries: list, title: str) -> Table:
 
 
 def print_report(store: RunStore, variants: list[str] | None = None) -> list[dict]:
+    from stages.apps import report as rep
+
     entries = rep.variants(store, variants)
     table = rep.rows(entries)
     val, kinds = rep.rows(entries, "val_metrics"), rep.by_kind_rows(entries)
@@ -48,6 +53,9 @@ def print_report(store: RunStore, variants: list[str] | None = None) -> list[dic
     if len(entries) > 1:
         out.print("[dim]" + "; ".join(f"{tag} = score {e.key}" for tag, e in zip(rep.labels(entries), entries)) + "[/]",
                   soft_wrap=True)
+    note = rep.base_only_note(store, entries)
+    if note:
+        out.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     return table
 
 
@@ -65,6 +73,9 @@ def report(
     quiet: QuietOpt = False,
 ) -> None:
     """Per-category and mean metrics of scored heatmaps, as in the paper's Tables 2/3."""
+    from stages.apps import report as rep
+    from stages.store.cache import RunStore
+
     store = RunStore(run)
     entries = rep.variants(store, variant)
     if plots:

@@ -24,12 +24,11 @@ import inspect
 import sys
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from stages.errors import ConfigError
-from stages.store.cache import RunStore
 from stages.store.commands import FLAGS, options
 from stages.store.registry import STAGES
 
@@ -37,6 +36,9 @@ from .app import app, guarded, out
 from .domains import List, domains, flags
 from .flags import message
 from .pipeline import RunOpt
+
+if TYPE_CHECKING:
+    from stages.store.cache import RunStore
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -252,6 +254,8 @@ def _table(stage: str, params: dict) -> dict:
 def config_cmd(run: RunOpt, out_file: Annotated[Optional[Path], typer.Option("--toml", help="Write the run file here (default: print it).")] = None) -> None:
     """Print the run's effective settings as a run file (TOML); `drdc run --config FILE` reproduces its keys."""
     import tomli_w
+
+    from stages.store.cache import RunStore
 
     text = ("# drdc run file: `drdc run --config FILE` runs each table's stage with these options\n"
             + tomli_w.dumps(settings(RunStore(run))))

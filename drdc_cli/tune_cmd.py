@@ -1,19 +1,19 @@
 """`drdc tune`: choose the fusion settings on the validation images (label-free), make the best one current."""
 from __future__ import annotations
 
-from typing import Annotated, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 from rich.table import Table
 
-from stages.pipeline import tune as tune_stage
-from stages.pipeline import workflow
-from stages.pipeline.selection import FuseParams
-from stages.store.cache import RunStore
-from stages.store.common import StageResult
+from stages.pipeline.params import TuneParams  # the defaults, torch-free; the stage loads when the command runs
 
 from .app import app, guarded, out, report_stage
 from .pipeline import QuietOpt, RunOpt, _ints, _numbers
+
+if TYPE_CHECKING:
+    from stages.pipeline.params import FuseParams
+    from stages.store.common import StageResult
 
 
 def render(trials: list[dict], objective: str, top: int) -> Table:
@@ -57,22 +57,25 @@ def show_ranking(objective: str, top: int = 10) -> Callable[[list[dict], StageRe
 @guarded
 def tune(
     run: RunOpt,
-    objective: Annotated[str, typer.Option(help="What to maximise on validation: mean (of the three), p_auroc, p_aupro or i_auroc.")] = tune_stage.TuneParams.objective,
+    objective: Annotated[str, typer.Option(help="What to maximise on validation: mean (of the three), p_auroc, p_aupro or i_auroc.")] = TuneParams.objective,
     norms: Annotated[Optional[str], typer.Option(help="Normalisations to try, e.g. none,pixel,quantile.")] = None,
     gammas: Annotated[Optional[str], typer.Option(help="gamma values to try (0: base only, 1: diffusion only).")] = None,
     filters: Annotated[Optional[str], typer.Option(help="Mean filter sizes m to try (odd).")] = None,
     fusions: Annotated[Optional[str], typer.Option(help="Fusion kinds to try: add (Eq 19), highpass, gated.")] = None,
     image_gammas: Annotated[Optional[str], typer.Option(help="Image-score gammas to try besides scoring H_out itself.")] = None,
-    rounds: Annotated[int, typer.Option(help="Passes of the coordinate search.")] = tune_stage.TuneParams.rounds,
-    eval_size: Annotated[int, typer.Option(help="Trials are scored at this map size (the chosen one exactly).")] = tune_stage.TuneParams.eval_size,
-    pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = tune_stage.TuneParams.pool,
+    rounds: Annotated[int, typer.Option(help="Passes of the coordinate search.")] = TuneParams.rounds,
+    eval_size: Annotated[int, typer.Option(help="Trials are scored at this map size (the chosen one exactly).")] = TuneParams.eval_size,
+    pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = TuneParams.pool,
     top: Annotated[int, typer.Option(help="Trials shown in the ranking.")] = 10,
     quiet: QuietOpt = False,
 ) -> None:
     """Choose fusion settings (normalisation, gamma, m, t/c/l subsets) on the validation images only, from the
     cache (no UNet, no test label), then fuse and score the best: it becomes the run's current result."""
-    defaults = tune_stage.TuneParams()
-    p = tune_stage.TuneParams(
+    from stages.pipeline import workflow
+    from stages.store.cache import RunStore
+
+    defaults = TuneParams()
+    p = TuneParams(
         objective=objective, norms=tuple(v.strip() for v in norms.split(",") if v.strip()) if norms else defaults.norms,
         gammas=_numbers(gammas, "--gammas") or defaults.gammas, filters=_ints(filters, "--filters") or defaults.filters,
         fusions=tuple(v.strip() for v in fusions.split(",") if v.strip()) if fusions else defaults.fusions,

@@ -2,23 +2,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from stages.pipeline import workflow
-from stages.pipeline.tune import TuneParams
-from stages.store.cache import RunStore
+from stages.pipeline.params import TuneParams
 
 from .app import app, guarded, report_stage
 from .pipeline import DeviceOpt, PresetOpt, QuietOpt, preset_of
 from .report_cmd import print_report
 from .tune_cmd import show_ranking
 
+if TYPE_CHECKING:
+    from stages.store.cache import RunStore
+
 
 def run_all(store: RunStore, data: Path, preset: str, device: str, progress: bool,
             base_epochs: int | None = None, diff_steps: int | None = None, image_size: int | None = None) -> None:
     """stages.pipeline.workflow.run_all, each stage's result and the tune ranking printed, then the report."""
+    from stages.pipeline import workflow
+
     keys = workflow.run_all(store, data, preset, device, progress, report_stage, show_ranking(TuneParams.objective),
                             base_epochs, diff_steps, image_size)
     print_report(store, keys)
@@ -27,7 +30,7 @@ def run_all(store: RunStore, data: Path, preset: str, device: str, progress: boo
 @app.command("run", rich_help_panel="Stages")
 @guarded
 def run_cmd(
-    data: Annotated[Optional[Path], typer.Option(help="Dataset root (MVTec-AD or BTAD layout).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Dataset root (MVTec-AD, BTAD, VisA or folder layout, detected).")] = None,
     run: Annotated[Optional[Path], typer.Option("--run", "-r", help="Run store: a .zarr directory holding every stage's results.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="A run file (TOML, as `drdc config` writes): every stage's options; instead of --data / --preset.")] = None,
     preset: PresetOpt = None,
@@ -49,5 +52,7 @@ def run_cmd(
         return
     if data is None or run is None:
         raise ConfigError("--data and --run are needed (or --config FILE)")
+    from stages.store.cache import RunStore
+
     store = RunStore(run, create=True)
     run_all(store, data, preset_of(store, preset), device, not quiet, base_epochs, diff_steps)

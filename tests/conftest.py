@@ -73,6 +73,19 @@ def copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="session")
+def exported(full_run_pristine: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(a copy of the full tiny run, its ONNX export folder, the manifest): shared by tests/test_export.py and the
+    predict benchmark's smoke run (an export takes about a minute)."""
+    from stages.apps.export import export
+    from stages.store.cache import RunStore
+
+    root = tmp_path_factory.mktemp("export")
+    run = copy_run(full_run_pristine, root / "r.zarr")
+    manifest = export(RunStore(run), root / "onnx", "onnx")
+    return run, root / "onnx", manifest
+
+
 @pytest.fixture()
 def full_run(full_run_pristine: Path, tmp_path: Path) -> Path:
     """A private copy of the full tiny run, free to modify."""

@@ -17,10 +17,10 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _run(script: str, tmp_path: Path) -> dict:
+def _run(script: str, tmp_path: Path, *args: str) -> dict:
     out = tmp_path / f"{script}.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--json", str(out)], env=env,
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--json", str(out), *args], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "machine: cpu=" in proc.stdout and "┃" in proc.stdout, proc.stdout  # the header and a rich table
@@ -72,3 +72,24 @@ def test_gpu_accuracy_script_on_cpu_at_a_tiny_size(tiny_data: Path, tmp_path: Pa
     kinds = [r["category"] for r in doc["rows"] if "/" in r["category"]]
     assert kinds and all(r["category"].split("/")[0] in {"disc", "grain", "weave"} for r in doc["rows"]
                          if "/" in r["category"])
+
+
+def test_bench_startup_quick(tmp_path: Path) -> None:
+    r = _run("bench_startup.py", tmp_path)
+    assert set(r["ratio"]) == {r["baseline"], "drdc --version", "drdc --help", "drdc cache ls --run R",
+                               "drdc fuse --run R --gamma 2 (error)"}
+    assert r["ratio"][r["baseline"]] == 1 and all(v > 0 for v in r["ratio"].values())
+    # none of them loads torch or matplotlib (python -X importtime's report of each)
+    assert all(v == [] for v in r["heavy_imports"].values()), r["heavy_imports"]
+
+
+def test_bench_predict_quick(exported, tmp_path: Path) -> None:
+    """On the suite's exported tiny run (--run/--export: the script's own --quick run would export a run again,
+    a minute): predict and the exported graphs score the same images alike, at positive speeds."""
+    run, dest, _ = exported
+    r = _run("bench_predict.py", tmp_path, "--run", str(run), "--export", str(dest), "--no-openvino")
+    assert r["reference"] == {"base-only": "predict base-only (torch)", "DRDC": "predict DRDC (torch)"}
+    assert len(r["images_per_s"]) == 6 and all(v > 0 for v in r["images_per_s"].values())
+    # infer.py is the same method: its scores are predict's within the export's tolerance, in both modes
+    assert all(v <= r["tolerance"] for v in r["max_rel_score_diff"].values()), r["max_rel_score_diff"]
+    assert all(len(v) == r["config"]["images"] == 4 for v in r["scores"].values())

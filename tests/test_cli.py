@@ -69,12 +69,20 @@ def test_every_stage_runs_and_reports(done_run, cli, tmp_path):
     assert {r["split"] for r in images} == {"val", "test"}
 
 
-def test_rerun_is_cached_and_changes_nothing(done_run, cli, tiny_data):
+def test_rerun_is_cached_and_changes_nothing(done_run, cli, tiny_data, tmp_path):
     run, _ = done_run
     before = RunStore(run).current_keys
     for o in _pipeline(cli, tiny_data, run):
         assert "cached" in o.output
     assert RunStore(run).current_keys == before
+    # --log-file appends what was printed (plain text, timestamped); --verbose adds which entry was reused
+    log = tmp_path / "drdc.log"
+    log.write_text("the user's own line\n")
+    printed = cli("--log-file", log, "--verbose", "score", "--run", run).output.strip()
+    text = log.read_text()
+    assert text.startswith("the user's own line\n") and printed.startswith("✓ score") and printed in text
+    assert f"DEBUG   score {before['score']}: complete, reused" in text and "INFO    finished in" in text
+    assert "[green]" not in text and "\x1b[" not in text
 
 
 def test_cache_ls_lists_entries(done_run, cli):
@@ -83,6 +91,12 @@ def test_cache_ls_lists_entries(done_run, cli):
     for stage in ("index", "extract", "train-base", "infer-base", "score"):
         assert stage in res.output
     assert res.output.count("complete") == 5
+    listing = json.loads(cli("cache", "ls", "--run", run, "--json").output)  # the same, machine-readable
+    store = RunStore(run)
+    assert [(e["stage"], e["key"]) for e in listing["entries"]] == [(e.stage, e.key) for e in store.entries()]
+    assert listing["current"] == store.current_keys and all(e["current"] for e in listing["entries"])
+    assert all(e["status"] == "complete" and e["size_bytes"] > 0 and not e["running"] for e in listing["entries"])
+    assert {e["stage"]: e["params"] for e in listing["entries"]}["train_base"] == store.current("train_base").params
 
 
 def test_changed_parameter_new_entry_and_stale_downstream_refused(tiny_data, cli, tmp_path):

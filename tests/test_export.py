@@ -21,19 +21,7 @@ from stages.store.cache import RunStore
 from stages.apps.predict import predict
 from stages.apps.predictor import Predictor
 
-from conftest import copy_run
-
 ort = pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def exported(full_run_pristine, tmp_path_factory):
-    from stages.apps.export import export
-
-    root = tmp_path_factory.mktemp("export")
-    run = copy_run(full_run_pristine, root / "r.zarr")
-    manifest = export(RunStore(run), root / "onnx", "onnx")
-    return run, root / "onnx", manifest
 
 
 def test_manifest_says_how_to_use_the_graphs(exported):

@@ -63,7 +63,7 @@ def empty_root(root: Path) -> str:
 
 def unknown_layout(root: Path) -> str:
     shutil.move(root / "disc" / "train" / "good", root / "disc" / "train" / "normal")
-    return "no train/good (MVTec-AD) or train/ok (BTAD) folder"
+    return "no train/good (MVTec-AD), train/ok (BTAD) or good/ (folder layout) folder"
 
 
 def no_train_images(root: Path) -> str:

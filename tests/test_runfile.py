@@ -33,8 +33,13 @@ def test_config_then_run_config_makes_the_same_keys(written, full_run_pristine, 
     printed = cli("config", "--run", full_run_pristine).output
     assert tomllib.loads(printed) == doc  # printed and written alike
     fresh = tmp_path / "again.zarr"
-    cli("run", "--config", written, "--run", fresh, "-q")
+    log = tmp_path / "run.log"
+    cli("--log-file", log, "run", "--config", written, "--run", fresh, "-q")
     assert RunStore(fresh).current_keys == RunStore(full_run_pristine).current_keys
+    text = log.read_text()  # every stage the run file ran, through the commands, in the one log
+    for stage in ("index", "extract", "train-base", "infer-base", "train-diff", "infer-diff", "fuse", "score"):
+        assert f"INFO    ✓ {stage} " in text, text
+    assert text.count("INFO    drdc 0.1.0: ") == 1 and "Category" in text  # one header; the report's table
 
 
 @pytest.mark.parametrize("old,new,needle", [

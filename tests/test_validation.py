@@ -189,14 +189,35 @@ def _scramble_test(run: Path) -> None:
             h[k] = rng.random(h.shape[1:]).astype(np.float32)
 
 
-def test_tuning_never_reads_test_labels(full_run: Path, tmp_path: Path, cli):
+def _complete_table(text: str, headers: list[str]) -> None:
+    """A table as a file or a pipe receives it: every header word whole, no cell cut to an ellipsis."""
+    assert "…" not in text, text
+    for h in headers:
+        assert h in text, f"{h!r} missing or cut:\n{text}"
+
+
+def test_tuning_never_reads_test_labels(full_run: Path, tmp_path: Path, cli, monkeypatch):
+    from drdc_cli.app import out
+    from stages.apps.report import LABELS
+
+    monkeypatch.setenv("COLUMNS", "40")  # a narrow terminal's width: piped output must not be cut to it
+    monkeypatch.setattr(out, "_width", 40)
     scrambled = copy_run(full_run, tmp_path / "scrambled.zarr")
     _scramble_test(scrambled)
     for run in (full_run, scrambled):
-        cli("tune", "--run", run, "--rounds", "1", "--filters", "1,11", "--gammas", "0,0.9", "--eval-size", "32")
+        res = cli("tune", "--run", run, "--rounds", "1", "--filters", "1,11", "--gammas", "0,0.9", "--eval-size", "32")
+        kinds = list(RunStore(run).current("tune").attrs["trials"][0]["by_kind"])
+        _complete_table(res.output, ["maps", "norm", "gamma", "fusion", "image γ", "I-AUROC", "P-AUROC", "AUPRO",
+                                     "mean", *kinds, "current fusion chosen on validation"])
+    _complete_table(cli("report", "--run", full_run).output, ["Category", *LABELS.values(), "VALIDATION", "TEST",
+                                                               "synthetic-scratch", "Mean"])
     trials = [RunStore(r).current("tune").attrs["trials"] for r in (full_run, scrambled)]
     assert json.dumps(trials[0], sort_keys=True) == json.dumps(trials[1], sort_keys=True)
     assert len(trials[0]) >= 4
+    from stages.pipeline.tune import TuneParams, ValidationSet, trial_bound
+
+    p = TuneParams(rounds=1, filters=(1, 11), gammas=(0.0, 0.9), eval_size=32)
+    assert len(trials[0]) <= trial_bound(ValidationSet(RunStore(full_run), p), p)  # the progress bar's total
     # the chosen settings became the current fuse result, and the test split was scored once with them
     for r in (full_run, scrambled):
         s = RunStore(r)

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from stages.apps.choices import Selection  # noqa: F401 (torch-free: the command's defaults; re-exported)
 from stages.errors import CacheMissError
 from stages.method.anomaly_map import image_score, upsample
-from stages.method.fusion import FILTER, GAMMA, GATE
 from stages.method.metrics import compute_metrics, mean_over_categories
 from stages.pipeline.heatmaps import FusionSettings, fuse_maps, image_maps, read_diff
 from stages.pipeline.reading import content
@@ -69,25 +69,6 @@ FUSION_OPTIONS: tuple[Variant, ...] = (
     Variant("+ gated fusion", False, True, True, True, fusion="gated"),
     Variant("+ image scores from H_base (image gamma 0)", False, True, True, True, image_gamma=0.0),
 )
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which cached maps the full method fuses: `drdc fuse`'s options and defaults (empty = all cached)."""
-
-    gamma: float = GAMMA
-    filter: int = FILTER
-    t: tuple[int, ...] = ()
-    c: tuple[int, ...] = ()
-    l: tuple[int, ...] = ()  # noqa: E741
-    n_s: int = 2
-    seed: int = 0
-    pool: int = 16
-    norm: str = "none"  # stages.method.fusion.NORMS: every row is normalised the same way, with its own statistics
-    init: str | None = None  # Table 5's rows: which infer-diff start (None: that of the newest cached maps, as
-    distance: str = "pixel"  # fuse takes it) and distance; the OPTIONS rows set their own
-    fusion: str = "add"  # how every row's diffusion term enters Eq 19; the FUSION_OPTIONS rows set their own
-    gate: float = GATE
 
 
 @dataclass

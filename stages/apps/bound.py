@@ -23,14 +23,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from stages.apps.choices import DOWN_MODES, UP_MODES
 from stages.data.dataset import discover, split_indices
 from stages.data.images import image_size, load_mask
 from stages.errors import DataError, check
 from stages.method.anomaly_map import upsample
 from stages.method.metrics import pixel_auroc
 
-DOWN_MODES = ("nearest-exact", "nearest", "area")
-UP_MODES = ("bilinear", "nearest")
 
 
 @dataclass(frozen=True)

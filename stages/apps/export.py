@@ -33,13 +33,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from stages.apps.choices import FORMATS
 from stages.apps.export_graphs import BaseGraph, DRDCGraph, UNetGraph, draw_layout
 from stages.errors import ConfigError
 from stages.pipeline.trained import SCHEDULE_DEFAULTS
 from stages.store.cache import RunStore
 
 OPSET = 18
-FORMATS = ("onnx", "torchscript")
 EXAMPLE = Path(__file__).with_name("export_example.py")
 
 
@@ -116,8 +116,10 @@ def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None 
         jobs.append(("unet", UNetGraph(pred.unet), (x, t, x.clone()) if conditioned else (x, t),
                      ["x_t", "t", "cond"] if conditioned else ["x_t", "t"], ["eps"]))
     graphs = {}
-    for name, model, inputs, names, outs in tqdm(jobs, desc="export", unit="graph", disable=not progress):
-        graphs[name] = _save(model, inputs, names, outs, dest / name, fmt).name  # tens of seconds each (ONNX)
+    with tqdm(jobs, desc="export", unit="graph", disable=not progress) as bar:
+        for name, model, inputs, names, outs in bar:
+            bar.set_postfix_str(f"{name}.{fmt if fmt == 'onnx' else 'pt'}")  # tens of seconds each (ONNX)
+            graphs[name] = _save(model, inputs, names, outs, dest / name, fmt).name
     thresholds, _ = current_thresholds(store, pred)
     manifest = {
         "drdc": __version__, "format": fmt, "opset": OPSET if fmt == "onnx" else None, "graphs": graphs,

@@ -126,6 +126,23 @@ def load(graph: Path):
     return run
 
 
+def score_image(run, manifest: dict, mode: str, path: Path, category: str | None = None,
+                draws: str | None = "torch") -> tuple[float, np.ndarray]:
+    """(image score, H_out (H_base in base mode) (S, S)) of one image file through the graph `run` (`load`)."""
+    pre, pool = manifest["preprocess"], manifest["score"]["pool"]
+    cats = manifest["categories"]
+    cat = np.array([cats.index(category) if category in cats else -1], dtype=np.int64)
+    x, valid = preprocess(path, pre["size"], pre["resize"])
+    inputs = [x[None], cat]
+    d = manifest.get("draws") if mode == "fuse" else None
+    if d is not None:
+        inputs += [v[None] for v in draw(d, content_id(path), draws or "numpy")]
+    outs = run(*inputs)
+    h = outs[0][0]  # H_out (H_base in base mode)
+    own = mode == "fuse" and manifest["score"].get("map") == "h_img"  # image scores from a fusion of their own
+    return image_score(outs[-1][0] if own else h, pool, valid), h
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("images", nargs="+", type=Path)
@@ -137,25 +154,16 @@ def main(argv: list[str] | None = None) -> int:
                     "when it is installed, which gives predict's numbers)")
     a = ap.parse_args(argv)
     manifest = json.loads((a.dir / "manifest.json").read_text())
-    pre, pool, graphs = manifest["preprocess"], manifest["score"]["pool"], manifest["graphs"]
+    graphs = manifest["graphs"]
     mode = "base" if a.base_only or "drdc" not in graphs else "fuse"
     run = load(a.dir / graphs["base" if mode == "base" else "drdc"])
     d = manifest.get("draws") if mode == "fuse" else None
     if d is not None and a.draws is None:
         a.draws = "torch" if importlib.util.find_spec("torch") else "numpy"
     th = manifest["thresholds"] if manifest["mode"] == mode else None
-    cats = manifest["categories"]
-    cat = np.array([cats.index(a.category) if a.category in cats else -1], dtype=np.int64)
     print("path,score,verdict")
     for n, path in enumerate(a.images):
-        x, valid = preprocess(path, pre["size"], pre["resize"])
-        inputs = [x[None], cat]
-        if d is not None:
-            inputs += [v[None] for v in draw(d, content_id(path), a.draws)]
-        outs = run(*inputs)
-        h = outs[0][0]  # H_out (H_base in base mode)
-        own = mode == "fuse" and manifest["score"].get("map") == "h_img"  # image scores from a fusion of their own
-        score = image_score(outs[-1][0] if own else h, pool, valid)
+        score, h = score_image(run, manifest, mode, path, a.category, a.draws)
         limit = None if th is None else th["image"].get(a.category, th["image_global"])
         verdict = "uncalibrated" if limit is None else ("anomalous" if score > limit else "normal")
         print(f"{path},{score:.6g},{verdict}")

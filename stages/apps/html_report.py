@@ -1,5 +1,6 @@
-"""One self-contained HTML report: metric tables (validation and test, side by side per variant), ROC curves,
-score histograms and the worst false positives and negatives, every picture embedded as a data URI.
+"""One self-contained HTML report: metric tables (validation, then test, as `drdc report` prints them; side by side
+per variant), ROC curves, score histograms and the worst false positives and negatives, every picture embedded as
+a data URI. The page takes the window's full width, and says so plainly when the fused column is base only.
 
 No script, no external file, no network: the page opens anywhere, from a mail attachment as well.
 """
@@ -54,10 +55,14 @@ def _table(rows: list[dict], tags: list[str], caption: str) -> str:
             f"<tbody>{''.join(body)}</tbody></table>")
 
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:1em 0}caption{text-align:left;font-weight:bold;margin-bottom:.3em}
+STYLE = """html,body{width:100%;max-width:none;margin:0;box-sizing:border-box}
+body{font-family:system-ui,sans-serif;padding:1em 2em;color:#222}
+table{border-collapse:collapse;margin:1em 0;width:100%}caption{text-align:left;font-weight:bold;margin-bottom:.3em}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th:first-child{text-align:left}
-tr.mean{background:#eef}tr.kind{color:#555}tr.kind th{padding-left:2em;font-weight:normal}img{max-width:100%;border:1px solid #ddd;margin:4px}small{color:#666}"""
+tr.mean{background:#eef}tr.kind{color:#555}tr.kind th{padding-left:2em;font-weight:normal}
+.figures{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}.figures img{flex:1 1 30em}
+img{max-width:100%;height:auto;border:1px solid #ddd}small{color:#666}
+p.note{background:#fff4d6;border-left:4px solid #e0a800;padding:.5em 1em}"""
 
 
 def write_html(store: RunStore, path: Path, keys: list[str] | None = None, k: int = 3, progress: bool = False) -> Path:
@@ -70,19 +75,23 @@ def write_html(store: RunStore, path: Path, keys: list[str] | None = None, k: in
     tags = variant_labels(entries)
     what = "; ".join(f"{t} = score {e.key} ({e.params['source']} heatmaps)" for t, e in zip(tags, entries))
     val = rep.rows(entries, "val_metrics") + rep.by_kind_rows(entries)
+    note = rep.base_only_note(store, entries)
+    # the sections in the order `drdc report` prints them: validation (what settings are chosen on), then test
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
              f"<title>drdc report: {html.escape(store.name)}</title><style>{STYLE}</style></head><body>",
              f"<h1>drdc report: {html.escape(store.name)}</h1><p>{html.escape(what)}. Metrics in %.</p>",
-             _table(rep.rows(entries), tags, "TEST (indented rows: each defect folder against the category's good "
-                                            "images)"),
+             f"<p class='note'>{html.escape(note)}</p>" if note else "",
              _table(val, tags, "VALIDATION: held-out normals and synthetic defects, a proxy (what settings are "
-                               "chosen on; rows synthetic-*: one defect kind each)")]
+                               "chosen on; rows synthetic-*: one defect kind each)"),
+             _table(rep.rows(entries), tags, "TEST (indented rows: each defect folder against the category's good "
+                                            "images)")]
     scored = [c for c in entries[0].attrs["metrics"] if c != "mean"]
     for cat in tqdm(scored, desc="html report", unit="category", disable=not progress):
         cats = [load(store, e, tag, cat) for e, tag in zip(entries, tags)]
-        parts.append(f"<h2>{html.escape(cat)}</h2>")
+        parts.append(f"<h2>{html.escape(cat)}</h2><div class='figures'>")
         parts.append(f"<img alt='ROC curves of {html.escape(cat)}' src='{_png(roc_figure(cats))}'>")
-        parts.append(f"<img alt='score histograms of {html.escape(cat)}' src='{_png(hist_figure(cats))}'>")
+        parts.append(f"<img alt='score histograms of {html.escape(cat)}' src='{_png(hist_figure(cats))}'></div>")
         for c in cats:
             parts.append(f"<h3>worst false positives and negatives: {html.escape(c.variant)}</h3>"
                          f"<img alt='worst cases of {html.escape(cat)}, {html.escape(c.variant)}' "

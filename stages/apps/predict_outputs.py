@@ -5,9 +5,12 @@ import csv
 import json
 from pathlib import Path
 
-from stages.apps.predict_figures import save_mask, save_prediction
-from stages.apps.predict import Prediction
+from typing import TYPE_CHECKING
+
 from stages.data.geometry import to_original
+
+if TYPE_CHECKING:
+    from stages.apps.predict import Prediction
 
 
 def write_results(rows: list[Prediction], dest: Path, meta: dict) -> tuple[Path, Path]:
@@ -25,6 +28,8 @@ def write_results(rows: list[Prediction], dest: Path, meta: dict) -> tuple[Path,
 
 def picture_writer(dest: Path, names: dict[Path, str], shown: dict[Path, str], masks: bool, full_size: bool = False):
     """on_batch callback: one figure per image (and a binary mask when a pixel threshold exists and masks)."""
+    from stages.apps.predict_figures import save_mask, save_prediction  # matplotlib: only when pictures are drawn
+
     def write(batch: list[Prediction]) -> None:
         for p in batch:
             cat = p.category or "unknown category"

@@ -95,6 +95,32 @@ def by_kind_rows(entries: list[Entry]) -> list[dict]:
     return out
 
 
+def base_only_note(store: RunStore, entries: list[Entry]) -> str | None:
+    """Why a fused variant equals base only, in words, when its fusion uses no diffusion map (gamma 0 and no image
+    gamma of its own above 0): tune chose gamma 0 on validation, or fuse was asked for it. None otherwise."""
+    for tag, e in zip(labels(entries), entries):
+        fuse = store.get("fuse", e.inputs["fuse"]) if e.params.get("source") == "fuse" and "fuse" in e.inputs else None
+        if fuse is None or fuse.params.get("gamma") != 0 or (fuse.params.get("image_gamma") or 0) > 0:
+            continue
+        norm = fuse.params.get("norm", "none")
+        what = (f"the '{tag}' column is base only: its fusion (fuse {fuse.key}) has gamma 0, so no diffusion map "
+                f"enters it and it scores H_base{f' normalised ({norm})' if norm != 'none' else ''}")
+        tune = store.get("tune", store.current_keys["tune"]) if "tune" in store.current_keys else None
+        trials = tune.attrs.get("trials", []) if tune is not None else []
+        if trials:
+            obj = tune.attrs.get("objective", "mean")
+            best = max(trials, key=lambda r: r["metrics"][obj])
+            rest = [r for r in trials if r["settings"]["gamma"] > 0]
+            q = best["settings"]
+            if q["gamma"] == 0 and q["norm"] == norm and q["filter"] == fuse.params.get("filter"):  # tune's fusion
+                other = (f" against {100 * max(r['metrics'][obj] for r in rest):.1f} for the best trial with a "
+                         "diffusion map" if rest else "")
+                return (f"{what}. Why: tune {tune.key} chose gamma 0 on the validation images ({obj} "
+                        f"{100 * best['metrics'][obj]:.1f}{other}).")
+        return f"{what}. Why: fuse was run with --gamma 0."
+    return None
+
+
 def with_validation(test: list[dict], val: list[dict], kinds: list[dict]) -> list[dict]:
     """One table for CSV: the test rows, then the validation rows and per-kind rows, their category prefixed
     'val:' (validation images are synthetic: never mix them with the test numbers)."""

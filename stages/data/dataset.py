@@ -1,13 +1,23 @@
-"""Dataset discovery: MVTec-AD and BTAD layouts, several categories at once (the unified setting).
+"""Dataset discovery: MVTec-AD, BTAD, VisA and plain-folder layouts, several categories at once (the unified
+setting).
 
 MVTec-AD: <root>/<category>/{train/good, test/good, test/<defect>, ground_truth/<defect>/<stem>_mask.png}
 BTAD:     <root>/<NN>/{train/ok, test/ok, test/ko, ground_truth/ko/<stem>.<ext>}
-A root that is itself one category (holds train/ and test/) is accepted too.
+VisA:     <root>/split_csv/1cls.csv (columns object,split,label,image,mask; split train|test, label normal|anomaly,
+          paths relative to the root, e.g. <object>/Data/Images/{Normal,Anomaly}/x.JPG and
+          <object>/Data/Masks/Anomaly/x.png)
+folder:   <root>/<category>/{good, <defect>..., optional ground_truth/<defect>/ or masks/<defect>/ with
+          <stem>_mask.<ext> or <stem>.<ext>}; the good images are split into train and test by FOLDER_TEST_SHARE
+          (see `folder_split`)
+A root that is itself one category (holds train/ and test/, or good/) is accepted too. `auto` tells them apart:
+a root with split_csv/1cls.csv is VisA; otherwise each category folder holds exactly one of train/good
+(MVTec-AD), train/ok (BTAD) and good/ (folder), and all categories must agree.
 
-Discovery reads directory listings and image headers only; decoding happens in the index stage.
+Discovery reads directory listings (and VisA's CSV) only; decoding happens in the index stage.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import zlib
@@ -16,12 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.data.choices import LAYOUTS  # noqa: F401 (plain Python, re-exported)
 from stages.data.images import IMAGE_SUFFIXES
 from stages.errors import DataError
 
-LAYOUTS = ("auto", "mvtec", "btad")
 _JUNK = {"thumbs.db", "desktop.ini"}
 _GOOD = {"mvtec": "good", "btad": "ok"}
+VISA_CSV = "split_csv/1cls.csv"  # VisA's one-class split: the file that says a root is VisA
+VISA_COLUMNS = ("object", "split", "label", "image", "mask")
+FOLDER_TEST_SHARE = 0.2  # the folder layout: this share of good/ (at least one image) goes to the test split
+_FOLDER_RESERVED = {"good", "ground_truth", "masks"}  # a folder-layout category's folders that are no defect kind
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,7 @@ class Dataset:
     records: tuple[Record, ...]
     masked_categories: tuple[str, ...]  # categories with pixel ground truth
     orphan_masks: tuple[str, ...] = ()  # ground-truth files no test image uses (reported, not fatal)
+    sources: tuple[str, ...] = ()  # files besides the images that decide the records (VisA's split CSV)
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -68,11 +83,15 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _detect_layout(cat_dir: Path) -> str:
-    if (cat_dir / "train" / "good").is_dir():
-        return "mvtec"
-    if (cat_dir / "train" / "ok").is_dir():
-        return "btad"
-    raise DataError(f"{cat_dir}: no train/good (MVTec-AD) or train/ok (BTAD) folder")
+    found = [name for name, marker in (("mvtec", "train/good"), ("btad", "train/ok"), ("folder", "good"))
+             if (cat_dir / marker).is_dir()]
+    if len(found) > 1:
+        raise DataError(f"{cat_dir}: holds both {' and '.join(found)} layouts' folders (train/good, train/ok, good); "
+                        "keep one, or name the layout (index --layout)")
+    if not found:
+        raise DataError(f"{cat_dir}: no train/good (MVTec-AD), train/ok (BTAD) or good/ (folder layout) folder, "
+                        f"and the root has no {VISA_CSV} (VisA)")
+    return found[0]
 
 
 def _mask_files(gt_dir: Path) -> dict[str, list[Path]]:
@@ -104,12 +123,14 @@ def _one_stem_each(files: list[Path]) -> None:
         seen[p.stem] = p
 
 
-def _category_dirs(root: Path) -> list[Path]:
-    if (root / "train").is_dir() and (root / "test").is_dir():
+def _category_dirs(root: Path, layout: str = "auto") -> list[Path]:
+    if ((root / "train").is_dir() and (root / "test").is_dir() and layout != "folder") or (
+            (root / "good").is_dir() and layout in ("auto", "folder")):
         return [root]
     dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
     if not dirs:
-        raise DataError(f"{root}: no category folders found (expected <root>/<category>/train, test)")
+        raise DataError(f"{root}: no category folders found (expected <root>/<category>/train, test, or "
+                        "<root>/<category>/good)")
     return dirs
 
 
@@ -154,6 +175,134 @@ def _scan_category(root: Path, cat_dir: Path, layout: str) -> tuple[list[Record]
     return records, has_gt
 
 
+def folder_split(category: str, good: list[Path]) -> set[Path]:
+    """The good images of a folder-layout category that go to the test split: round(FOLDER_TEST_SHARE * n), at
+    least one, at most n - 1, taken from the front of a permutation of the files sorted by name, seeded by the
+    category's name (crc32). The same files give the same split on every machine and every run."""
+    files = sorted(good, key=lambda p: p.name)
+    k = min(len(files) - 1, max(1, round(FOLDER_TEST_SHARE * len(files))))
+    perm = np.random.default_rng([17, zlib.crc32(category.encode())]).permutation(len(files))
+    return {files[j] for j in perm[:k]}
+
+
+def _scan_folder_category(root: Path, cat_dir: Path) -> tuple[list[Record], Path | None]:
+    """A folder-layout category: good/, one folder per defect kind, masks in ground_truth/<defect>/ or
+    masks/<defect>/ (optional). Returns the records and the mask folder (None: no masks)."""
+    category = cat_dir.name
+    rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    good = _image_files(cat_dir / "good")
+    if len(good) < 2:
+        raise DataError(f"{cat_dir / 'good'}: category '{category}' needs at least 2 good images (one to train on, "
+                        f"one to test), found {len(good)}")
+    holders = [cat_dir / n for n in ("ground_truth", "masks") if (cat_dir / n).is_dir()]
+    if len(holders) > 1:
+        raise DataError(f"{cat_dir}: holds both ground_truth/ and masks/; keep the masks in one of them")
+    gt_root = holders[0] if holders else None
+    test_good = folder_split(category, good)
+    records = [Record(category, "train", 0, "good", rel(p), None) for p in good if p not in test_good]
+    records += [Record(category, "test", 0, "good", rel(p), None) for p in sorted(test_good)]
+    defects = sorted(d for d in cat_dir.iterdir() if d.is_dir() and not d.name.startswith(".")
+                     and d.name not in _FOLDER_RESERVED)
+    for d in defects:
+        files = _image_files(d)
+        if gt_root is not None:
+            _one_stem_each(files)
+            masks = _mask_files(gt_root / d.name)
+        for p in files:
+            mask = None
+            if gt_root is not None:
+                m = _find_mask(masks, p)
+                if m is None:
+                    raise DataError(f"{p}: defect image has no mask (looked for {gt_root / d.name / p.stem}_mask.png "
+                                    f"and {gt_root / d.name / p.stem}.png)")
+                mask = rel(m)
+            records.append(Record(category, "test", 1, d.name, rel(p), mask))
+    return records, gt_root
+
+
+def _discover_visa(root: Path, categories: tuple[str, ...] | None) -> Dataset:
+    """VisA: the records of split_csv/1cls.csv, each row checked (an error names the CSV's line and the file)."""
+    path = root / VISA_CSV
+    if not path.is_file():
+        raise DataError(f"{path}: no VisA split file (the VisA layout reads {VISA_CSV} under the root)")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    if not rows or tuple(c.strip().lower() for c in rows[0]) != VISA_COLUMNS:
+        raise DataError(f"{path}:1: expected the columns {','.join(VISA_COLUMNS)} (got {','.join(rows[0]) if rows else 'nothing'})")
+    by_cat: dict[str, list[Record]] = {}
+    seen: dict[str, int] = {}
+    for line, row in enumerate(rows[1:], 2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != len(VISA_COLUMNS):
+            raise DataError(f"{path}:{line}: expected {len(VISA_COLUMNS)} columns, got {len(row)}")
+        obj, split, label, image, mask = (c.strip() for c in row)
+        where = f"{path}:{line}"
+        if not obj:
+            raise DataError(f"{where}: empty object (category)")
+        if split not in ("train", "test"):
+            raise DataError(f"{where}: split must be train or test (got {split!r})")
+        if label not in ("normal", "anomaly"):
+            raise DataError(f"{where}: label must be normal or anomaly (got {label!r})")
+        if split == "train" and label == "anomaly":
+            raise DataError(f"{where}: an anomalous image in the train split")
+        for name, value in (("image", image), ("mask", mask)):
+            if value and not _inside(value):
+                raise DataError(f"{where}: {name} path {value!r} leaves the dataset root")
+        img = root / image
+        if not image or not img.is_file():
+            raise DataError(f"{where}: image {img} does not exist")
+        if img.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(f"{where}: {img} is not an image file")
+        if image in seen:
+            raise DataError(f"{where}: image {image} is listed twice (also on line {seen[image]})")
+        seen[image] = line
+        if label == "normal" and mask:
+            raise DataError(f"{where}: normal image {img} has a mask ({mask})")
+        if mask and not (root / mask).is_file():
+            raise DataError(f"{where}: mask {root / mask} of {img} does not exist")
+        by_cat.setdefault(obj, []).append(Record(obj, split, int(label == "anomaly"),
+                                                 "anomaly" if label == "anomaly" else "good",
+                                                 Path(image).as_posix(), Path(mask).as_posix() if mask else None))
+    if categories:
+        missing = [c for c in categories if c not in by_cat]
+        if missing:
+            raise DataError(f"{path}: no object {', '.join(missing)} (found: {', '.join(sorted(by_cat))})")
+    records: list[Record] = []
+    masked: list[str] = []
+    orphans: list[str] = []
+    for cat in sorted(by_cat):
+        if categories and cat not in categories:
+            continue
+        recs = sorted(by_cat[cat], key=lambda r: (r.split != "train", r.label, r.path))  # train first, as MVTec
+        if not any(r.split == "train" for r in recs):
+            raise DataError(f"{path}: object '{cat}' has no train images")
+        if not any(r.split == "test" for r in recs):
+            raise DataError(f"{path}: object '{cat}' has no test images")
+        anomalous = [r for r in recs if r.label == 1]
+        with_mask = [r for r in anomalous if r.mask]
+        if with_mask and len(with_mask) != len(anomalous):  # as for MVTec: a category has masks for all or none
+            bad = next(r for r in anomalous if not r.mask)
+            raise DataError(f"{path}:{seen[bad.path]}: anomalous image {root / bad.path} has no mask, while other "
+                            f"images of '{cat}' have one")
+        if with_mask:
+            masked.append(cat)
+            orphans.extend(_orphans(root, root / cat / "Data" / "Masks", {r.mask for r in with_mask}))
+        records.extend(recs)
+    return Dataset(root, "visa", tuple(records), tuple(masked), tuple(orphans), sources=(VISA_CSV,))
+
+
+def _inside(rel: str) -> bool:
+    """A recorded path stays under the root: relative, no '..', POSIX separators."""
+    from pathlib import PurePosixPath
+
+    p = PurePosixPath(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel
+
+
 def discover(root: Path, layout: str = "auto", categories: tuple[str, ...] | None = None) -> Dataset:
     """Scan root into records (train first, then test, category by category, sorted by name).
 
@@ -167,7 +316,9 @@ def discover(root: Path, layout: str = "auto", categories: tuple[str, ...] | Non
         raise DataError(f"{root}: dataset root does not exist")
     if not root.is_dir():
         raise DataError(f"{root}: dataset root is not a folder")
-    dirs = _category_dirs(root)
+    if layout == "visa" or (layout == "auto" and (root / VISA_CSV).is_file()):
+        return _discover_visa(root, categories)
+    dirs = _category_dirs(root, layout)
     if categories:
         names = {d.name for d in dirs}
         missing = [c for c in categories if c not in names]
@@ -176,14 +327,24 @@ def discover(root: Path, layout: str = "auto", categories: tuple[str, ...] | Non
         dirs = [d for d in dirs if d.name in categories]
     found_layouts = {d: (_detect_layout(d) if layout == "auto" else layout) for d in dirs}
     if len(set(found_layouts.values())) > 1:
-        raise DataError(f"{root}: categories mix MVTec-AD and BTAD layouts; name the layout (index --layout) or split the root")
+        kinds = sorted(set(found_layouts.values()))
+        raise DataError(f"{root}: categories mix the {' and '.join(kinds)} layouts (e.g. "
+                        f"{next(d for d, k in found_layouts.items() if k == kinds[0])} and "
+                        f"{next(d for d, k in found_layouts.items() if k == kinds[1])}); name the layout "
+                        "(index --layout) or split the root")
     records: list[Record] = []
     masked: list[str] = []
     orphans: list[str] = []
     for d in dirs:
-        recs, has_gt = _scan_category(root, d, found_layouts[d])
+        if found_layouts[d] == "folder":
+            recs, gt_root = _scan_folder_category(root, d)
+            has_gt = gt_root is not None
+        else:
+            recs, has_gt = _scan_category(root, d, found_layouts[d])
+            gt_root = d / "ground_truth"
         records.extend(recs)
-        orphans.extend(_orphans(root, d / "ground_truth", {r.mask for r in recs if r.mask}))
+        if gt_root is not None:
+            orphans.extend(_orphans(root, gt_root, {r.mask for r in recs if r.mask}))
         if has_gt:
             masked.append(d.name)
     return Dataset(root, next(iter(found_layouts.values())), tuple(records), tuple(masked), tuple(orphans))
@@ -194,10 +355,9 @@ def resolve_recorded(root: Path, rel: str) -> Path:
     path or a '..' that would leave the dataset root is refused rather than followed."""
     from pathlib import PurePosixPath
 
-    p = PurePosixPath(rel)
-    if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel:
+    if not _inside(rel):
         raise DataError(f"{rel!r}: recorded path leaves the dataset root {root}; the run store was tampered with")
-    return Path(root) / p
+    return Path(root) / PurePosixPath(rel)
 
 
 EVAL_SPLITS: tuple[str, ...] = ("val", "test")  # the splits every inference stage maps and `score` measures
@@ -210,11 +370,12 @@ def split_indices(records: list[dict], split: str | tuple[str, ...]) -> np.ndarr
     return np.array([i for i, r in enumerate(records) if r["split"] in splits], dtype=np.int64)
 
 
-def fingerprint(root: Path, records: tuple[Record, ...]) -> str:
-    """Hash of every recorded file's relative path, size and mtime: a file added, removed or modified
-    changes it, so downstream cache keys change (content hashing a 5 GB dataset on every index is too slow)."""
+def fingerprint(root: Path, records: tuple[Record, ...], sources: tuple[str, ...] = ()) -> str:
+    """Hash of every recorded file's relative path, size and mtime (and of `sources`, the files that decide the
+    records, such as VisA's split CSV): a file added, removed or modified changes it, so downstream cache keys
+    change (content hashing a 5 GB dataset on every index is too slow)."""
     h = hashlib.sha256()
-    paths = sorted({r.path for r in records} | {r.mask for r in records if r.mask})
+    paths = sorted({r.path for r in records} | {r.mask for r in records if r.mask} | set(sources))
     for p in paths:
         try:
             st = os.stat(resolve_recorded(root, p))

@@ -31,12 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
-KINDS: tuple[str, ...] = ("scratch", "spot", "perlin", "cutpaste")  # the classic, clearly visible ones
-# Harder kinds, closer to real surface defects (thin cracks, large uneven regions, texture changes): their contrast
-# is drawn relative to the image's own local variation (in local standard deviations), from barely visible to
-# clear, so that validation also holds defects as faint as real ones (MTD's crack, uneven, fray).
-HARD_KINDS: tuple[str, ...] = ("crack", "stain", "texture", "dent")
-ALL_KINDS: tuple[str, ...] = KINDS + HARD_KINDS
+from stages.data.choices import ALL_KINDS, HARD_KINDS, KINDS  # noqa: F401 (the kinds: plain Python, re-exported)
+
 REF = 224.0  # the image size the pixel ranges below are stated for; they scale with S / REF
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-RESIZES = ("squash", "pad", "center-crop")
+from stages.data.choices import RESIZES  # noqa: F401 (plain Python, re-exported)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stages.method.choices import DISTANCES  # noqa: F401 (torch-free vocabulary, re-exported)
+
 LEVELS = (1, 2)  # indices into the backbone's pyramid (strides 2, 4, 8, 16): strides 4 and 8, as DDAD
 
 
@@ -42,5 +44,3 @@ def feature_heatmap(f_ori: list[Tensor], f_out: list[Tensor], size: int) -> Tens
         maps.append(F.interpolate(d[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0])
     return torch.stack(maps).mean(0)
 
-
-DISTANCES = ("pixel", "feature")  # pixel: Eq 16 (always stored); feature: also the feature-space maps

@@ -6,7 +6,6 @@ D = average pooling with kernel = stride = l; U = bilinear upsampling back to (H
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -16,18 +15,8 @@ from torch import Tensor
 
 from stages.errors import ConfigError, check
 from stages.method.anomaly_map import box_sum, upsample
-
-GAMMA, FILTER = 0.9, 41  # the paper's gamma and m (Sec 5): every default of every command comes from here
-# How each source map is put on a common scale before Eq 19 (stats from validation normals, never test images):
-# none: Eq 19 as printed (the paper); pixel: per-position mean/std (removes position bias, e.g. hot corners);
-# quantile: EfficientAD's (map - q_0.9) / (q_0.995 - q_0.9) over all normal pixels (anomalib map_norm_quantiles).
-NORMS = ("none", "pixel", "quantile")
-# How the diffusion term enters Eq 19 (drdc options; `add` is Eq 19 as printed). The paper's own words: the
-# diffusion branch supplies "the high-frequency part" and refines the base map. highpass: only the diffusion map's
-# detail below the base map's resolution is added (its low frequencies are the base map's job); gated: the
-# diffusion map is added only where the base map is already raised, as a sharpening of what the base map found.
-FUSIONS = ("add", "highpass", "gated")
-GATE = 2.0  # gated fusion: the base map's normalised value (in normal-image standard deviations) that opens the gate
+from stages.method.choices import (FILTER, FUSIONS, GAMMA, GATE, NORMS, check_fusion,  # noqa: F401 (the vocabulary,
+                                   check_norm, check_refinement)  # torch-free, lives in choices; re-exported)
 
 
 def _check_l(l: int, H: int, W: int) -> None:
@@ -64,14 +53,6 @@ def diff_heatmap(I_ori: Tensor, I_out: Tensor, l: int) -> Tensor:  # noqa: N803
     # D is linear: D(I_ori) - D(I_out) = D(I_ori - I_out); float32 since cached images may be float16
     err = torch.linalg.vector_norm(_D(I_ori.float() - I_out.float(), l), dim=1, keepdim=True)
     return _U(err, H, W)[:, 0]
-
-
-def check_fusion(gamma: float, m: int) -> None:
-    """Validate Eq 18-19's hyper-parameters: gamma in [0, 1], filter size m an odd integer >= 1."""
-    check(isinstance(gamma, (int, float)) and not math.isnan(gamma) and 0.0 <= gamma <= 1.0,
-          "gamma", "must be in [0, 1]", gamma)
-    check(isinstance(m, int) and not isinstance(m, bool) and m >= 1 and m % 2 == 1,
-          "filter", "must be an odd integer >= 1", m)
 
 
 def spatio_temporal(maps: Tensor) -> Tensor:
@@ -144,10 +125,6 @@ def multiscale_base(h_base_feat: Tensor, size: int, scales: Sequence[int] = (1, 
     return torch.stack([_U(_D(full, l), size, size)[:, 0] for l in scales], dim=1).mean(dim=1)
 
 
-def check_norm(norm: str) -> None:
-    check(norm in NORMS, "norm", f"must be one of {', '.join(NORMS)}", norm)
-
-
 def norm_stats(maps: Tensor, norm: str) -> Tensor:
     """(shift, scale) of one source map over N normal images: (N, H, W) -> (2, H, W), so that
     (map - shift) / scale is ~0 on a typical normal pixel and ~1 one normal spread above it.
@@ -187,15 +164,6 @@ def fuse_normalised(h_base: Tensor, h_sst: Tensor | None, gamma: float, base_sta
             raise ValueError("fuse_normalised: gamma > 0 needs the diffusion map and its statistics")
         out = out + gamma * normalise(h_sst, diff_stats)
     return out
-
-
-def check_refinement(fusion: str, gate: float, norm: str) -> None:
-    """The fusion kind is one of FUSIONS; the gate is a positive level, on normalised maps (a raw base map has
-    no scale that says "raised")."""
-    check(fusion in FUSIONS, "fusion", f"must be one of {', '.join(FUSIONS)}", fusion)
-    check(isinstance(gate, (int, float)) and math.isfinite(gate) and gate > 0, "gate", "must be > 0", gate)
-    check(fusion != "gated" or norm != "none", "fusion",
-          "gated needs normalised maps (norm pixel or quantile): a raw base map has no scale that says raised", fusion)
 
 
 def low_pass(h: Tensor, feat: int) -> Tensor:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Generator, Sequence
 import torch
 from torch import Tensor
 
-from stages.errors import ConfigError
+from stages.method.choices import INITS, check_init  # noqa: F401 (torch-free vocabulary, re-exported)
 from stages.method.diffusion import Schedule, check_timesteps, ddim_step, predict_x0, q_sample
 
 # eps_model(x_t (B,3,H,W), cond I_in (B,3,H,W) or None, t (B,) long) -> predicted noise (B,3,H,W)
@@ -50,22 +50,6 @@ def _noise_source(generator: Noise, like: Tensor) -> Callable[[], Tensor]:
         return n.to(like.dtype).to(like.device)
 
     return draw
-
-
-# How the reverse process starts (x_{t_1}); every init keeps the masked condition I_in and the known-region
-# replacement of Eq 13-15, and n1 is drawn apart from I_in's n0.
-#   paper: x_{t_1} = q_sample(I_in, t_1): the paper's text; the masked region holds sqrt(abar) n0 + ..., i.e. the
-#          same n0 that sits in the condition (training never shows the UNet that pairing).
-#   noise: known region q_sample(I_ori, t_1), masked region pure N(0, 1) noise independent of n0: what
-#          `train-diff --task inpaint` trains the first reverse step on.
-#   ddad:  x_{t_1} = q_sample(I_ori, t_1) everywhere (DDAD): the UNet denoises the image it is asked about,
-#          the masked condition tells it which region to distrust; needs no retraining.
-INITS = ("paper", "noise", "ddad")
-
-
-def check_init(init: str) -> None:
-    if init not in INITS:
-        raise ConfigError(f"unknown start {init!r} (choose from {', '.join(INITS)})", "init")
 
 
 def start(I_ori: Tensor, M: Tensor, t1: int, s: Schedule, n0: Tensor, n1: Tensor, init: str  # noqa: N803

@@ -15,16 +15,15 @@ Pure math: no IO. Shapes: B images, C channels, (h, w) feature resolution, P = h
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 from torch import Tensor
 
+from stages.method.choices import RESIDUAL_NORMS  # noqa: F401 (torch-free vocabulary, re-exported)
 from stages.models.reconstruction import base_heatmap, residual
-
-RESIDUAL_NORMS = ("l2", "mahalanobis")
 
 
 def stage_channels(backbone_channels: Sequence[int], stages: Sequence[int]) -> list[int]:
@@ -38,9 +37,10 @@ def stage_channels(backbone_channels: Sequence[int], stages: Sequence[int]) -> l
     return [c for s in sorted(chosen) for c in range(int(bounds[s - 1]), int(bounds[s]))]
 
 
-def fit_gaussian(residuals: Tensor) -> tuple[Tensor, Tensor]:
+def fit_gaussian(residuals: Tensor, on_position: Callable[[], object] | None = None) -> tuple[Tensor, Tensor]:
     """Per-position mean and precision of normal residuals: (N, C, h, w) -> mu (P, C), Sigma^-1 (P, C, C),
-    float32. Ledoit-Wolf shrinkage (sklearn) keeps Sigma invertible when N is not much larger than C."""
+    float32. Ledoit-Wolf shrinkage (sklearn) keeps Sigma invertible when N is not much larger than C.
+    on_position: called after each position's fit (a progress bar's tick)."""
     n, c, h, w = residuals.shape
     if n < 2:
         raise ValueError(f"fit_gaussian: needs at least 2 residual maps, got {n}")
@@ -49,6 +49,8 @@ def fit_gaussian(residuals: Tensor) -> tuple[Tensor, Tensor]:
     for p in range(h * w):
         lw = LedoitWolf().fit(x[p])
         mu[p], prec[p] = lw.location_, lw.precision_
+        if on_position is not None:
+            on_position()
     return torch.from_numpy(mu).float(), torch.from_numpy(prec).float()
 
 

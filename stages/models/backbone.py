@@ -25,19 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stages.errors import ConfigError
+from stages.models.choices import SUPPORTED  # noqa: F401 (torch-free, re-exported)
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 OUT_INDICES = (0, 1, 2, 3)  # strides 2, 4, 8, 16 (UniAD's efficientnet outlayers [1, 2, 3, 4])
 # UniAD's MFCN neck resizes with nn.UpsamplingBilinear2d, i.e. bilinear with align_corners=True; keep it.
 ALIGN_CORNERS = True
 
-SUPPORTED: tuple[str, ...] = (
-    "tf_efficientnet_lite0",
-    "efficientnet_b4",
-    *(f"efficientnet_b{i}" for i in range(4)),
-    *(f"tf_efficientnet_b{i}" for i in range(5)),
-    *(f"tf_efficientnet_lite{i}" for i in range(1, 5)),
-)
 _HEAD_PREFIXES = ("conv_head.", "bn2.", "classifier.")  # full-model keys the features model drops
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 

@@ -25,6 +25,7 @@ from stages.data.validation import paint_seed, with_validation
 from stages.data.defects import ALL_KINDS, KINDS
 from stages.errors import check
 from stages.store.cache import RunStore
+from stages.store.claims import CHUNK
 from stages.store.common import StageResult
 
 STAGE = "index"
@@ -87,7 +88,7 @@ def run(store: RunStore, p: IndexParams, progress: bool = True, workers: int = 2
                               p.val_seed, p.val_kinds)
     params = {
         "root": str(ds.root), "layout": ds.layout, "categories": list(p.categories), "image_size": p.image_size,
-        "fingerprint": fingerprint(ds.root, ds.records), "val_fraction": p.val_fraction, "val_min": p.val_min,
+        "fingerprint": fingerprint(ds.root, ds.records, ds.sources), "val_fraction": p.val_fraction, "val_min": p.val_min,
         "val_defects": p.val_defects, "val_seed": p.val_seed,
     }
     if p.resize != "squash":  # squash keys stay those of runs made before --resize
@@ -107,6 +108,8 @@ def run(store: RunStore, p: IndexParams, progress: bool = True, workers: int = 2
     content = entry.require_array("valid", (n, s, s), "uint8") if p.resize == "pad" else None  # 1: the image
     done = entry.require_done(n)
     todo = entry.pending(n)
+    has_defect = np.zeros(n, bool)  # filled as chunks are written; chunks done by an earlier run are read after
+    unseen = np.ones(n, bool)
     with ThreadPoolExecutor(workers) as pool, tqdm(total=n, desc="index", unit="img", disable=not progress,
                                                    initial=n - sum(b - a for a, b in todo)) as bar:
         for a, b in todo:
@@ -130,11 +133,13 @@ def run(store: RunStore, p: IndexParams, progress: bool = True, workers: int = 2
                                                            pick(r["donor"]), where)
             images[a:b] = img
             masks[a:b] = msk
+            has_defect[a:b], unseen[a:b] = msk.any(axis=(1, 2)), False
             if content is not None:
                 content[a:b] = inside
             entry.mark_done(done, a, b)
             bar.update(b - a)
-    has_defect = np.concatenate([masks[a : a + 64].any(axis=(1, 2)) for a in range(0, n, 64)]) if n else []
+    for a in np.flatnonzero(unseen[::CHUNK]) * CHUNK:  # a resumed run: the chunks written before
+        has_defect[a:a + CHUNK] = masks[a:a + CHUNK].any(axis=(1, 2))
     empty = [r["path"] for r, hit in zip(records, has_defect) if r["mask"] and not hit]  # synthetic: never empty
     entry.complete(empty_masks=empty)
     store.set_attr(data_root=str(ds.root))

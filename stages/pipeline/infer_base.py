@@ -87,14 +87,17 @@ def _fit(model: UniADReconstruction, feats, records: list[dict], trained: Entry,
     fit, _ = split_train(records, float(tp.get("holdout", 0.0)), int(tp.get("seed", 0)))
     cats = sorted({records[i]["category"] for i in fit})
     mus, precs = [], []
-    for cat in tqdm(cats, desc="residual Gaussians", unit="category", disable=not progress or len(cats) < 2):
-        idx = np.array([i for i in fit if records[i]["category"] == cat])
-        res = []
-        for a in range(0, len(idx), 32):
-            f_in = torch.from_numpy(feats.get_orthogonal_selection((idx[a:a + 32],))).to(dev)
-            res.append((f_in - model(f_in)).cpu()[:, channels])
-        mu, prec = fit_gaussian(torch.cat(res))
-        mus.append(mu.numpy()), precs.append(prec.numpy())
+    positions = feats.shape[-2] * feats.shape[-1]  # one Ledoit-Wolf fit each, per category: the long part
+    with tqdm(total=len(cats) * positions, desc="residual Gaussians", unit="position", disable=not progress) as bar:
+        for cat in cats:
+            bar.set_postfix_str(cat, refresh=False)
+            idx = np.array([i for i in fit if records[i]["category"] == cat])
+            res = []
+            for a in range(0, len(idx), 32):
+                f_in = torch.from_numpy(feats.get_orthogonal_selection((idx[a:a + 32],))).to(dev)
+                res.append((f_in - model(f_in)).cpu()[:, channels])
+            mu, prec = fit_gaussian(torch.cat(res), on_position=lambda: bar.update(1))
+            mus.append(mu.numpy()), precs.append(prec.numpy())
     return cats, np.stack(mus), np.stack(precs)
 
 

@@ -19,13 +19,13 @@ from stages.data.validation import kind_of
 from stages.errors import check
 from stages.method.anomaly_map import image_score, upsample
 from stages.method.metrics import compute_metrics, mean_over_categories
+from stages.pipeline.params import SOURCES
 from stages.pipeline.reading import category_maps, content
 from stages.store.cache import Entry, RunStore
 from stages.store.common import StageResult
 from stages.store.faults import point
 
 STAGE = "score"
-SOURCES = {"base": ("infer_base", "h_base"), "fuse": ("fuse", "maps")}  # source name -> (stage, array)
 
 
 @dataclass(frozen=True)

@@ -5,50 +5,17 @@ Shared by the fuse and tune stages, ablate and predict (the stage `fuse` itself 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from stages.data.validation import folds, is_validation_normal
 from stages.errors import CacheMissError, ConfigError, check
-from stages.method.feature_distance import DISTANCES
-from stages.method.fusion import FILTER, GAMMA, GATE, check_fusion, check_norm, check_refinement
-from stages.method.inpaint import check_init
 from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, read_diff, source_maps
+from stages.pipeline.params import FuseParams  # noqa: F401 (torch-free, re-exported: fuse's parameters)
 from stages.store.cache import Entry, RunStore
 from stages.store.commands import with_validation
-
-
-@dataclass(frozen=True)
-class FuseParams:
-    gamma: float = GAMMA
-    filter: int = FILTER
-    t: tuple[int, ...] = ()  # empty: every t of the cached entries
-    c: tuple[int, ...] = ()  # empty: every cached c
-    l: tuple[int, ...] = ()  # noqa: E741  empty: every cached l
-    spatio_temporal: bool = True
-    multiscale_base: bool = False
-    n_s: int = 2  # these three pick which infer-diff variant to fuse
-    test_time_condition: bool = True
-    seed: int = 0
-    norm: str = "none"  # stages.method.fusion.NORMS; statistics from the validation normals
-    init: str | None = None  # which infer-diff variant: its --init; None: that of the newest cached entry
-    distance: str = "pixel"  # which of its maps: pixel (Eq 16) or feature (an entry made with --distance feature)
-    fusion: str = "add"  # stages.method.fusion.FUSIONS: how the diffusion term enters Eq 19 (add: as printed)
-    gate: float = GATE  # fusion gated: the normalised base level that fully opens the gate
-    image_gamma: float | None = None  # the image score's own gamma (None: the image score is taken from H_out)
-
-    def __post_init__(self) -> None:
-        check_fusion(self.gamma, self.filter)
-        check_norm(self.norm)
-        check_refinement(self.fusion, self.gate, self.norm)
-        if self.image_gamma is not None:
-            check_fusion(self.image_gamma, 1)
-        if self.init is not None:
-            check_init(self.init)
-        check(self.distance in DISTANCES, "distance", f"must be one of {', '.join(DISTANCES)}", self.distance)
-        check(self.n_s >= 2, "n_s", "must be >= 2", self.n_s)
 
 
 def _command(store: RunStore, p: FuseParams, cs, ts, ls) -> str:

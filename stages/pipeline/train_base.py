@@ -24,13 +24,13 @@ from stages.data.dataset import split_train
 from stages.data.validation import validation_normals
 from stages.errors import check
 from stages.models.reconstruction import ReconstructionConfig, UniADReconstruction
+from stages.pipeline.params import SCHEDULES
 from stages.pipeline.training import Training
 from stages.store import dist
 from stages.store.cache import RunStore
 from stages.store.common import StageResult, keyed, resolve_device, seed_everything
 
 STAGE = "train_base"
-SCHEDULES = ("step", "cosine")
 
 
 R = ReconstructionConfig  # the model's own defaults (UniAD's), declared once there

@@ -49,6 +49,7 @@ from stages.method.diffusion import Schedule, check_timesteps, predict_x0, q_sam
 from stages.method.inpaint import make_input, reverse_process, t_batch
 from stages.method.masks import check_grid, grid_masks, image_generator
 from stages.models.unet import ConditionalUNet, UNetConfig
+from stages.pipeline.params import TASKS
 from stages.pipeline.trained import SCHEDULE_DEFAULTS, schedule_of
 from stages.pipeline.training import StepBoundary, Training
 from stages.store import dist
@@ -57,7 +58,6 @@ from stages.store.common import StageResult, keyed, resolve_device, seed_everyth
 
 STAGE = "train_diff"
 STREAM = 7  # training draws, apart from inference's streams
-TASKS = ("paper", "inpaint")
 RANK_STRIDE = 1000  # rank r of a DDP run draws from stream STREAM + r * RANK_STRIDE (rank 0: the single-process one)
 
 

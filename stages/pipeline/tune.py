@@ -17,7 +17,7 @@ with statistics its own image (or the normal its defect was painted on) helped m
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from stages.data.validation import folds, is_validation_normal, kind_of
-from stages.errors import CacheMissError, ConfigError, check
+from stages.errors import CacheMissError, ConfigError
 from stages.method.anomaly_map import image_score
-from stages.method.fusion import FILTER, FUSIONS, GATE, NORMS
+from stages.method.fusion import GATE
 from stages.method.metrics import image_auroc, localisation
 from stages.pipeline.heatmaps import (CrossFitStats, FusionSettings, array_name, combine, select,
                                       source_maps)
+from stages.pipeline.params import OBJECTIVES, TuneParams  # noqa: F401 (torch-free, re-exported)
 from stages.pipeline.reading import content
 from stages.pipeline.selection import FuseParams, resolve
 from stages.store.cache import Entry, RunStore
@@ -38,36 +39,7 @@ from stages.store.commands import with_validation
 from stages.store.common import StageResult
 
 STAGE = "tune"
-OBJECTIVES = ("mean", "p_auroc", "p_aupro", "i_auroc")
 AXES = ("variant", "norm", "gamma", "fusion", "gate", "filter", "t", "c", "l", "image_gamma")
-
-
-@dataclass(frozen=True)
-class TuneParams:
-    objective: str = "mean"
-    norms: tuple[str, ...] = NORMS
-    gammas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
-    filters: tuple[int, ...] = (1, 11, 21, FILTER)
-    fusions: tuple[str, ...] = FUSIONS  # how the diffusion term enters Eq 19 (add: as printed)
-    gates: tuple[float, ...] = (1.0, GATE, 4.0)  # fusion gated: levels that open the gate
-    image_gammas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # the image score's own gamma (besides H_out's)
-    rounds: int = 2
-    eval_size: int = 112
-    pool: int = 16
-
-    def __post_init__(self) -> None:
-        check(self.objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}", self.objective)
-        check(len(self.norms) > 0 and set(self.norms) <= set(NORMS), "norms", f"must be some of {NORMS}", self.norms)
-        check(len(self.gammas) > 0 and all(0 <= g <= 1 for g in self.gammas), "gammas", "must be in [0, 1]",
-              self.gammas)
-        check(len(self.filters) > 0 and all(m >= 1 and m % 2 == 1 for m in self.filters), "filters",
-              "must be odd integers >= 1", self.filters)
-        check(len(self.fusions) > 0 and set(self.fusions) <= set(FUSIONS), "fusions", f"must be some of {FUSIONS}",
-              self.fusions)
-        check(len(self.gates) > 0 and all(g > 0 for g in self.gates), "gates", "must be > 0", self.gates)
-        check(all(0 <= g <= 1 for g in self.image_gammas), "image_gammas", "must be in [0, 1]", self.image_gammas)
-        check(1 <= self.rounds <= 5, "rounds", "must be in [1, 5]", self.rounds)
-        check(16 <= self.eval_size <= 1024, "eval_size", "must be in [16, 1024]", self.eval_size)
 
 
 def subsets(values: tuple[int, ...], descending: bool = False) -> list[tuple[int, ...]]:
@@ -86,7 +58,7 @@ class ValidationSet:
     validation ranks settings (benchmarks/rank_correlation.py) holds ("val", "test") and evaluates each split
     apart, the test rows normalised with the statistics of every validation normal (as fuse does)."""
 
-    def __init__(self, store: RunStore, p: TuneParams, splits: tuple[str, ...] = ("val",)):
+    def __init__(self, store: RunStore, p: TuneParams, splits: tuple[str, ...] = ("val",), progress: bool = False):
         self.base = store.current("infer_base")
         extract = store.get("extract", self.base.inputs["extract"])
         self.index = store.get("index", extract.inputs["index"])
@@ -130,8 +102,10 @@ class ValidationSet:
                     self.variants[v] = resolve(store, FuseParams(init=v[0], distance=v[1]))
                 except CacheMissError:  # e.g. its c have no t or l in common
                     continue
+        entries = [(v, c, st, e) for v, (st, ds) in self.variants.items() for c, e in ds.items()]
         self.h_diff_all = {(v, c): torch.from_numpy(e.array(array_name(st)).get_orthogonal_selection((self.pos,)))
-                           for v, (st, ds) in self.variants.items() for c, e in ds.items()}  # float16 as stored
+                           for v, c, st, e in tqdm(entries, desc="validation maps", unit="entry",
+                                                   disable=not progress)}  # float16 as stored
         self._st: dict = {}
 
     def sources(self, s: FusionSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -216,13 +190,39 @@ def _valid(s: FusionSettings) -> bool:
     return not (s.fusion == "gated" and s.norm == "none") and (s.image_gamma is None or s.scores_own_map)
 
 
+def _fixed(vs: ValidationSet, p: TuneParams) -> dict[str, list]:
+    """The axes whose values do not depend on the other settings."""
+    return {"norm": list(p.norms), "gamma": list(p.gammas) if vs.diffs else [0.0],
+            "filter": list(p.filters) if vs.diffs else [vs.start.filter],
+            "fusion": list(dict.fromkeys(("add", *p.fusions))) if vs.diffs else ["add"],  # Eq 19 first
+            "image_gamma": [None, *p.image_gammas] if vs.diffs else [None]}
+
+
+def trial_bound(vs: ValidationSet, p: TuneParams) -> int:
+    """An upper bound of the trials `search` scores (the total of its progress bar): the start, then per round
+    every value of every axis (a value tried before is not scored again, and the search stops early when a round
+    changes nothing)."""
+    fixed = _fixed(vs, p)
+
+    def most(axis: str) -> int:  # the most values an axis can offer, whatever the settings it starts from
+        if axis in fixed:
+            return len(fixed[axis])
+        if axis == "gate":
+            return len(p.gates)
+        if not vs.diffs:
+            return 1
+        if axis == "variant":
+            return len(vs.variants)
+        return max(len(subsets(own.t, descending=True) if axis == "t" else subsets(getattr(own, axis)))
+                   for own, _ in vs.variants.values())
+
+    return 1 + p.rounds * sum(most(axis) for axis in AXES)  # a single value is scored too (once)
+
+
 def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict]:
     """Every trial of the coordinate ascent, in the order tried: {settings, metrics, by_kind}."""
     start = vs.start
-    fixed = {"norm": list(p.norms), "gamma": list(p.gammas) if vs.diffs else [0.0],
-             "filter": list(p.filters) if vs.diffs else [start.filter],
-             "fusion": list(dict.fromkeys(("add", *p.fusions))) if vs.diffs else ["add"],  # Eq 19 first
-             "image_gamma": [None, *p.image_gammas] if vs.diffs else [None]}
+    fixed = _fixed(vs, p)
 
     def options(s: FusionSettings, axis: str) -> list:
         if axis in fixed:
@@ -249,7 +249,7 @@ def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict
     for axis, values in fixed.items():  # the start inside the search space (e.g. --gammas 1: no trial at 0.9)
         if getattr(best, axis) not in values and _valid(moved := _with(best, axis, values[0], vs)):
             best = moved
-    with tqdm(desc="tune", unit="trial", disable=not progress) as bar:
+    with tqdm(total=trial_bound(vs, p), desc="tune (at most)", unit="trial", disable=not progress) as bar:
         score(best)
         for _ in range(p.rounds):
             before = best
@@ -262,6 +262,8 @@ def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict
                     best = max(cands, key=score)  # ties: the first, i.e. the order given (paper's values first)
             if best == before:
                 break
+        bar.total = bar.n  # done: the bound was not reached
+        bar.refresh()
     return list(trials.values())
 
 
@@ -297,7 +299,7 @@ def run(store: RunStore, p: TuneParams, progress: bool = True) -> tuple[StageRes
     """Search, record every trial in a `tune` entry, and return the best trial's fuse params (the caller makes
     them current with `fuse` and `score`)."""
     t0 = time.perf_counter()
-    vs = ValidationSet(store, p)
+    vs = ValidationSet(store, p, progress=progress)
     inputs = {"infer_base": vs.base.key, **{f"infer_diff@{v[0]},c={c}": e.key for v, (_, ds) in vs.variants.items()
                                             if v[1] == "pixel" for c, e in ds.items()}}
     params = {"objective": p.objective, "norms": list(p.norms), "gammas": list(p.gammas),

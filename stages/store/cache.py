@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ from stages.store.locks import FileLock, describe
 from stages.store.registry import STAGES, hint
 
 SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)  # DEBUG: the entries a command reuses, resumes, makes and completes
 
 
 @contextmanager
@@ -195,6 +197,7 @@ class Entry:
                 self.group.attrs.update({**attrs, "status": "complete", "completed": _now()})
             self.store.set_current(self)
         point(f"{self.stage}.complete")
+        log.debug("%s %s: complete", self.stage, self.key)
         self.lock.release()
         rollback.ACTIVE.pop(str(self.path), None)
 
@@ -287,12 +290,15 @@ class RunStore:
             e = self.get(stage, key)
             if e is not None and e.is_complete:
                 self.set_current(e)
+                log.debug("%s %s: complete, reused (params %s, inputs %s)", stage, key, canonical(params),
+                          canonical(inputs))
                 return e, True
             if exclusive:
                 lock = FileLock(self.path / stage / key / ".lock")
                 if not lock.acquire(blocking=False):
                     raise StoreError(f"{stage.replace('_', '-')} {key} in {self.name} is being written by "
                                      f"{describe(lock.holder())}; wait for it to finish or stop it")
+            how = "resumed" if e is not None else "created"
             if e is not None:
                 e.group.attrs.update(resumed=_now())
                 if exclusive:  # a save killed between write and rename leaves its temp file behind
@@ -307,6 +313,7 @@ class RunStore:
                 e = Entry(self, g)
                 rollback.CREATED.add(str(e.path))
         rollback.ACTIVE[str(e.path)] = e
+        log.debug("%s %s: %s (params %s, inputs %s)", stage, key, how, canonical(params), canonical(inputs))
         return e, False
 
     def set_current(self, entry: Entry) -> None:

@@ -1,6 +1,7 @@
 """Small pieces every stage uses: the result record, device choice, seeding, option checks."""
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, fields
 from typing import Any
@@ -25,7 +26,10 @@ def resolve_device(device: str) -> torch.device:
     from stages.store.dist import local_device
 
     if device == "auto":
-        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        d = local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        logging.getLogger(__name__).debug("device auto -> %s (torch %s, %d threads)", d, torch.__version__,
+                                          torch.get_num_threads())
+        return d
     try:
         d = torch.device(device)
     except RuntimeError:
