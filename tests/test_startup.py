@@ -52,7 +52,9 @@ print(json.dumps({"codes": codes, "outputs": outputs, "loaded": [m for m in json
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "COLUMNS": "100"}
+    # typer detects the shell from the process tree, which fails under CI or a detached job: name it instead
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "COLUMNS": "100",
+            "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
 
 
 def test_help_version_listing_and_option_errors_load_neither_torch_nor_matplotlib(tmp_path: Path) -> None:

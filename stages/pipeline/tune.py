@@ -3,7 +3,8 @@
 Only validation rows are read (held-out normals and their synthetic-defect copies, stages.data.validation): never a
 test label, mask or map. The search is a coordinate ascent from the paper's settings over the axes
 variant (the cached infer-diff starts and distances of the current UNet: --init, pixel or feature maps),
-normalisation, gamma (0 = base only, 1 = diffusion only), the fusion kind (add, highpass, gated) and its gate, m,
+normalisation, gamma (0 = base only, 1 = diffusion only), the fusion kind (add, highpass, gated; each tried with
+every normalisation, since the gate reads normalised maps) and its gate, m,
 the t / c / l subsets of the cached maps, and the image score's own gamma (none: scored on H_out itself):
 each axis in turn takes its best value with the others fixed, for `rounds` passes. Every trial is recorded
 with its metrics (mean over categories, and per defect kind, so that a ranking can be checked across kinds).
@@ -216,7 +217,8 @@ def trial_bound(vs: ValidationSet, p: TuneParams) -> int:
         return max(len(subsets(own.t, descending=True) if axis == "t" else subsets(getattr(own, axis)))
                    for own, _ in vs.variants.values())
 
-    return 1 + p.rounds * sum(most(axis) for axis in AXES)  # a single value is scored too (once)
+    n_norms = len(fixed["norm"])  # the fusion axis tries each kind with each normalisation
+    return 1 + p.rounds * sum(most(axis) * (n_norms if axis == "fusion" else 1) for axis in AXES)
 
 
 def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict]:
@@ -258,6 +260,9 @@ def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict
                 if not values:  # a single value still applies: e.g. --gammas 1 moves the paper's 0.9 to 1
                     continue
                 cands = [c for v in values if _valid(c := _with(best, axis, v, vs))]
+                if axis == "fusion":  # each fusion kind with its own best normalisation (the gate reads one)
+                    cands = [c for v in values for n in fixed["norm"]
+                             if _valid(c := replace(_with(best, axis, v, vs), norm=n))]
                 if cands:
                     best = max(cands, key=score)  # ties: the first, i.e. the order given (paper's values first)
             if best == before:
