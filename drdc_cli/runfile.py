@@ -234,8 +234,8 @@ def settings(store: RunStore) -> dict[str, dict]:
     diffs = [store.get("infer_diff", k) for n, k in (fused.inputs.items() if fused else []) if n.startswith("infer_diff@")]
     if not diffs and "infer_diff" in cur:
         diffs = [store.current("infer_diff")]
-    if diffs:
-        q = {**diffs[0].params, "c": sorted(e.params["c"] for e in diffs)}
+    if diffs:  # every grid size the run holds maps of in that variant (tune searched them; fuse may read fewer)
+        q = {**diffs[0].params, "c": held_grids(store, diffs[0])}
         doc["infer-diff"] = _table("infer_diff", q)
     if fused is not None:
         doc["fuse"] = _table("fuse", fused.params)
@@ -243,6 +243,14 @@ def settings(store: RunStore) -> dict[str, dict]:
         doc["score"] = {"pool": store.current("score").params["pool"]}
     doc.get("index", {}).pop("data", None)  # [run] data
     return doc
+
+
+def held_grids(store: RunStore, like) -> list[int]:
+    """The c of every complete infer-diff entry of the current models with `like`'s settings but its c (the maps a
+    rerun of the file must remake: with gamma 0 the fusion itself reads none of them)."""
+    same = lambda q: {k: v for k, v in q.items() if k != "c"}  # noqa: E731
+    return sorted({e.params["c"] for e in store.entries() if e.stage == "infer_diff" and e.is_complete
+                   and e.inputs == like.inputs and same(e.params) == same(like.params)} | {like.params["c"]})
 
 
 def _table(stage: str, params: dict) -> dict:

@@ -73,3 +73,12 @@ def test_a_bad_key_is_one_line_naming_file_line_and_key(old, new, needle, writte
 def test_config_is_given_alone(written, tiny_data, tmp_path, cli):
     res = cli("run", "--config", written, "--data", tiny_data, "--run", tmp_path / "r.zarr", code=2)
     assert "--config holds the data" in res.stderr
+
+
+def test_config_lists_every_map_the_run_holds_when_the_fusion_reads_none(full_run, cli):
+    """Tune may choose gamma 0 (base only): the fusion reads no diffusion map, but the run holds maps of c 1 and 8
+    that a rerun of the file must remake (it used to list the last one made only)."""
+    cli("fuse", "--run", full_run, "--gamma", "0", "-q")
+    cli("score", "--run", full_run, "--source", "fuse", "-q")
+    doc = tomllib.loads(cli("config", "--run", full_run).output)
+    assert doc["fuse"]["gamma"] == 0 and doc["infer-diff"]["c"] == [1, 8]
