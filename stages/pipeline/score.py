@@ -46,9 +46,9 @@ def run(store: RunStore, p: ScoreParams, progress: bool = True) -> StageResult:
     entry, cached = store.begin(STAGE, {"source": p.source, "pool": p.pool}, {"index": index.key, src_stage: src.key})
     if cached:
         if "test_by_kind" not in entry.attrs and store.writable:  # scored before the per-kind rows: add them
-            entry.update(test_by_kind=_measure(index, src, array, p, progress)[1]["test_by_kind"])
+            entry.update(test_by_kind=measure(index, src, array, p, progress)[1]["test_by_kind"])
         return StageResult(STAGE, entry.key, True, time.perf_counter() - t0, _summary(entry.attrs))
-    scores, tables = _measure(index, src, array, p, progress)
+    scores, tables = measure(index, src, array, p, progress)
     n = len(scores)
     entry.require_array("scores", (n,), "float32")[:] = scores
     entry.require_array("record", (n,), "int64")[:] = src.array("record")[:]
@@ -57,7 +57,7 @@ def run(store: RunStore, p: ScoreParams, progress: bool = True) -> StageResult:
     return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, _summary(entry.attrs))
 
 
-def _measure(index: Entry, src: Entry, array: str, p: ScoreParams, progress: bool) -> tuple[np.ndarray, dict]:
+def measure(index: Entry, src: Entry, array: str, p: ScoreParams, progress: bool) -> tuple[np.ndarray, dict]:
     """Image scores of every row, and the tables: `metrics` (test, per category), `test_by_kind` ({category:
     {defect folder: metrics of that folder's images against the category's good ones}}), `val_metrics` and
     `val_by_kind` ({synthetic kind: {category: metrics}}), each table with its mean over categories."""
