@@ -50,7 +50,21 @@ def show_ranking(objective: str, top: int = 10) -> Callable[[list[dict], StageRe
                   + f" m={best.filter} t={list(best.t)} c={list(best.c)} l={list(best.l)}"
                   + (f" image-gamma={best.image_gamma}" if best.image_gamma is not None else ""),
                   soft_wrap=True)
+        out.print(why(trials, objective), soft_wrap=True)
     return show
+
+
+def why(trials: list[dict], objective: str) -> str:
+    """One line: what tune chose and why, in the validation objective's terms."""
+    from stages.pipeline.tune import rationale
+
+    r = rationale(trials, objective)
+    pct = lambda v: "not tried" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    verdict = ("base only won" if r["base_only"] is not None and r["chosen"] <= r["base_only"]
+               else "the diffusion refinement added to the base map")
+    return (f"why: on validation (synthetic defects), {objective} {pct(r['chosen'])} for the chosen fusion, "
+            f"{pct(r['base_only'])} for the base map alone, {pct(r['diffusion_only'])} for the diffusion map alone: "
+            f"{verdict}")
 
 
 @app.command(rich_help_panel="Results")

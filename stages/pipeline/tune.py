@@ -290,6 +290,18 @@ def best_trial(trials: list[dict], objective: str) -> dict:
     return max(trials, key=lambda r: r["metrics"][objective])
 
 
+def rationale(trials: list[dict], objective: str) -> dict:
+    """Why the best trial won: its validation objective beside the best base-only trial's (gamma 0, image scores
+    from H_base too) and the best diffusion-only one's (gamma 1), each None when the search did not try it."""
+    def best(keep) -> float | None:
+        rows = [r for r in trials if keep(r["settings"])]
+        return max(r["metrics"][objective] for r in rows) if rows else None
+
+    return {"objective": objective, "chosen": best_trial(trials, objective)["metrics"][objective],
+            "base_only": best(lambda q: q["gamma"] == 0 and not q.get("image_gamma")),
+            "diffusion_only": best(lambda q: q["gamma"] == 1 and q.get("image_gamma") in (None, 1))}
+
+
 def fuse_params(trial: dict, diffs: dict[int, Entry]) -> FuseParams:
     """The `drdc fuse` params of a trial (what becomes current)."""
     q = trial["settings"]
