@@ -101,3 +101,17 @@ def test_fuse_with_each_option_matches_the_formula_and_scores_images_on_their_ow
     sc = RunStore(full_run).current("score")
     assert np.allclose(sc.array("scores").get_orthogonal_selection((rows,)),
                        image_score(torch.from_numpy(image), 16).numpy(), atol=1e-6)
+
+
+def test_tune_rationale_names_the_base_and_diffusion_alternatives():
+    from stages.pipeline.tune import rationale
+
+    def trial(gamma, mean, image_gamma=None):
+        return {"settings": {"gamma": gamma, "image_gamma": image_gamma}, "metrics": {"mean": mean}}
+
+    trials = [trial(0.9, 0.80), trial(0.0, 0.90), trial(0.25, 0.95), trial(0.0, 0.93, image_gamma=0.5),
+              trial(1.0, 0.70), trial(1.0, 0.75, image_gamma=0.0)]
+    r = rationale(trials, "mean")
+    # base only: gamma 0 with no image gamma of its own; diffusion only: gamma 1 with image scores from it too
+    assert (r["chosen"], r["base_only"], r["diffusion_only"]) == (0.95, 0.90, 0.70)
+    assert rationale([trial(0.5, 0.9)], "mean")["base_only"] is None
