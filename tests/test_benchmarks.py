@@ -93,3 +93,4 @@ def test_bench_predict_quick(exported, tmp_path: Path) -> None:
     # infer.py is the same method: its scores are predict's within the export's tolerance, in both modes
     assert all(v <= r["tolerance"] for v in r["max_rel_score_diff"].values()), r["max_rel_score_diff"]
     assert all(len(v) == r["config"]["images"] == 4 for v in r["scores"].values())
+
