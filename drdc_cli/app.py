@@ -133,7 +133,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from stages.errors import DataError
+        from stages.errors import DamageError, DataError
         from stages.store.locks import release_all
         from stages.store.rollback import active_summary, forget_active, roll_back
 
@@ -143,7 +143,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             check_options(fn, kwargs)  # every option in its domain before any work or write
             return fn(*args, **kwargs)
         except DrdcError as e:
-            roll_back(dataset_error=isinstance(e, DataError))
+            roll_back(dataset_error=isinstance(e, DataError), everything=isinstance(e, DamageError))
             err.print(f"[bold red]error:[/] {escape(flags.message(e))}", soft_wrap=True)  # [table] is text, not markup
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # the environment, not a bug: name the file and the reason

@@ -34,13 +34,17 @@ def ls(run: RunOpt) -> None:
     t = Table(title=f"{store.name}", title_justify="left", header_style="bold")
     for c in ("stage", "key", "status", "key parameters", "size"):
         t.add_column(c, overflow="fold", justify="right" if c == "size" else "left")
-    for e in store.entries():
+    for stage, key, e, problem in store.slots():
+        mark = " *" if current.get(stage) == key else ""
+        if e is None:  # its metadata is damaged: `drdc cache verify` says more, `--repair` removes it
+            size = sum(f.stat().st_size for f in (store.path / stage / key).rglob("*") if f.is_file())
+            t.add_row(stage.replace("_", "-"), key + mark, f"[red]damaged: {problem}[/]", "", _human(size))
+            continue
         status = e.status
-        prog = e.progress()
+        prog = e.progress() if status != "complete" else None
         if status != "complete":
             status = (f"partial {prog[0]}/{prog[1]}" if prog else "partial") + (", running" if e.is_busy() else "")
-        mark = " *" if current.get(e.stage) == e.key else ""
-        t.add_row(e.stage.replace("_", "-"), e.key + mark, status, _params(e.stage, e.params), _human(e.size_bytes()))
+        t.add_row(stage.replace("_", "-"), key + mark, status, _params(stage, e.params), _human(e.size_bytes()))
     out.print(t)
     out.print("[dim]* current entry of its stage[/]")
 
@@ -58,7 +62,7 @@ def verify_cmd(
     from stages.store.verify import repair as repair_store
     from stages.store.verify import verify
 
-    store = RunStore(run)
+    store = RunStore(run, mend=True)  # a damaged zarr.json is a finding (and --repair rewrites it)
     t = Table(title=f"verify {store.name}", title_justify="left", header_style="bold")
     for c in ("stage", "key", "result"):
         t.add_column(c, overflow="fold")
@@ -91,23 +95,27 @@ def gc_cmd(
     """Free space: remove abandoned partial entries, stale entries, or named ones. Entries being written by
     another process are never removed."""
     from stages.errors import ConfigError
+    from stages.store.locks import is_locked
     from stages.store.verify import collect, remove
 
     store = RunStore(run)
     if not (partial or stale or key):
         raise ConfigError("drdc cache gc: say what to remove: --partial, --stale and/or --key KEY")
-    doomed = collect(store, partial, stale)
-    for k in key:
-        hits = [e for e in store.entries() if e.key.startswith(k)]
+    doomed = [(e.stage, e.key, e.path, e.status) for e in collect(store, partial, stale)]
+    for k in key:  # damaged entries too: removing one is how its result is made again
+        hits = [(s, kk) for s, kk, _, _ in store.slots() if kk.startswith(k)]
         if len(hits) != 1:
             raise ConfigError(f"--key: {k!r} matches {len(hits)} entries of {store.name} (see `drdc cache ls --run {store.name}`)")
-        if hits[0].is_busy():
-            raise ConfigError(f"--key: {hits[0].key} is being written by another process; not removed")
-        doomed.append(hits[0])
-    doomed = list({str(e.path): e for e in doomed}.values())
-    size = sum(e.size_bytes() for e in doomed)
-    for e in doomed:
-        out.print(f"{'would remove' if dry_run else 'remove'} {e.stage.replace('_', '-')} {e.key} ({e.status})")
+        stage, full = hits[0]
+        e, problem = store.slot(stage, full)
+        path = store.path / stage / full
+        if e.is_busy() if e is not None else is_locked(path / ".lock"):
+            raise ConfigError(f"--key: {full} is being written by another process; not removed")
+        doomed.append((stage, full, path, "damaged" if problem else e.status))
+    doomed = list({str(p): (s, k, p, st) for s, k, p, st in doomed}.values())
+    size = sum(f.stat().st_size for _, _, p, _ in doomed for f in p.rglob("*") if f.is_file())
+    for stage, k, _, status in doomed:
+        out.print(f"{'would remove' if dry_run else 'remove'} {stage.replace('_', '-')} {k} ({status})")
     if not dry_run:
-        remove(store, doomed)
+        remove(store, [p for _, _, p, _ in doomed])
     out.print(f"{'would free' if dry_run else 'freed'} {_human(size)} in {len(doomed)} entries")

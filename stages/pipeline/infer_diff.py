@@ -32,7 +32,7 @@ from stages.pipeline.trained import load_unet, schedule_of
 from stages.store import dist
 from stages.store.cache import Entry, RunStore
 from stages.store.claims import claim_chunks
-from stages.store.common import StageResult, resolve_device
+from stages.store.common import ASCENDING, StageResult, resolve_device, settle_fields
 
 STAGE = "infer_diff"
 
@@ -50,6 +50,7 @@ class InferDiffParams:
     distance: str = "pixel"  # DISTANCES
 
     def __post_init__(self) -> None:
+        settle_fields(self, {"c": ASCENDING, "l": ASCENDING})  # equal settings, equal keys
         object.__setattr__(self, "t", check_timesteps(self.t))
         check_init(self.init)
         check(self.distance in DISTANCES, "distance", f"must be one of {', '.join(DISTANCES)}", self.distance)

@@ -18,6 +18,7 @@ from stages.method.inpaint import check_init
 from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, read_diff, source_maps
 from stages.store.cache import Entry, RunStore
 from stages.store.commands import with_validation
+from stages.store.common import ASCENDING, DESCENDING, settle_fields
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class FuseParams:
     image_gamma: float | None = None  # the image score's own gamma (None: the image score is taken from H_out)
 
     def __post_init__(self) -> None:
+        settle_fields(self, {"t": DESCENDING, "c": ASCENDING, "l": ASCENDING})  # equal settings, equal keys
         check_fusion(self.gamma, self.filter)
         check_norm(self.norm)
         check_refinement(self.fusion, self.gate, self.norm)

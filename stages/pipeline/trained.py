@@ -16,19 +16,28 @@ from stages.store.cache import Entry
 from stages.store.checkpoint import load_weights
 
 
+def _built(entry: Entry, config_cls, model_cls):
+    """The model its config.json describes; a config.json that does not build one is damage, named with the fix."""
+    path = entry.path / "files" / "config.json"
+    try:
+        return model_cls(config_cls.from_dict(json.loads(path.read_text())))
+    except FileNotFoundError:
+        raise entry.damage("file config.json is missing") from None
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, AssertionError, ZeroDivisionError) as e:
+        raise entry.damage(f"file config.json does not describe a model ({type(e).__name__})") from None
+
+
 def load_model(entry: Entry, device: torch.device) -> UniADReconstruction:
     """The trained model of a complete train-base entry (weights_only load: no pickle from the store)."""
-    cfg = ReconstructionConfig.from_dict(json.loads((entry.files / "config.json").read_text()))
-    model = UniADReconstruction(cfg)
-    load_weights(model, entry.files / "model.pt")
+    model = _built(entry, ReconstructionConfig, UniADReconstruction)
+    load_weights(model, entry.path / "files" / "model.pt", entry)
     return model.to(device).eval()
 
 
 def load_unet(entry: Entry, device: torch.device) -> ConditionalUNet:
     """The EMA weights of a complete train-diff entry (weights_only load)."""
-    cfg = UNetConfig.from_dict(json.loads((entry.files / "config.json").read_text()))
-    model = ConditionalUNet(cfg)
-    load_weights(model, entry.files / "model.pt")
+    model = _built(entry, UNetConfig, ConditionalUNet)
+    load_weights(model, entry.path / "files" / "model.pt", entry)
     return model.to(device).eval()
 
 

@@ -64,13 +64,20 @@ class Training:
         the RNG states; every rank loads the file rank 0 found. Returns the checkpoint (position, history)."""
         path = store.path / self.stage / self.key / "files" / "last.pt"
         dist.seen_by_this_rank(path)
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        for name, obj in states.items():
-            obj.load_state_dict(ck[name])
-        torch.set_rng_state(ck["rng"])
-        if self.device.type == "cuda" and "cuda_rng" in ck:
-            torch.cuda.set_rng_state(ck["cuda_rng"], self.device)
-        return {**ck, "history": json.loads(ck["history"])}
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+            for name, obj in states.items():
+                obj.load_state_dict(ck[name])
+            torch.set_rng_state(ck["rng"])
+            if self.device.type == "cuda" and "cuda_rng" in ck:
+                torch.cuda.set_rng_state(ck["cuda_rng"], self.device)
+            return {**ck, "history": json.loads(ck["history"])}
+        except (PermissionError, IsADirectoryError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a truncated, foreign or garbage checkpoint: damage, named
+            entry = self.entry or store.get(self.stage, self.key)
+            raise entry.damage(f"file last.pt, the checkpoint training resumes from, does not load "
+                               f"({type(e).__name__})") from None
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """DDP around the model under torchrun (a collective: no rank goes on before all have loaded)."""

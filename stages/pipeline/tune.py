@@ -35,7 +35,7 @@ from stages.pipeline.reading import content
 from stages.pipeline.selection import FuseParams, resolve
 from stages.store.cache import Entry, RunStore
 from stages.store.commands import with_validation
-from stages.store.common import StageResult
+from stages.store.common import ASCENDING, StageResult, settle_fields
 
 STAGE = "tune"
 OBJECTIVES = ("mean", "p_auroc", "p_aupro", "i_auroc")
@@ -56,6 +56,8 @@ class TuneParams:
     pool: int = 16
 
     def __post_init__(self) -> None:
+        settle_fields(self, {"norms": NORMS, "gammas": ASCENDING, "filters": ASCENDING, "fusions": FUSIONS,
+                           "gates": ASCENDING, "image_gammas": ASCENDING})  # equal settings, equal keys
         check(self.objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}", self.objective)
         check(len(self.norms) > 0 and set(self.norms) <= set(NORMS), "norms", f"must be some of {NORMS}", self.norms)
         check(len(self.gammas) > 0 and all(0 <= g <= 1 for g in self.gammas), "gammas", "must be in [0, 1]",
