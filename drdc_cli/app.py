@@ -137,6 +137,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         from stages.store.locks import release_all
         from stages.store.rollback import active_summary, forget_active, roll_back
 
+        forget_active()  # what the library registered outside a command is not this command's to roll back
         try:
             from .domains import check_options
 

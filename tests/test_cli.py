@@ -131,5 +131,7 @@ def test_demo_runs_every_stage_and_reuses_its_cache(cli, tmp_path):
     assert "pictures:" in res.output and len(list((tmp_path / "demo" / "pictures").glob("*.png"))) >= 6
     assert "base = score" in res.output and "fuse:" in res.output  # base-only, DRDC and tuned side by side
     assert "chosen on validation" in res.output and "VALIDATION" in res.output
-    again = cli(*args)
+    refused = cli(*args, code=2)  # its earlier predictions are in the way: named before any work
+    assert "predictions.csv exists" in refused.stderr and "--overwrite" in refused.stderr
+    again = cli(*args, "--overwrite")
     assert again.output.count("cached") >= 10  # data + every stage

@@ -60,7 +60,8 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th:first-child{text
 tr.mean{background:#eef}tr.kind{color:#555}tr.kind th{padding-left:2em;font-weight:normal}img{max-width:100%;border:1px solid #ddd;margin:4px}small{color:#666}"""
 
 
-def write_html(store: RunStore, path: Path, keys: list[str] | None = None, k: int = 3, progress: bool = False) -> Path:
+def write_html(store: RunStore, path: Path, keys: list[str] | None = None, k: int = 3, progress: bool = False,
+               outs=None) -> Path:
     """The report of score entries `keys` (default: base only and DRDC, see default_variants) as one file."""
     from tqdm import tqdm
 
@@ -88,9 +89,12 @@ def write_html(store: RunStore, path: Path, keys: list[str] | None = None, k: in
                          f"<img alt='worst cases of {html.escape(cat)}, {html.escape(c.variant)}' "
                          f"src='{_png(worst_figure(c, k))}'>")
     parts.append("</body></html>")
+    if outs is None:
+        from stages.apps.outputs import Outputs
+
+        outs = Outputs()
+        outs.claim(path, "html")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(parts), encoding="utf-8")
+        return outs.write_text(path, "\n".join(parts))
     except OSError as e:
         raise ConfigError(f"cannot write {path} ({e.strerror or e})", "html") from None
-    return path
