@@ -113,6 +113,8 @@ def gc_cmd(
             raise ConfigError(f"--key: {full} is being written by another process; not removed")
         doomed.append((stage, full, path, "damaged" if problem else e.status))
     doomed = list({str(p): (s, k, p, st) for s, k, p, st in doomed}.values())
+    if doomed and not dry_run:
+        store.must_write("removing entries must write to it")
     size = sum(f.stat().st_size for _, _, p, _ in doomed for f in p.rglob("*") if f.is_file())
     for stage, k, _, status in doomed:
         out.print(f"{'would remove' if dry_run else 'remove'} {stage.replace('_', '-')} {k} ({status})")

@@ -37,7 +37,7 @@ MARKER = ".drdc-synthetic.json"
 FORMAT = 1  # bump when the drawing code changes, so an old dataset dir is not silently mixed with new images
 MIN_VISIBLE = 8  # grey levels: a defect pixel must change by at least this much (in some channel) to be masked
 MIN_PIXELS = 3  # a defect image always gets at least this many mask pixels, even at 32 px
-MAX_SIZE = 1024
+MIN_SIZE, MAX_SIZE = 32, 1024
 
 
 @dataclass(frozen=True)
@@ -317,7 +317,7 @@ def _check_int(spec: SyntheticSpec, name: str, low: int, why: str = "") -> None:
 
 def _validate(spec: SyntheticSpec) -> None:
     """One-line ConfigErrors that name the offending option."""
-    _check_int(spec, "size", 32)
+    _check_int(spec, "size", MIN_SIZE)
     if spec.size > MAX_SIZE:
         raise ConfigError(f"synthetic dataset: size must be <= {MAX_SIZE} (got {spec.size!r})")
     _check_int(spec, "n_train", 2)

@@ -45,6 +45,23 @@ def load_unet(entry: Entry, device: torch.device) -> ConditionalUNet:
 SCHEDULE_DEFAULTS = {"diffusion_steps": T_PAPER, "beta_start": BETA_START, "beta_end": BETA_END}
 
 
+def check_maps(unet_params: dict, t=(), c=(), l=(), n_s: int = 2) -> None:  # noqa: E741
+    """What infer-diff refuses for the UNet of train-diff params `unet_params` (a ConfigError naming the option):
+    a t beyond its schedule, a grid size c that does not divide its size or leaves a set of n_s empty, a scale l
+    that does not divide its size. Also the test a message runs before it quotes an infer-diff line."""
+    from stages.errors import check
+    from stages.method.diffusion import check_timesteps
+    from stages.method.masks import check_grid
+
+    size = int(unet_params["size"])
+    if t:
+        check_timesteps(tuple(t), schedule_of(unet_params).T)
+    for v in c:
+        check_grid(size, v, n_s)
+    for v in l:
+        check(size % v == 0, "l", f"must divide the diffusion size {size}", v)
+
+
 def schedule_of(params: dict) -> Schedule:
     """The schedule of a train-diff entry's params (absent: the paper's, as keys made before the options)."""
     q = {**SCHEDULE_DEFAULTS, **{k: params[k] for k in SCHEDULE_DEFAULTS if k in params}}

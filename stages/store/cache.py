@@ -218,7 +218,7 @@ class Entry:
         stored = json.loads(json.dumps(attrs, default=str))
         if all(k in self.group.attrs and settle(self.group.attrs[k]) == settle(v) for k, v in stored.items()):
             return
-        self.store.must_write(f"updating {self.stage.replace('_', '-')} {self.key}")
+        self.store.must_write(f"updating {self.stage.replace('_', '-')} {self.key} must write to it")
         with self.store.locked():
             self.reload()
             self._write({**attrs, **({"seal": None} if "seal" in self.group.attrs else {})})
@@ -439,10 +439,11 @@ class RunStore:
         return "r+" if self.writable else "r"
 
     def must_write(self, what: str) -> None:
-        """A StoreError when the store is read-only: `what` (e.g. "fuse 3fa2c1d0e9b2") needs to write it."""
+        """A StoreError when the store is read-only: `what` says what must write it (e.g. "fuse 3fa2c1d0e9b2 is not
+        cached and must be written to it")."""
         if not self.writable:
-            raise StoreError(f"{self.name} is read-only, and {what} must write to it (that result is not cached); "
-                             "run on a writable copy of the store, or make it writable")
+            raise StoreError(f"{self.name} is read-only, and {what}; run on a writable copy of the store, or make it "
+                             "writable")
 
     @property
     def sealed(self) -> bool:
@@ -525,7 +526,7 @@ class RunStore:
             self.check_sound(e, deep=True)  # never "cached" for a result that would not read
             self.set_current(e)
             return e, True
-        self.must_write(f"{stage.replace('_', '-')} {key}")
+        self.must_write(f"{stage.replace('_', '-')} {key} is not cached and must be written to it")
         with self.locked():
             self.reload()
             e = self.get(stage, key)
@@ -575,7 +576,8 @@ class RunStore:
         e = self.get(stage, key)
         if e is None:
             raise CacheMissError(f"the current {stage} result {key} is gone from {self.name}; rerun "
-                                 f"`{hint(stage, self.name)}`")
+                                 f"`{hint(stage, self.name)}`, or make the newest complete {stage} result current "
+                                 f"with `drdc cache verify --run {self.name} --repair`")
         if not e.is_complete:
             raise CacheMissError(f"the {stage} result {key} in {self.name} is not complete; rerun `{remake(e)}`")
         self.check_sound(e)

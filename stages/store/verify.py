@@ -114,6 +114,11 @@ def verify(store: RunStore) -> Iterator[Finding]:
     finding for the store's own attributes when they are damaged."""
     if store.root_problem:
         yield Finding("run", "zarr.json", False, store.root_problem)
+    else:
+        for stage, key in store.current_keys.items():
+            e, problem = store.slot(stage, key)
+            if e is None and problem is None:
+                yield Finding("run", "zarr.json", False, f"the current {stage} {key} is not in the store")
     for stage, key, e, why in _entries(store):
         if e is None:
             yield Finding(stage, key, False, why)
@@ -145,11 +150,11 @@ def repair(store: RunStore, findings: list[Finding]) -> list[str]:
                 grew = True
     current = store.current_keys
     commands = _restoring(store, {(s, k): e for s, k, e in entries}, gone, current)
-    store.must_write("repairing it")
+    store.must_write("repairing it must write to it")
     with store.locked():
         for stage, key in gone:
             shutil.rmtree(store.path / stage / key, ignore_errors=True)
-        if store.root_problem:
+        if any(f.stage == "run" and not f.ok for f in findings):
             _mend_root(store)
         store.reload()
     return commands
@@ -169,7 +174,7 @@ def _mend_root(store: RunStore) -> None:
         if e.is_complete:
             complete.setdefault(e.stage, []).append(e)
     current = {}
-    for stage, es in complete.items():
+    for stage, es in complete.items():  # (entries removed by this repair are gone from `complete` already)
         keep = cur.get(stage)
         current[stage] = keep if is_key(keep) and any(e.key == keep for e in es) else es[-1].key
     attrs = {"drdc_schema": SCHEMA_VERSION, "current": current}
@@ -255,7 +260,7 @@ def collect(store: RunStore, partial: bool, stale: bool) -> list[Entry]:
 
 def remove(store: RunStore, entries: list) -> None:
     """Remove entries (Entry objects or entry folders)."""
-    store.must_write("removing entries")
+    store.must_write("removing entries must write to it")
     with store.locked():
         for e in entries:
             shutil.rmtree(e.path if isinstance(e, Entry) else e)
