@@ -25,7 +25,7 @@ from stages.models.reconstruction import UniADReconstruction
 from stages.pipeline.trained import load_model
 from stages.store import dist
 from stages.store.cache import Entry, RunStore
-from stages.store.checkpoint import atomic_save, load_weights
+from stages.store.checkpoint import atomic_save, load_weights, save_tensors
 from stages.store.claims import claim_chunks
 from stages.store.common import ASCENDING, StageResult, keyed, resolve_device, settle_fields
 
@@ -127,7 +127,7 @@ def run(store: RunStore, p: InferBaseParams = InferBaseParams(), device: str = "
         if p.residual_norm == "mahalanobis":  # deterministic: every rank fits the same Gaussians
             cats, mu, prec = _fit(model, feats, records, trained, channels, dev, progress)
             if dist.is_main():
-                atomic_save(lambda tmp: torch.save({"mu": torch.from_numpy(mu), "prec": torch.from_numpy(prec)}, tmp),
+                atomic_save(lambda tmp: save_tensors({"mu": torch.from_numpy(mu), "prec": torch.from_numpy(prec)}, tmp),
                             entry.files / RESIDUAL_FILE)
                 entry.update(residual_categories=cats, residual_channels=channels)
             stats = ResidualStats(cats, channels, torch.from_numpy(mu), torch.from_numpy(prec))

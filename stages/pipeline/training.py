@@ -19,7 +19,7 @@ import torch
 
 from stages.store import dist
 from stages.store.cache import Entry, RunStore
-from stages.store.checkpoint import atomic_save
+from stages.store.checkpoint import atomic_save, save_tensors
 from stages.store.common import StageResult
 
 
@@ -99,7 +99,7 @@ class Training:
         ck.update(rng=torch.get_rng_state(), history=json.dumps(history), **position)
         if self.device.type == "cuda":
             ck["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        atomic_save(lambda tmp: torch.save(ck, tmp), self.entry.files / "last.pt")
+        atomic_save(lambda tmp: save_tensors(ck, tmp), self.entry.files / "last.pt")
         self.entry.update(history=history)
 
     def finish(self, weights: Callable[[], dict], history: list[dict], summary: Callable[[str], str]) -> StageResult:
@@ -108,7 +108,7 @@ class Training:
         def done() -> StageResult:
             assert self.entry is not None
             state = weights()
-            atomic_save(lambda tmp: torch.save(state, tmp), self.entry.files / "model.pt")
+            atomic_save(lambda tmp: save_tensors(state, tmp), self.entry.files / "model.pt")
             self.entry.complete(history=history)
             on = f" x {self.world} ranks" if self.world > 1 else ""
             return StageResult(self.stage, self.entry.key, False, time.perf_counter() - self.t0, summary(on))

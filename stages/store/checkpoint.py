@@ -27,6 +27,15 @@ def atomic_save(write, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def save_tensors(obj, path: Path) -> None:
+    """torch.save through an open file: the archive inside is then named "archive", not after the (temporary)
+    file name, so equal tensors make equal bytes (a resumed training's model.pt is the uninterrupted one's)."""
+    import torch
+
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
 def load_weights(model: "torch.nn.Module", path: Path, entry: "Entry | None" = None) -> "torch.nn.Module":
     """Load a state dict saved in the store into model. weights_only=True: a store is data, and unpickling it
     could run code. A missing, empty or corrupt file, a non-tensor payload or weights of another configuration
