@@ -11,7 +11,7 @@ import typer
 from stages.apps.choices import Selection  # the defaults, torch-free; stages.apps.ablate loads when the command runs
 
 from .app import app, guarded, out
-from .pipeline import NormOpt, QuietOpt, RunOpt, _ints
+from .pipeline import NormOpt, OverwriteOpt, QuietOpt, RunOpt, _ints
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -54,10 +54,13 @@ def render(rows: list[abl.Row], title: str, split: str = "test") -> Table:
     return t
 
 
-def write_csv(rows: list[abl.Row], path: Path) -> None:
+def write_csv(rows: list[abl.Row], path: Path, outs) -> None:
+    outs.write(path, lambda tmp: _write_csv(rows, tmp))
+
+
+def _write_csv(rows: list[abl.Row], path: Path) -> None:
     from stages.method.metrics import METRIC_NAMES
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["variant", "multiscale_base", "spatio_temporal", "model_condition", "test_time_condition",
@@ -76,14 +79,13 @@ def write_csv(rows: list[abl.Row], path: Path) -> None:
                                 *["" if m[k] is None else f"{m[k]:.6f}" for k in METRIC_NAMES]])
 
 
-def write_json(rows: list[abl.Row], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_json(rows: list[abl.Row], path: Path, outs) -> None:
     doc = [{"variant": r.name, "switches": None if r.variant is None else {
         k: getattr(r.variant, k) for k in ("multiscale_base", "spatio_temporal", "model_condition",
                                            "test_time_condition", "task", "init", "distance", "fusion",
                                            "image_gamma")},
             "metrics": r.metrics, "validation_metrics": r.val_metrics, "fusion": r.fusion, "entries": r.entries, "commands": r.commands} for r in rows]
-    path.write_text(json.dumps(doc, indent=1))
+    outs.write_text(path, json.dumps(doc, indent=1))
 
 
 @app.command(rich_help_panel="Results")
@@ -105,6 +107,7 @@ def ablate(
     gate: Annotated[float, typer.Option(help="The gated rows' gate (normalised H_base level).")] = Selection.gate,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-category metrics of every row as CSV.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Rows, switches, settings and commands as JSON.")] = None,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """The paper's Table 5 (ablations) from cached heatmaps: fusion switches computed in memory, without the UNet;
@@ -120,6 +123,12 @@ def ablate(
         check_init(init)
     check(distance in DISTANCES, "--distance", f"must be one of {', '.join(DISTANCES)}", distance)
     check_refinement(fusion, gate, norm)
+    from stages.apps.outputs import Outputs
+
+    outs = Outputs(overwrite)  # claimed before any work (stages.apps.outputs)
+    for path, option in ((csv_path, "csv"), (json_path, "json")):
+        if path is not None:
+            outs.claim(path, option)
     sel = Selection(gamma=gamma, filter=filter_, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
                         l=_ints(l, "--l") or (), n_s=ns, seed=seed, pool=pool, norm=norm, init=init,
                         distance=distance, fusion=fusion, gate=gate)
@@ -142,8 +151,8 @@ def ablate(
         for cmd in r.commands:
             out.print(f"  {cmd}", soft_wrap=True)
     if csv_path:
-        write_csv(rows, csv_path)
+        write_csv(rows, csv_path, outs)
         out.print(f"wrote {csv_path}")
     if json_path:
-        write_json(rows, json_path)
+        write_json(rows, json_path, outs)
         out.print(f"wrote {json_path}")

@@ -214,11 +214,12 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from stages.errors import DataError
+        from stages.errors import DamageError, DataError
         from stages.store.locks import release_all
         from stages.store.rollback import active_summary, forget_active, roll_back
 
         t0 = time.perf_counter()
+        forget_active()  # what the library registered outside a command is not this command's to roll back
         try:
             from .domains import check_options
 
@@ -229,7 +230,7 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             return result
         except DrdcError as e:
             logs.LOG.debug("after %.1f s:", time.perf_counter() - t0, exc_info=True)
-            roll_back(dataset_error=isinstance(e, DataError))
+            roll_back(dataset_error=isinstance(e, DataError), everything=isinstance(e, DamageError))
             err.print(f"[bold red]error:[/] {escape(flags.message(e))}", soft_wrap=True)  # [table] is text, not markup
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # the environment, not a bug: name the file and the reason

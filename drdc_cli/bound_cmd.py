@@ -10,7 +10,7 @@ import typer
 from stages.errors import ConfigError
 
 from .app import app, guarded, out
-from .pipeline import QuietOpt, _ints
+from .pipeline import OverwriteOpt, QuietOpt, _ints
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -48,15 +48,22 @@ def bound(
     up: Annotated[str, typer.Option(help="Upsampling back: bilinear (as every heatmap here) or nearest.")] = "bilinear",
     csv: Annotated[Optional[Path], typer.Option(help="Also write the table as CSV.")] = None,
     json: Annotated[Optional[Path], typer.Option(help="Also write the table and its settings as JSON.")] = None,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """The paper's Table 1: pixel AUROC of the ground-truth masks after downscaling by 1/s and upsampling back."""
+    from stages.apps.outputs import Outputs
+
     if (data is None) == (run is None):
         raise ConfigError("--data / --run: give exactly one (a dataset root, or a run store whose index to use)")
     from stages.apps import bound as bnd
     from stages.apps import report as rep
     from stages.store.cache import RunStore
 
+    outs = Outputs(overwrite)  # claimed before any work (stages.apps.outputs)
+    for path, option in ((csv, "csv"), (json, "json")):
+        if path is not None:
+            outs.claim(path, option)
     cats = tuple(c.strip() for c in category.split(",") if c.strip()) if category else None
     scale_list = _ints(scales, "--scales")
     if run is not None:
@@ -76,9 +83,9 @@ def bound(
     out.print(render(table, p, f"Pixel AUROC (%) of ground-truth masks at 1/s resolution, {p.image_size} px "
                                f"(down {p.down}, up {p.up}): {source}"))
     if csv:
-        rep.write_csv(table, csv)
+        rep.write_csv(table, csv, outs)
         out.print(f"wrote {csv}")
     if json:
         rep.write_text(json, jsonlib.dumps({"source": source, "image_size": p.image_size, "scales": list(p.scales),
-                                            "down": p.down, "up": p.up, "rows": table}, indent=1))
+                                            "down": p.down, "up": p.up, "rows": table}, indent=1), outs)
         out.print(f"wrote {json}")

@@ -37,9 +37,14 @@ def ls(
     store = RunStore(run)
     current = store.current_keys
     rows = []
-    for e in store.entries():
-        prog = e.progress()
-        rows.append({"stage": e.stage, "key": e.key, "current": current.get(e.stage) == e.key, "status": e.status,
+    for stage, key, e, problem in store.slots():
+        if e is None:  # its metadata is damaged: `drdc cache verify` says more, `--repair` removes it
+            size = sum(f.stat().st_size for f in (store.path / stage / key).rglob("*") if f.is_file())
+            rows.append({"stage": stage, "key": key, "current": current.get(stage) == key, "status": "damaged",
+                         "problem": problem, "size_bytes": size})
+            continue
+        prog = e.progress() if e.status != "complete" else None
+        rows.append({"stage": stage, "key": key, "current": current.get(stage) == key, "status": e.status,
                      "done": None if prog is None else prog[0], "total": None if prog is None else prog[1],
                      "running": e.status != "complete" and e.is_busy(), "params": e.params, "inputs": e.inputs,
                      "size_bytes": e.size_bytes()})
@@ -51,11 +56,15 @@ def ls(
     for c in ("stage", "key", "status", "key parameters", "size"):
         t.add_column(c, overflow="fold", justify="right" if c == "size" else "left")
     for r in rows:
+        mark = " *" if r["current"] else ""
         status = r["status"]
+        if status == "damaged":
+            t.add_row(r["stage"].replace("_", "-"), r["key"] + mark, f"[red]damaged: {r['problem']}[/]", "",
+                      _human(r["size_bytes"]))
+            continue
         if status != "complete":
             status = (f"partial {r['done']}/{r['total']}" if r["total"] is not None else "partial") + (
                 ", running" if r["running"] else "")
-        mark = " *" if r["current"] else ""
         t.add_row(r["stage"].replace("_", "-"), r["key"] + mark, status, _params(r["stage"], r["params"]),
                   _human(r["size_bytes"]))
     out.print(t)
@@ -76,7 +85,7 @@ def verify_cmd(
     from stages.store.verify import repair as repair_store
     from stages.store.verify import verify
 
-    store = RunStore(run)
+    store = RunStore(run, mend=True)  # a damaged zarr.json is a finding (and --repair rewrites it)
     t = Table(title=f"verify {store.name}", title_justify="left", header_style="bold")
     for c in ("stage", "key", "result"):
         t.add_column(c, overflow="fold")
@@ -110,23 +119,29 @@ def gc_cmd(
     another process are never removed."""
     from stages.errors import ConfigError
     from stages.store.cache import RunStore
+    from stages.store.locks import is_locked
     from stages.store.verify import collect, remove
 
     store = RunStore(run)
     if not (partial or stale or key):
         raise ConfigError("drdc cache gc: say what to remove: --partial, --stale and/or --key KEY")
-    doomed = collect(store, partial, stale)
-    for k in key:
-        hits = [e for e in store.entries() if e.key.startswith(k)]
+    doomed = [(e.stage, e.key, e.path, e.status) for e in collect(store, partial, stale)]
+    for k in key:  # damaged entries too: removing one is how its result is made again
+        hits = [(s, kk) for s, kk, _, _ in store.slots() if kk.startswith(k)]
         if len(hits) != 1:
             raise ConfigError(f"--key: {k!r} matches {len(hits)} entries of {store.name} (see `drdc cache ls --run {store.name}`)")
-        if hits[0].is_busy():
-            raise ConfigError(f"--key: {hits[0].key} is being written by another process; not removed")
-        doomed.append(hits[0])
-    doomed = list({str(e.path): e for e in doomed}.values())
-    size = sum(e.size_bytes() for e in doomed)
-    for e in doomed:
-        out.print(f"{'would remove' if dry_run else 'remove'} {e.stage.replace('_', '-')} {e.key} ({e.status})")
+        stage, full = hits[0]
+        e, problem = store.slot(stage, full)
+        path = store.path / stage / full
+        if e.is_busy() if e is not None else is_locked(path / ".lock"):
+            raise ConfigError(f"--key: {full} is being written by another process; not removed")
+        doomed.append((stage, full, path, "damaged" if problem else e.status))
+    doomed = list({str(p): (s, k, p, st) for s, k, p, st in doomed}.values())
+    if doomed and not dry_run:
+        store.must_write("removing entries must write to it")
+    size = sum(f.stat().st_size for _, _, p, _ in doomed for f in p.rglob("*") if f.is_file())
+    for stage, k, _, status in doomed:
+        out.print(f"{'would remove' if dry_run else 'remove'} {stage.replace('_', '-')} {k} ({status})")
     if not dry_run:
-        remove(store, doomed)
+        remove(store, [p for _, _, p, _ in doomed])
     out.print(f"{'would free' if dry_run else 'freed'} {_human(size)} in {len(doomed)} entries")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from .app import app, guarded, out, report_stage
-from .pipeline import DeviceOpt, QuietOpt
+from .pipeline import DeviceOpt, OverwriteOpt, QuietOpt
 from .predict_cmd import run_predict
 from .workflow import run_all
 
@@ -46,14 +46,19 @@ def demo(
     n_train: Annotated[int, typer.Option(help="train/good images per category.")] = 40,
     n_test_good: Annotated[int, typer.Option(help="test/good images per category.")] = 10,
     n_test_defect: Annotated[int, typer.Option(help="Defect test images per category.")] = 12,
+    overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Generate the synthetic dataset, run every stage on it with the cpu preset, print base-only vs DRDC."""
+    from stages.apps.outputs import Outputs
+    from stages.apps.predict_outputs import RESULTS
     from stages.data import synthetic
     from stages.store.cache import RunStore
 
     t0 = time.perf_counter()
+    for name in RESULTS:  # the predictions it ends with: a file in the way is named before any work
+        Outputs(overwrite).claim(dest / name, "out")
     progress = not quiet
     data, run = dest / "data", dest / "run.zarr"
     spec = synthetic.SyntheticSpec(size=size, n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect)
@@ -64,14 +69,14 @@ def demo(
         out.print(f"[green]✓[/] synthetic data: {', '.join(spec.categories)} in {data}")
     store = RunStore(run, create=True)
     run_all(store, data, "cpu", device, progress, base_epochs=epochs, diff_steps=diff_steps)
-    pictures = demo_pictures(store, dest, device, progress)
+    pictures = demo_pictures(store, dest, device, progress, overwrite)
     out.print(f"demo finished in {time.perf_counter() - t0:.0f} s; run store: {run} "
               f"(inspect with `drdc cache ls --run {run}`)")
     out.print(f"[bold]pictures:[/] {pictures} (input | base heatmap | diffusion heatmap | fused overlay | ground "
               f"truth); predict your own images with `drdc predict --run {run} IMAGE... --out DIR`", soft_wrap=True)
 
 
-def demo_pictures(store: RunStore, dest: Path, device: str, progress: bool) -> Path:
+def demo_pictures(store: RunStore, dest: Path, device: str, progress: bool, overwrite: bool = False) -> Path:
     """Calibrate thresholds on the held-out normal images (with a pixel threshold), then `predict` one normal
     and one defective test image per category into <dest>/pictures/."""
     from stages.apps import calibrate
@@ -88,5 +93,5 @@ def demo_pictures(store: RunStore, dest: Path, device: str, progress: bool) -> P
                 chosen.append(root / r["path"])
     pred = Predictor(store, device)
     report_stage(calibrate.run(store, pred, fpr=0.01, pixel=True, progress=progress)[0])
-    run_predict(store, chosen, dest, device=device, progress=progress, pred=pred)
+    run_predict(store, chosen, dest, device=device, progress=progress, pred=pred, overwrite=overwrite)
     return dest / "pictures"

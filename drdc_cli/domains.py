@@ -252,16 +252,25 @@ def _domains() -> dict[str, Any]:
         "--percentile": Real(0.0, 100.0, lo_open=True), "--scales": List(Int(1, 2048)),
         "--down": Choice(DOWN_MODES), "--up": Choice(UP_MODES),
         "--objective": Choice(OBJECTIVES), "--norms": List(Choice(NORMS)), "--gammas": List(Real(0.0, 1.0)),
-        "--filters": List(Int(1, 255, odd=True)), "--rounds": Int(1, 5), "--eval-size": Int(16, 2048),
+        "--filters": List(Int(1, 255, odd=True)), "--rounds": Int(1, 5), "--eval-size": Int(16, 1024),
         "--top": Int(1, 10_000), "--check": Int(0, 10_000),
         # run, make-data, demo
         "--base-epochs": Int(0, BIG), "--diff-steps": Int(1, 10**9), "--n-train": Int(2, 100_000),
-        "--n-test-good": Int(1, 100_000), "--n-test-defect": Int(1, 100_000),
+        "--n-test-good": Int(1, 100_000), "--n-test-defect": Int(3, 100_000),
         # cache
         "--key": Text(),
         # every command (drdc's own options, before the command)
         "--log-file": Output(),
     }
+
+
+def _command_domains() -> dict[str, dict[str, Any]]:
+    """Where one flag takes narrower values in one command than the table says (by the command's function name):
+    the synthetic data's image side (`make-data`, `demo`: --size) against a diffusion size (`train-diff`)."""
+    from stages.data.choices import SYNTHETIC_SIZES
+
+    side = {"--size": Int(*SYNTHETIC_SIZES)}
+    return {"make_data": side, "demo": side}
 
 
 _TABLE: dict[str, Any] | None = None
@@ -299,7 +308,7 @@ def flags(fn: Callable[..., Any]) -> dict[str, tuple[str, bool]]:
 
 def check_options(fn: Callable[..., Any], values: dict[str, Any]) -> None:
     """Check every given value (not None, not a bool switch) of command `fn` against its flag's domain."""
-    table = domains()
+    table = {**domains(), **_command_domains().get(inspect.unwrap(fn).__name__, {})}
     given = []
     for name, (flag, is_bool) in flags(fn).items():
         v = values.get(name)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app, guarded, out
-from .pipeline import QuietOpt, RunOpt
+from .pipeline import OverwriteOpt, QuietOpt, RunOpt
 
 
 @app.command("export", rich_help_panel="Results")
@@ -20,6 +20,7 @@ def export_cmd(
     weights: Annotated[Optional[Path], typer.Option(help="Backbone weight file, if `drdc extract` was given one.")] = None,
     check: Annotated[int, typer.Option(help="Then run infer.py on this many of the run's test images and compare "
                                             "it with predict (0: no check).")] = 0,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Export the run's models for deployment: what predict scores as one graph (drdc: image, category, masks,
@@ -28,7 +29,7 @@ def export_cmd(
     from stages.apps.export import export
     from stages.store.cache import RunStore
 
-    m = export(RunStore(run), dest, format, weights, base_only, progress=not quiet)
+    m = export(RunStore(run), dest, format, weights, base_only, progress=not quiet, overwrite=overwrite)
     out.print(f"[green]✓[/] export: {', '.join(m['graphs'].values())}, manifest.json, infer.py in {dest} "
               f"({m['format']}{', opset ' + str(m['opset']) if m['opset'] else ''}); try "
               f"`python {dest / 'infer.py'} IMAGE...`", soft_wrap=True)

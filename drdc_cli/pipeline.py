@@ -20,6 +20,7 @@ RunOpt = Annotated[Path, typer.Option("--run", "-r", help="Run store: a .zarr di
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")]
 PresetOpt = Annotated[Optional[str], typer.Option(help=f"Defaults to fill: {', '.join(PRESETS)}. Default: the run's preset (set at index), else {DEFAULT_PRESET}.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace output files that exist (without it, drdc refuses to replace any file it did not write in this command).")]
 _MODEL = "Model"
 _TRAIN = "Training"
 _VAL = "Validation split"

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
-from stages.errors import ConfigError
+from stages.errors import ConfigError, DataError
 
 from .app import app, err, guarded, out
-from .pipeline import DeviceOpt, QuietOpt, RunOpt, _ints
+from .pipeline import DeviceOpt, OverwriteOpt, QuietOpt, RunOpt, _ints
 
 if TYPE_CHECKING:  # loaded when a command runs: they bring torch, and matplotlib only when pictures are drawn
     from stages.apps.predict import Prediction
@@ -74,18 +75,45 @@ def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category
                 fuse: FuseOverrides | None = None, base_only: bool = False, pictures: bool = True,
                 masks: bool = True, device: str = "auto", weights: Path | None = None,
                 progress: bool = True, show: int = MAX_ROWS, pred: Predictor | None = None,
-                full_size_masks: bool = False) -> list[Prediction]:
-    """The predict command's body (also used by `drdc demo`, which passes its loaded `pred`)."""
+                full_size_masks: bool = False, overwrite: bool = False) -> list[Prediction]:
+    """The predict command's body (also used by `drdc demo`, which passes its loaded `pred`). An input that cannot
+    be scored (missing, not an image, empty, truncated, too large) is refused in one line and the others are
+    scored; the command then exits 1 (with nothing to score: before any model loads)."""
     from stages.apps import calibrate as cal
+    from stages.apps.outputs import Outputs
     from stages.apps.predict import predict
-    from stages.apps.predict_inputs import check_category, collect_images, display_names, picture_names
-    from stages.apps.predict_outputs import picture_writer, write_results
+    from stages.apps.predict_inputs import check_category, collect_images, display_names, picture_stems
+    from stages.apps.predict_outputs import MASK, PICTURE, RESULTS, picture_writer, write_results
     from stages.apps.predict_settings import FuseOverrides
     from stages.apps.predictor import Predictor
 
     fuse = FuseOverrides() if fuse is None else fuse
-    paths = collect_images(inputs)  # bad paths and options fail before any model loads
+    refused: list[str] = []
+
+    def refuse(path: Path, e: Exception) -> None:
+        import sys
+
+        from tqdm import tqdm
+
+        refused.append(str(path))
+        with tqdm.external_write_mode(file=sys.stderr):  # its own line, not inside the progress bar's
+            err.print(f"[bold red]error:[/] {escape(str(e))}; skipped", soft_wrap=True)
+
+    early: list[tuple[Path, Exception]] = []
+    paths = collect_images(inputs, on_refused=lambda p, e: early.append((p, e)))  # before any model loads
+    if not paths and len(early) == 1:
+        raise early[0][1]
+    for p, e in early:
+        refuse(p, e)
+    if not paths:
+        raise DataError(f"none of the {len(early)} inputs holds an image that can be scored (each is named above)")
     check_category(store.current("index"), category)
+    if dest is not None and dest.exists() and not dest.is_dir():
+        raise ConfigError(f"{dest} exists and is not a folder", "out")
+    outs = Outputs(overwrite)
+    if dest is not None:  # before the models load: a file in the way is named at once
+        for name in RESULTS:
+            outs.claim(dest / name, "out")
     t0 = time.perf_counter()
     loaded = ""
     if pred is None:
@@ -98,11 +126,16 @@ def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category
         err.print(f"[bold red]{note}[/]" if thresholds is not None else f"[yellow]note:[/] {note}", soft_wrap=True)
     shown = dict(zip(paths, display_names(paths)))
     writer = None
-    if dest is not None and pictures:
-        names = dict(zip(paths, picture_names(paths)))
-        writer = picture_writer(dest / "pictures", names, shown, masks, full_size_masks)
+    if dest is not None and pictures:  # every picture's (and mask's) name, claimed before any image is scored
+        with_masks = masks and thresholds is not None and thresholds.pixel is not None
+        names = {p: n for p, n in zip(paths, outs.unique(dest / "pictures", picture_stems(paths),
+                                                         (PICTURE, MASK) if with_masks else (PICTURE,), "out"))}
+        names = {p: n + PICTURE for p, n in names.items()}
+        writer = picture_writer(dest / "pictures", names, shown, masks, full_size_masks, outs)
     t1 = time.perf_counter()
-    rows = predict(pred, paths, thresholds, category, progress=progress, on_batch=writer)
+    rows = predict(pred, paths, thresholds, category, progress=progress, on_batch=writer, on_refused=refuse)
+    if not rows:
+        raise DataError(f"none of the {len(paths) + len(refused)} inputs could be scored (each is named above)")
     per_image = (time.perf_counter() - t1) / len(rows)
     common = "" if len(paths) == 1 else f"images under {os.path.commonpath([str(p.resolve().parent) for p in paths])}"
     out.print(_table(rows, show, shown, common))
@@ -119,10 +152,15 @@ def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category
         meta = {"run": str(store.path), "settings": pred.settings(), "describe": describe(pred),
                 "thresholds": None if thresholds is None else {"key": thresholds.key, "rule": thresholds.rule,
                                                                "on_test_labels": thresholds.on_test_labels},
-                "notes": pred.notes + ([note] if note else []), "seconds_per_image": per_image}
-        c, j = write_results(rows, dest, meta)
+                "notes": pred.notes + ([note] if note else []), "seconds_per_image": per_image,
+                "refused": refused}
+        c, j = write_results(rows, dest, meta, outs)
         where = f"; pictures in {dest / 'pictures'}" if pictures else ""
         out.print(f"wrote {c} and {j}{where}", soft_wrap=True)
+    if refused:
+        err.print(f"[bold red]error:[/] {len(refused)} of the inputs could not be scored (named above); the others "
+                  "were", soft_wrap=True)
+        raise typer.Exit(1)
     return rows
 
 
@@ -143,6 +181,7 @@ def predict_cmd(
     masks: Annotated[bool, typer.Option("--masks/--no-masks", help="Binary defect mask PNGs (needs `drdc calibrate --pixel`).")] = True,
     full_size_masks: Annotated[bool, typer.Option("--full-size-masks", help="Masks at each file's own size and aspect (default: the run's image size).")] = False,
     weights: WeightsOpt = None,
+    overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
@@ -153,7 +192,5 @@ def predict_cmd(
     from stages.store.cache import RunStore
 
     store = RunStore(run)
-    if dest is not None and dest.exists() and not dest.is_dir():
-        raise ConfigError(f"--out: {dest} exists and is not a folder")
     run_predict(store, images, dest, category, overrides(gamma, filter_, t, c, l, base_only), base_only, pictures, masks,
-                device, weights, progress=not quiet, full_size_masks=full_size_masks)
+                device, weights, progress=not quiet, full_size_masks=full_size_masks, overwrite=overwrite)

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .app import app, guarded, out
-from .pipeline import QuietOpt, RunOpt
+from .pipeline import OverwriteOpt, QuietOpt, RunOpt
 
 if TYPE_CHECKING:
     from stages.store.cache import RunStore
@@ -70,34 +70,43 @@ def report(
     plots: Annotated[Optional[Path], typer.Option(help="Write per-category PNGs here: ROC curves, score histograms, worst false positives/negatives (and index.html).")] = None,
     worst: Annotated[int, typer.Option(help="With --plots / --html: images per side of the worst-cases grid.")] = 3,
     html: Annotated[Optional[Path], typer.Option(help="Write one self-contained HTML file: tables (validation and test; base only and DRDC unless --variant), ROC curves, histograms, worst cases, images embedded.")] = None,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Per-category and mean metrics of scored heatmaps, as in the paper's Tables 2/3."""
     from stages.apps import report as rep
+    from stages.apps.outputs import Outputs
     from stages.store.cache import RunStore
 
     store = RunStore(run)
     entries = rep.variants(store, variant)
+    outs = Outputs(overwrite)  # every file claimed before anything is written (stages.apps.outputs)
+    for path, option in ((csv, "csv"), (json, "json"), (per_image, "per_image"), (html, "html")):
+        if path is not None:
+            outs.claim(path, option)
+    planned = None
     if plots:
-        from stages.apps.plots import prepare  # matplotlib loads only when pictures are asked for
+        from stages.apps.plots import plan, prepare  # matplotlib loads only when pictures are asked for
 
         prepare(plots, worst)
+        planned = plan(entries, plots, outs=outs)
     table = print_report(store, variant)
     if csv:
-        rep.write_csv(rep.with_validation(table, rep.rows(entries, "val_metrics"), rep.by_kind_rows(entries)), csv)
+        rep.write_csv(rep.with_validation(table, rep.rows(entries, "val_metrics"), rep.by_kind_rows(entries)), csv,
+                      outs)
         out.print(f"wrote {csv}")
     if json:
-        rep.write_json(table, entries, json)
+        rep.write_json(table, entries, json, outs)
         out.print(f"wrote {json}")
     if per_image:
-        n = rep.per_image(store, entries[0], per_image)
+        n = rep.per_image(store, entries[0], per_image, outs)
         out.print(f"wrote {per_image} ({n} images)")
     if html:
         from stages.apps.html_report import write_html
 
-        out.print(f"wrote {write_html(store, html, variant, worst, progress=not quiet)}")
+        out.print(f"wrote {write_html(store, html, variant, worst, progress=not quiet, outs=outs)}")
     if plots:
         from stages.apps.plots import write_plots
 
-        written = write_plots(store, entries, plots, k=worst, progress=not quiet)
+        written = write_plots(store, entries, plots, k=worst, progress=not quiet, outs=outs, planned=planned)
         out.print(f"wrote {len(written)} files to {plots}: " + ", ".join(p.name for p in written), soft_wrap=True)

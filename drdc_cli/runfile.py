@@ -35,7 +35,7 @@ from stages.store.registry import STAGES
 from .app import app, guarded, out
 from .domains import List, domains, flags
 from .flags import message
-from .pipeline import RunOpt
+from .pipeline import OverwriteOpt, RunOpt
 
 if TYPE_CHECKING:
     from stages.store.cache import RunStore
@@ -259,16 +259,22 @@ def _table(stage: str, params: dict) -> dict:
 
 @app.command("config", rich_help_panel="Stages")
 @guarded
-def config_cmd(run: RunOpt, out_file: Annotated[Optional[Path], typer.Option("--toml", help="Write the run file here (default: print it).")] = None) -> None:
+def config_cmd(run: RunOpt, out_file: Annotated[Optional[Path], typer.Option("--toml", help="Write the run file here (default: print it).")] = None,
+               overwrite: OverwriteOpt = False) -> None:
     """Print the run's effective settings as a run file (TOML); `drdc run --config FILE` reproduces its keys."""
     import tomli_w
 
+    from stages.apps.outputs import Outputs
     from stages.store.cache import RunStore
+
+    outs = Outputs(overwrite)
+    if out_file is not None:
+        outs.claim(out_file, "toml")
 
     text = ("# drdc run file: `drdc run --config FILE` runs each table's stage with these options\n"
             + tomli_w.dumps(settings(RunStore(run))))
     if out_file is None:
         out.print(text, end="", markup=False, highlight=False, soft_wrap=True)
     else:
-        out_file.write_text(text)
+        outs.write_text(out_file, text)
         out.print(f"wrote {out_file}")

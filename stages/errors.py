@@ -38,6 +38,11 @@ class StoreError(DrdcError):
     """The run store itself is unusable: not a drdc store, future schema, locked, read-only."""
 
 
+class DamageError(StoreError):
+    """Part of a run store is damaged (a chunk, a file, an attribute); the message names it and the fix. A
+    command stopped by it leaves nothing it created behind."""
+
+
 def check(cond: bool, param: str, message: str, value: Any) -> None:
     """Raise a one-line ConfigError naming the parameter, the rule and the offending value."""
     if not cond:

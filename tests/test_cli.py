@@ -159,7 +159,10 @@ def test_demo_runs_every_stage_and_reuses_its_cache(cli, tmp_path):
     assert timed["wall_s"] > sum(timed["stages_s"].values()) > 0 and timed["pictures"] >= 6
     for stage in ("index", "extract", "train-base", "infer-base", "train-diff", "infer-diff", "fuse", "score", "tune"):
         assert stage in timed["stages_s"], stage
-    again = cli("demo", "--out", tmp_path / "demo", *QUICK, "-q")
+    args = ("demo", "--out", tmp_path / "demo", *QUICK, "-q")
+    refused = cli(*args, code=2)  # its earlier predictions are in the way: named before any work
+    assert "predictions.csv exists" in refused.stderr and "--overwrite" in refused.stderr
+    again = cli(*args, "--overwrite")
     assert again.output.count("cached") >= 10  # data + every stage
     assert "Mean" in again.output and "demo finished" in again.output
     assert "pictures:" in again.output and len(list((tmp_path / "demo" / "pictures").glob("*.png"))) >= 6

@@ -182,3 +182,117 @@ def test_export_cli_names_a_bad_format(exported, tmp_path, cli):
     res = cli("export", "--run", run, "--out", tmp_path / "x", "--format", "tflite", code=2)
     assert "--format: must be one of onnx, torchscript" in res.stderr and not (tmp_path / "x").exists()
 
+
+
+# -- infer.py reads images as drdc does, refuses bad files one line each, and agrees with predict per image kind --
+def _kinds(src: Path, folder: Path) -> list[Path]:
+    """The image kinds predict accepts (tests/test_images.py, tests/test_predict.py), made from one test image:
+    every PIL mode, 16-bit and float grayscale, bilevel, palette with transparency, CMYK JPEG, an EXIF-rotated
+    JPEG, other aspects and sizes, every suffix."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = Image.open(src).convert("RGB")
+    g = np.asarray(rgb.convert("L"), dtype=np.float64)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90": drdc reads the pixels as stored, so must infer.py
+    made = {
+        "rgb.png": rgb, "gray.png": rgb.convert("L"), "la.png": rgb.convert("LA"), "rgba.png": rgb.convert("RGBA"),
+        "palette.png": rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16),
+        "bilevel.png": rgb.convert("1"), "gray16.png": Image.fromarray((g * 257).astype(np.uint16)),
+        "int32.tif": Image.fromarray((g * 100).astype(np.int32)), "float.tif": Image.fromarray(g.astype(np.float32)),
+        "cmyk.jpg": rgb.convert("CMYK"), "wide.jpeg": rgb.resize((96, 40)), "tall.bmp": rgb.resize((30, 80)),
+        "big.webp": rgb.resize((300, 300)), "exif.jpg": rgb.resize((64, 48)),
+    }
+    out = []
+    for name, img in made.items():
+        kw = {"exif": exif} if name == "exif.jpg" else {"transparency": 0} if name == "palette.png" else {}
+        img.save(folder / name, **kw)
+        out.append(folder / name)
+    return out
+
+
+def _infer_module(dest: Path):
+    spec = importlib.util.spec_from_file_location("infer_example", dest / "infer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("resize", ["squash", "pad", "center-crop"])
+def test_infer_reads_every_image_kind_as_drdc_does(exported, tiny_data, tmp_path, resize):
+    """The array infer.py feeds the graph is drdc's (stages.data.images.load_rgb / 255), bit for bit, and so is
+    the part of it that shows the image."""
+    from stages.data.geometry import valid as shown
+    from stages.data.images import load_rgb
+
+    infer = _infer_module(exported[1])
+    files = _kinds(sorted((tiny_data / "disc" / "test").rglob("*.png"))[0], tmp_path / "kinds")
+    for f in files:
+        x, valid = infer.preprocess(f, 64, resize)
+        want, (w, h) = load_rgb(f, 64, resize)
+        assert np.array_equal(x, want.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)), f.name
+        assert np.array_equal(valid, shown(w, h, 64, resize) if resize == "pad" else np.ones((64, 64), bool)), f.name
+
+
+def _bad_files(folder: Path, good: Path) -> dict[str, Path]:
+    """Files infer.py and predict must refuse, one line each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = good.read_bytes()
+    files = {"empty": folder / "empty.png", "text": folder / "text.png", "truncated": folder / "cut.png",
+             "oversized": folder / "huge.png", "missing": folder / "gone.png", "not an image file": folder / "a.txt"}
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("not an image")
+    files["truncated"].write_bytes(data[: len(data) // 3])
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)  # a header that claims 400 megapixels
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    files["oversized"].write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    files["not an image file"].write_text("x")
+    return files
+
+
+def test_infer_refuses_bad_files_one_line_each_and_scores_the_others_as_predict(exported, tiny_data, tmp_path):
+    """A batch of every image kind between bad files (empty, text, truncated, oversized, missing, not an image):
+    infer.py (torch's draws) and drdc predict refuse the same files, each in one line naming it, go on with the
+    others, exit 1, and give the same scores for every kind."""
+    from typer.testing import CliRunner
+
+    from drdc_cli.app import app, register_commands
+
+    run, dest, _ = exported
+    src = sorted((tiny_data / "disc" / "test").rglob("*.png"))[0]
+    kinds = _kinds(src, tmp_path / "kinds")
+    bad = _bad_files(tmp_path / "bad", src)
+    inputs = [bad["empty"], *kinds[:7], bad["text"], bad["truncated"], bad["missing"], *kinds[7:],
+              bad["oversized"], bad["not an image file"]]
+    res = subprocess.run([sys.executable, str(dest / "infer.py"), *map(str, inputs), "--category", "disc"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == len(bad) + 1 and all(str(bad[k]) in " ".join(lines) for k in bad), res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [r["path"] for r in rows] == [str(f) for f in kinds]
+    register_commands()
+    pred = CliRunner().invoke(app, ["predict", "--run", str(run), *map(str, inputs), "--category", "disc",
+                                    "--out", str(tmp_path / "p"), "--no-pictures"])
+    said = [ln for ln in pred.stderr.splitlines() if ln.startswith("error:")]
+    assert pred.exit_code == 1 and len(said) == len(lines), pred.stderr
+    for ours, theirs in zip(sorted(lines[:-1]), sorted(said[:-1])):  # the same file, the same reason
+        assert ours.removesuffix("; skipped") == theirs.removesuffix("; skipped"), (ours, theirs)
+    want = {r["path"]: float(r["score"]) for r in csv.DictReader((tmp_path / "p" / "predictions.csv").open())}
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(want[r["path"]], rel=1e-4), r
+
+
+def test_infer_never_replaces_a_map_file(exported, tiny_data, tmp_path):
+    _, dest, _ = exported
+    src = sorted((tiny_data / "disc" / "test").rglob("*.png"))[0]
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / f"0_{src.stem}.npy").write_bytes(b"mine")
+    res = subprocess.run([sys.executable, str(dest / "infer.py"), str(src), "--base-only", "--maps",
+                          str(tmp_path / "maps")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2 and "--overwrite" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert (tmp_path / "maps" / f"0_{src.stem}.npy").read_bytes() == b"mine"

@@ -138,8 +138,8 @@ def test_the_uncalibrated_note_names_the_command_that_calibrates(run, tiny_data,
     image = sorted((tiny_data / "disc" / "test").rglob("*.png"))[0]
     res = cli("predict", image, "--run", run, "--base-only")
     (line,) = QUOTED.findall(res.stderr)
-    assert line.startswith("drdc calibrate"), line
-    cli(*shlex.split(line)[1:], "--base-only", "-q")  # "with the same fusion options": --base-only here
+    assert line.startswith("drdc calibrate") and "--base-only" in line, line  # predict's own options
+    cli(*shlex.split(line)[1:], "-q")
     assert "uncalibrated" not in cli("predict", image, "--run", run, "--base-only").stderr
 
 
@@ -151,6 +151,113 @@ def test_ablate_rows_are_filled_by_their_commands(run, tmp_path, cli):
     assert rows[name]["commands"] and not rows[name]["metrics"], rows[name]
     for line in rows[name]["commands"]:
         cli(*shlex.split(line)[1:], "-q")
-    cli("ablate", "--run", run, "--c", "1,8", "--json", out, "-q")
+    cli("ablate", "--run", run, "--c", "1,8", "--json", out, "-q", "--overwrite")
     rows = {r["variant"]: r for r in json.loads(out.read_text())}
     assert rows[name]["metrics"] and not rows[name]["commands"], rows[name]
+
+
+# -- the generated walk -----------------------------------------------------------------------------------------
+# Every error (or note) that quotes a command, for the option values that reach it: each command that selects
+# cached maps, walked over values of each of its options drawn from the option's own domain (drdc_cli/domains.py),
+# on the tiny run and on the tiny run with one stage's current result removed. Every command a message quotes is
+# then run and must be accepted: it may start work (stopped at once, as tests/test_option_domains.py stops it) or
+# end, but not be refused by its option domains or parameter checks (exit 2), nor fail with a traceback.
+# DRDC_HINT_CASES: how many cases to sample (default 60; `all`), DRDC_HINT_SEED: which.
+import os  # noqa: E402
+import random  # noqa: E402
+
+from drdc_cli.domains import Choice, Int, List, Real, domains, flags  # noqa: E402
+
+
+class WorkStarted(Exception):
+    """A command got past every check and began to work."""
+
+
+def _domain_values(flag: str, dom) -> list[str]:
+    """Values inside an option's domain, from both ends and the small numbers a user types."""
+    if isinstance(dom, Int):
+        vs = sorted({dom.lo, dom.lo + 1, 2, 3, 4, 5, 7, 8, 16, 17, 32, 64, 256, dom.hi})
+        return [str(v) for v in vs if dom.lo <= v <= dom.hi and (not dom.odd or v % 2) and v % dom.multiple_of == 0]
+    if isinstance(dom, List) and isinstance(dom.item, Int):
+        return _domain_values(flag, dom.item)[:9] + ["1,8", "8,1"]
+    if isinstance(dom, Choice):
+        return list(dom.values)
+    if isinstance(dom, Real):
+        return [str(v) for v in (dom.lo, 0.5, dom.hi) if not (v == dom.lo and dom.lo_open) and not (
+            v == dom.hi and dom.hi_open)]
+    return []
+
+
+def _walk_cases() -> list[tuple[str, tuple[str, ...], list[str]]]:
+    """(situation, command path, extra arguments) of the walk."""
+    from test_option_domains import COMMANDS
+
+    selecting = sorted(p for p, cmd in COMMANDS.items() if "--c" in {f for f, _ in flags(cmd.callback).values()})
+    table = domains()
+    cases = []
+    for path in selecting:
+        for name, (flag, is_bool) in flags(COMMANDS[path].callback).items():
+            if flag in ("--run", "--device", "--weights", "--out", "--csv", "--json", "--category", "IMAGES",
+                        "--quiet", "--worst", "--check"):
+                continue
+            if is_bool:
+                opt = next(o for o in COMMANDS[path].params if o.name == name)
+                cases += [("pristine", path, [o]) for o in (*opt.opts, *opt.secondary_opts) if o.startswith("--")]
+                continue
+            cases += [("pristine", path, [flag, v]) for v in _domain_values(flag, table.get(flag))]
+    for stage in ("index", "extract", "train_base", "infer_base", "train_diff", "infer_diff", "fuse", "score"):
+        cases += [(f"without {stage}", path, []) for path in selecting]
+    return cases
+
+
+WALK = _walk_cases()
+
+
+@pytest.fixture()
+def no_work(monkeypatch):
+    import stages.apps.predict
+
+    def refuse(*a, **k):
+        raise WorkStarted()
+
+    monkeypatch.setattr(RunStore, "begin", refuse)
+    monkeypatch.setattr(stages.apps.predict, "predict", refuse)
+
+
+def _accepted(res) -> bool:
+    return isinstance(res.exception, WorkStarted) or (
+        res.exit_code in (0, 1) and "Traceback" not in res.output
+        and (res.exception is None or isinstance(res.exception, SystemExit)))
+
+
+def test_every_quoted_command_is_accepted_for_every_value_that_reaches_it(full_run_pristine, tiny_data, tmp_path,
+                                                                         cli, no_work):
+    image = sorted((tiny_data / "disc" / "test").rglob("*.png"))[0]
+    n = os.environ.get("DRDC_HINT_CASES", "60")
+    cases = WALK if n == "all" else random.Random(int(os.environ.get("DRDC_HINT_SEED", "0"))).sample(
+        WALK, min(int(n), len(WALK)))
+    assert len(WALK) > 300
+    pristine = copy_run(full_run_pristine, tmp_path / "pristine.zarr")
+    checked: dict[str, bool] = {}
+    bad, quoting = [], 0
+    for situation, path, extra in cases:
+        run = pristine
+        if situation != "pristine":
+            run = copy_run(full_run_pristine, tmp_path / f"s{len(checked)}-{random.random():.6f}.zarr")
+            stage = situation.split()[1]
+            shutil.rmtree(RunStore(run).current(stage).path)
+        base = {"predict": [image]}.get(path[0], [])
+        args = [*path, *base, "--run", run, *extra]
+        res = cli(*args, code=None)
+        lines = [ln for ln in res.stderr.splitlines() if ln.startswith(("error:", "note:"))]
+        hints = [h for ln in lines for h in QUOTED.findall(ln)]
+        quoting += bool(hints)
+        for h in hints:
+            if h in checked:
+                continue
+            words = [str(tiny_data) if w == "ROOT" else str(image) if w == "IMAGE..." else w for w in shlex.split(h)]
+            checked[h] = _accepted(got := cli(*words[1:], code=None))
+            if not checked[h]:
+                bad.append(f"{' '.join(map(str, args))}\n  quotes `{h}`\n  refused: {got.stderr.strip()[-300:]}")
+    assert quoting >= len(cases) // 4, f"only {quoting} of {len(cases)} cases quote a command"
+    assert not bad, f"{len(bad)} of {len(checked)} quoted commands refused:\n" + "\n".join(bad)

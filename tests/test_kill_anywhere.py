@@ -53,6 +53,8 @@ def _result(run: Path, cmd: str) -> dict[str, np.ndarray]:
         if (e.files / "model.pt").exists():
             for k, v in torch.load(e.files / "model.pt", weights_only=True).items():
                 out[f"{e.key}:model.pt:{k}"] = v.numpy()
+            # the file itself, byte for byte: a resumed checkpoint is the uninterrupted one's file
+            out[f"{e.key}:model.pt bytes"] = np.frombuffer((e.files / "model.pt").read_bytes(), np.uint8)
         if "metrics" in e.attrs:
             out[f"{e.key}:metrics"] = np.array(repr(e.attrs["metrics"]))
     return out

@@ -191,7 +191,7 @@ COMBOS = [  # options valid one by one, wrong together (or wrong for this run / 
     (["bound", "--data", "DATA"], "--data / --run: give exactly one"),
     (["index", "--categories", "disc,disc"], "--categories: duplicate value disc"),
     (["index", "--categories", "nosuch"], "no category nosuch"),
-    (["make-data", "--n-test-defect", "1"], "n_test_defect must be an integer >= 3"),
+    (["make-data", "--n-test-defect", "2"], "--n-test-defect: must be in [3, 100000]"),
     pytest.param(["run", "--device", "cuda"], "--device: 'cuda' requested but no CUDA device",
                  marks=pytest.mark.skipif(CUDA, reason="this machine has CUDA")),
 ]
@@ -209,3 +209,62 @@ def test_combinations_are_refused(args, needle, store, tiny_data, tmp_path, cli,
     line = _refused(cli(*path, *base, *rest, code=None), args)
     assert needle in line, line
     assert _snapshot(store) == before and not new.exists()
+
+
+SINGLE_RULES = ("must be in [", "must be <=", "must be >=", "must be an integer >=", "must be a multiple of 16 in [")
+
+
+def test_every_limit_a_message_names_is_the_one_enforced():
+    """An option's domain and the parameters it becomes agree on its limits: each end of every numeric domain is
+    taken by the parameters of every stage (and the synthetic data) that have the option, or refused only by a
+    rule that joins it to another option. Else a message would name a limit that is not the one enforced."""
+    from dataclasses import fields
+
+    from drdc_cli.domains import Int, Real, _command_domains
+    from drdc_cli.flags import flag
+    from stages.apps.bound import BoundParams
+    from stages.data.synthetic import SyntheticSpec, _validate
+    from stages.errors import ConfigError
+    from stages.pipeline.extract import ExtractParams
+    from stages.pipeline.index import IndexParams
+    from stages.pipeline.infer_base import InferBaseParams
+    from stages.pipeline.infer_diff import InferDiffParams
+    from stages.pipeline.score import ScoreParams
+    from stages.pipeline.selection import FuseParams
+    from stages.pipeline.train_base import TrainBaseParams
+    from stages.pipeline.train_diff import TrainDiffParams
+    from stages.pipeline.tune import TuneParams
+    from stages.store.presets import build
+
+    def spec(**kw):
+        _validate(SyntheticSpec(**kw))
+
+    makers = [("index", lambda **kw: build(IndexParams, "index", "cpu", root="r", **kw), IndexParams, {}),
+              ("extract", lambda **kw: build(ExtractParams, "extract", "cpu", **kw), ExtractParams, {}),
+              ("train_base", lambda **kw: build(TrainBaseParams, "train_base", "cpu", **kw), TrainBaseParams, {}),
+              ("infer_base", lambda **kw: build(InferBaseParams, "infer_base", "cpu", **kw), InferBaseParams, {}),
+              ("train_diff", lambda **kw: build(TrainDiffParams, "train_diff", "cpu", **kw), TrainDiffParams, {}),
+              ("infer_diff", lambda **kw: build(InferDiffParams, "infer_diff", "cpu", **kw), InferDiffParams, {}),
+              ("fuse", FuseParams, FuseParams, {}), ("score", ScoreParams, ScoreParams, {}),
+              ("tune", TuneParams, TuneParams, {}), ("bound", BoundParams, BoundParams, {}),
+              ("make_data", spec, SyntheticSpec, _command_domains()["make_data"])]
+    table = domains()
+    checked, bad = 0, []
+    for name, make, cls, own in makers:
+        for f in fields(cls):
+            fl = {"n_s": "--ns", "image_size": "--image-size"}.get(f.name, flag(f.name))
+            dom = own.get(fl, table.get(fl))
+            if not isinstance(dom, (Int, Real)) or isinstance(f.default, (tuple, bool)) or f.name == "seed":
+                continue
+            ends = [dom.lo, dom.hi] if isinstance(dom, Int) else [
+                v for v, open_ in ((dom.lo, dom.lo_open), (dom.hi, dom.hi_open)) if not open_]
+            for v in ends:
+                checked += 1
+                try:
+                    make(**{f.name: type(f.default)(v) if f.default is not None else v})
+                except ConfigError as e:
+                    text = str(e)
+                    joined = any(other in text for other in ("=", "divisible by", "grid cells", "reachable", "divide"))
+                    if any(rule in text for rule in SINGLE_RULES) and not joined:
+                        bad.append(f"{name} {fl} {v}: the domain takes it, the parameters say: {text}")
+    assert checked > 40 and not bad, f"{len(bad)} of {checked}:\n" + "\n".join(bad)

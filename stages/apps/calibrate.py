@@ -26,7 +26,7 @@ from stages.data.validation import validation_normals
 from stages.errors import CacheMissError, ConfigError, check
 from stages.pipeline.reading import category_maps, content
 from stages.store.cache import Entry, RunStore
-from stages.store.commands import with_validation
+from stages.store.commands import quote, with_validation
 from stages.store.common import StageResult
 
 STAGE = "calibrate"
@@ -214,7 +214,7 @@ def current(store: RunStore, pred: Predictor) -> tuple[Thresholds | None, str | 
     """(thresholds, note) for predict: None with a note saying what to run when there is no usable
     calibration (none, stale, or made for other settings); a warning note when they came from test labels."""
     key = store.current_keys.get(STAGE)
-    fix = f"run `drdc calibrate --run {store.name}` (with the same fusion options)"
+    fix = f"run `{' '.join(['drdc calibrate --run', quote(store.name), *getattr(pred, 'options', [])])}`"
     if key is None:
         return None, f"uncalibrated: no thresholds in the run; {fix}"
     e = store.get(STAGE, key)

@@ -55,39 +55,56 @@ def _quiet(logger: str):
         log.setLevel(level)
 
 
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ConfigError(f"must be one of {', '.join(FORMATS)} (got {fmt!r})", "format")
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise ConfigError("onnx needs the onnx and onnxscript packages: pip install 'drdc[export]' "
+                              "(or use the torchscript format)", "format") from None
+
+
 def _save(model: nn.Module, inputs: tuple, names: list[str], outs: list[str], path: Path, fmt: str) -> Path:
+    """Trace model into the file `path` (its name as given)."""
     model = model.eval()
     if fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks run once, at trace time
-            torch.jit.trace(model, inputs, check_trace=False).save(str(path.with_suffix(".pt")))
-        return path.with_suffix(".pt")
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError:
-        raise ConfigError("onnx needs the onnx and onnxscript packages: pip install 'drdc[export]' "
-                          "(or use the torchscript format)", "format") from None
+            with open(path, "wb") as f:  # a file object: the archive is named "archive", not after the file
+                torch.jit.save(torch.jit.trace(model, inputs, check_trace=False), f)
+        return path
     batch = torch.export.Dim("batch", min=1, max=1024)
     shapes = tuple({0: batch} for _ in names)  # by position: the graphs' input names are the ONNX ones
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _quiet("onnxscript"):
         warnings.simplefilter("ignore")  # the exporter narrates each step, its optimizer logs what it skips
-        torch.onnx.export(model, inputs, str(path.with_suffix(".onnx")), input_names=names, output_names=outs,
+        torch.onnx.export(model, inputs, str(path), input_names=names, output_names=outs,
                           dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, external_data=False)
-    return path.with_suffix(".onnx")
+    return path
 
 
 def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None = None,
-           base_only: bool = False, progress: bool = True) -> dict:
-    """Write the graphs, manifest.json and infer.py of the run's current models into dest; returns the manifest."""
+           base_only: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
+    """Write the graphs, manifest.json and infer.py of the run's current models into dest; returns the manifest.
+    Every file is claimed before the first graph is traced (stages.apps.outputs: an existing one is refused unless
+    overwrite)."""
     from stages import __version__
     from stages.apps.calibrate import current as current_thresholds
+    from stages.apps.outputs import Outputs
     from stages.apps.predictor import Predictor
 
-    if fmt not in FORMATS:
-        raise ConfigError(f"must be one of {', '.join(FORMATS)} (got {fmt!r})", "format")
+    _check_format(fmt)
+    if dest.exists() and not dest.is_dir():
+        raise ConfigError(f"{dest} exists and is not a folder", "out")
+    out_files = Outputs(overwrite)
+    for name in ("manifest.json", "infer.py"):  # before the models load: a file in the way is named at once
+        out_files.claim(dest / name, "out")
     pred = Predictor(store, "cpu", base_only=base_only, weights=weights)
-    dest.mkdir(parents=True, exist_ok=True)
     s = pred.size
     image, category = torch.rand(2, 3, s, s), torch.tensor([0, -1])
     # (name, module, example inputs, input names, output names) of each graph, traced below
@@ -115,11 +132,15 @@ def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None 
         conditioned = pred.unet.config.model_condition
         jobs.append(("unet", UNetGraph(pred.unet), (x, t, x.clone()) if conditioned else (x, t),
                      ["x_t", "t", "cond"] if conditioned else ["x_t", "t"], ["eps"]))
+    for name, *_ in jobs:
+        out_files.claim(dest / f"{name}{SUFFIX[fmt]}", "out")
     graphs = {}
     with tqdm(jobs, desc="export", unit="graph", disable=not progress) as bar:
         for name, model, inputs, names, outs in bar:
-            bar.set_postfix_str(f"{name}.{fmt if fmt == 'onnx' else 'pt'}")  # tens of seconds each (ONNX)
-            graphs[name] = _save(model, inputs, names, outs, dest / name, fmt).name
+            bar.set_postfix_str(f"{name}{SUFFIX[fmt]}")  # tens of seconds each (ONNX)
+            path = out_files.write(dest / f"{name}{SUFFIX[fmt]}",
+                                   lambda tmp, m=model, i=inputs, n=names, o=outs: _save(m, i, n, o, tmp, fmt))
+            graphs[name] = path.name
     thresholds, _ = current_thresholds(store, pred)
     manifest = {
         "drdc": __version__, "format": fmt, "opset": OPSET if fmt == "onnx" else None, "graphs": graphs,
@@ -143,6 +164,6 @@ def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None 
             "settings_key": thresholds.key, "on_test_labels": thresholds.on_test_labels},
         "keys": store.current_keys,
     }
-    (dest / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    shutil.copyfile(EXAMPLE, dest / "infer.py")
+    out_files.write_text(dest / "manifest.json", json.dumps(manifest, indent=1))
+    out_files.write(dest / "infer.py", lambda tmp: shutil.copyfile(EXAMPLE, tmp))
     return manifest

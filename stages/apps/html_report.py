@@ -65,7 +65,8 @@ img{max-width:100%;height:auto;border:1px solid #ddd}small{color:#666}
 p.note{background:#fff4d6;border-left:4px solid #e0a800;padding:.5em 1em}"""
 
 
-def write_html(store: RunStore, path: Path, keys: list[str] | None = None, k: int = 3, progress: bool = False) -> Path:
+def write_html(store: RunStore, path: Path, keys: list[str] | None = None, k: int = 3, progress: bool = False,
+               outs=None) -> Path:
     """The report of score entries `keys` (default: base only and DRDC, see default_variants) as one file."""
     from tqdm import tqdm
 
@@ -97,9 +98,12 @@ def write_html(store: RunStore, path: Path, keys: list[str] | None = None, k: in
                          f"<img alt='worst cases of {html.escape(cat)}, {html.escape(c.variant)}' "
                          f"src='{_png(worst_figure(c, k))}'>")
     parts.append("</body></html>")
+    if outs is None:
+        from stages.apps.outputs import Outputs
+
+        outs = Outputs()
+        outs.claim(path, "html")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(parts), encoding="utf-8")
+        return outs.write_text(path, "\n".join(parts))
     except OSError as e:
         raise ConfigError(f"cannot write {path} ({e.strerror or e})", "html") from None
-    return path

@@ -231,63 +231,86 @@ def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, outs) -> Path:
     try:
-        fig.savefig(path, dpi=DPI)
+        return outs.write(path, lambda tmp: fig.savefig(tmp, dpi=DPI))
     except OSError as e:
         raise ConfigError(f"{path}: cannot write ({e.strerror or e})") from None
-    return path
 
 
 def prepare(folder: Path, k: int) -> None:
-    """Check the options and create the folder before any work, so a typo fails at once."""
+    """Check the options before any work, so a typo fails at once."""
     if not 1 <= k <= 20:
         raise ConfigError(f"must be in [1, 20] (got {k})", "worst")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create the folder {folder} ({e.strerror or e})", "plots") from None
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} exists and is not a folder", "plots")
 
 
-def write_plots(store: RunStore, entries: list[Entry], folder: Path, k: int = 3, progress: bool = True,
-                categories: list[str] | None = None) -> list[Path]:
-    """roc_<cat>.png, hist_<cat>.png and worst_<cat>[_<variant>].png per category (default: every scored one),
-    plus index.html. Several entries: their curves and histograms side by side, one worst grid each.
-    Returns the paths written."""
-    prepare(folder, k)
+def plan(entries: list[Entry], folder: Path, categories: list[str] | None = None, outs=None
+         ) -> list[tuple[str, str, int | None, Path]]:
+    """What write_plots writes, claimed in `outs` before anything is drawn: (kind, category, variant index or
+    None, path) of roc_<cat>.png, hist_<cat>.png, worst_<cat>[_<variant>].png per category, then index.html.
+    Names that would be one file (categories or variants that differ only in characters a file name cannot hold,
+    or in case) are told apart (stages.apps.outputs)."""
+    from stages.apps.outputs import Outputs, distinct_stems
+
+    outs = outs if outs is not None else Outputs()
     tags = variant_labels(entries)
     scored = [c for c in entries[0].attrs["metrics"] if c != "mean"]
     unknown = [c for c in categories or [] if c not in scored]
     if unknown:
         raise ConfigError(f"no scored category {', '.join(unknown)} (scored: {', '.join(scored)})")
-    categories = categories or scored
+    wanted: list[tuple[str, str, int | None, str]] = []
+    for cat in categories or scored:
+        wanted += [("roc", cat, None, f"roc_{_safe(cat)}"), ("hist", cat, None, f"hist_{_safe(cat)}")]
+        for i, tag in enumerate(tags):
+            wanted.append(("worst", cat, i, f"worst_{_safe(cat)}" + (f"_{_safe(tag)}" if len(tags) > 1 else "")))
+    stems = distinct_stems([w[3] for w in wanted] + ["index"], (".png",), set(outs.claimed), folder)
+    out = [(kind, cat, i, outs.claim(folder / f"{stem}.png", "plots"))
+           for (kind, cat, i, _), stem in zip(wanted, stems)]
+    out.append(("index", "", None, outs.claim(folder / "index.html", "plots")))
+    return out
+
+
+def write_plots(store: RunStore, entries: list[Entry], folder: Path, k: int = 3, progress: bool = True,
+                categories: list[str] | None = None, outs=None, planned: list | None = None) -> list[Path]:
+    """roc_<cat>.png, hist_<cat>.png and worst_<cat>[_<variant>].png per category (default: every scored one),
+    plus index.html. Several entries: their curves and histograms side by side, one worst grid each.
+    Returns the paths written. outs, planned: the command's Outputs and the plan() it claimed before its work."""
+    from stages.apps.outputs import Outputs
+
+    prepare(folder, k)
+    if outs is None:
+        outs = Outputs()
+    if planned is None:
+        planned = plan(entries, folder, categories, outs)
+    tags = variant_labels(entries)
     written: list[Path] = []
-    for cat in tqdm(categories, desc="plots", unit="category", disable=not progress):
+    by_cat: dict[str, list] = {}
+    for kind, cat, i, path in planned:
+        if kind != "index":
+            by_cat.setdefault(cat, []).append((kind, i, path))
+    for cat, files in tqdm(by_cat.items(), desc="plots", unit="category", disable=not progress):
         cats = [load(store, e, tag, cat) for e, tag in zip(entries, tags)]
-        written.append(_save(roc_figure(cats), folder / f"roc_{_safe(cat)}.png"))
-        written.append(_save(hist_figure(cats), folder / f"hist_{_safe(cat)}.png"))
-        for c in cats:
-            suffix = f"_{_safe(c.variant)}" if len(cats) > 1 else ""
-            written.append(_save(worst_figure(c, k), folder / f"worst_{_safe(cat)}{suffix}.png"))
-    written.append(_index_html(store, entries, tags, folder, written))
+        for kind, i, path in files:
+            fig = roc_figure(cats) if kind == "roc" else hist_figure(cats) if kind == "hist" else worst_figure(cats[i], k)
+            written.append(_save(fig, path, outs))
+    written.append(_index_html(store, entries, tags, planned[-1][3], planned[:-1], outs))
     return written
 
 
-def _index_html(store: RunStore, entries: list[Entry], tags: list[str], folder: Path, pngs: list[Path]) -> Path:
+def _index_html(store: RunStore, entries: list[Entry], tags: list[str], path: Path, planned: list, outs) -> Path:
     what = ", ".join(f"{t} = score {e.key} ({e.params['source']} heatmaps)" for t, e in zip(tags, entries))
     parts = [f"<!doctype html><meta charset='utf-8'><title>drdc plots: {html.escape(store.name)}</title>",
              "<style>body{font-family:sans-serif;margin:2em}img{max-width:100%;border:1px solid #ddd;margin:4px}</style>",
              f"<h1>{html.escape(store.name)}</h1><p>{html.escape(what)}</p>"]
     current = None
-    for p in pngs:
-        cat = p.stem.split("_", 1)[1]
-        if cat != current and p.stem.startswith("roc_"):
+    for kind, cat, _, p in planned:
+        if cat != current:
             parts.append(f"<h2>{html.escape(cat)}</h2>")
             current = cat
         parts.append(f"<img src='{html.escape(p.name)}' alt='{html.escape(p.stem)}'>")
-    path = folder / "index.html"
     try:
-        path.write_text("\n".join(parts))
+        return outs.write_text(path, "\n".join(parts))
     except OSError as e:
         raise ConfigError(f"{path}: cannot write ({e.strerror or e})") from None
-    return path

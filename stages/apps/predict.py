@@ -69,21 +69,35 @@ class Prediction:
 
 
 def predict(pred: Predictor, paths: list[Path], thresholds, category: str | None = None, progress: bool = True,
-            on_batch=None) -> list[Prediction]:
+            on_batch=None, on_refused=None) -> list[Prediction]:
     """Score every path in chunks of CHUNK images. thresholds: a calibrate.Thresholds or None (uncalibrated).
-    on_batch(list[Prediction]) is called after each chunk (pictures are written there, so memory stays flat)."""
+    on_batch(list[Prediction]) is called after each chunk (pictures are written there, so memory stays flat).
+    A file that does not decode (empty, not an image, truncated, too large, gone) is refused: on_refused(path,
+    DataError) is called and the others are scored (without on_refused the DataError is raised)."""
     from tqdm import tqdm
 
+    from stages.errors import DataError
+
     out: list[Prediction] = []
+    resize = pred.index.params.get("resize", "squash")
     with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
         for a in range(0, len(paths), CHUNK):
             t0 = time.perf_counter()
-            chunk = paths[a : a + CHUNK]
-            known = [identify(p, pred.index, category) for p in chunk]
-            resize = pred.index.params.get("resize", "squash")
-            imgs, origs = zip(*(load_rgb(p, pred.size, resize) for p in chunk))
-            ids = np.array([k.record if k.record is not None else content_id(p) for p, k in zip(chunk, known)],
-                           dtype=np.int64)
+            loaded = []
+            for p in paths[a : a + CHUNK]:
+                try:
+                    img, orig = load_rgb(p, pred.size, resize)
+                    k = identify(p, pred.index, category)
+                    loaded.append((p, k, img, orig, k.record if k.record is not None else content_id(p)))
+                except DataError as e:
+                    if on_refused is None:
+                        raise
+                    on_refused(p, e)
+            bar.update(len(paths[a : a + CHUNK]) - len(loaded))
+            if not loaded:
+                continue
+            chunk, known, imgs, origs, idl = (list(v) for v in zip(*loaded))
+            ids = np.array(idl, dtype=np.int64)
             shows = (np.stack([valid(w, h, pred.size, resize) for w, h in origs]) if resize == "pad" else None)
             b = pred.run(np.stack(imgs), ids, [k.category for k in known], shows)
             dt = (time.perf_counter() - t0) / len(chunk)

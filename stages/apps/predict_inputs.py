@@ -14,27 +14,35 @@ from stages.store.cache import Entry
 _SKIP_DIRS = {"ground_truth"}  # MVTec/BTAD mask folders: never predicted on when a whole dataset folder is given
 
 
-def collect_images(inputs: list[Path]) -> list[Path]:
+def collect_images(inputs: list[Path], on_refused=None) -> list[Path]:
     """Files given, plus the image files under folders given (recursive, sorted; hidden files, non-images and
     ground_truth/ folders skipped). A missing path, a non-image file named explicitly or an input with no image
-    at all is a DataError naming it."""
+    at all is a DataError naming it: raised, or passed to on_refused(path, error) and the others collected.
+    (The exported infer.py collects its inputs the same way: stages/apps/export_example.py.)"""
     found: list[Path] = []
     if not inputs:
         raise DataError("no image or folder given; pass IMAGE_OR_FOLDER...")
+
+    def refuse(p: Path, message: str) -> None:
+        if on_refused is None:
+            raise DataError(message)
+        on_refused(p, DataError(message))
+
     for p in inputs:
         p = Path(p).expanduser()
         if not p.exists():
-            raise DataError(f"{p}: no such file or folder")
-        if p.is_file():
+            refuse(p, f"{p}: no such file or folder")
+        elif p.is_file():
             if p.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(f"{p}: not an image file (expected one of {', '.join(sorted(IMAGE_SUFFIXES))})")
-            found.append(p)
-            continue
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                       and not any(part.startswith(".") or part in _SKIP_DIRS for part in f.relative_to(p).parts))
-        if not files:
-            raise DataError(f"{p}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        found.extend(files)
+                refuse(p, f"{p}: not an image file (expected one of {', '.join(sorted(IMAGE_SUFFIXES))})")
+            else:
+                found.append(p)
+        else:
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           and not any(part.startswith(".") or part in _SKIP_DIRS for part in f.relative_to(p).parts))
+            if not files:
+                refuse(p, f"{p}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            found.extend(files)
     return list(dict.fromkeys(found))
 
 
@@ -91,15 +99,25 @@ def display_names(paths: list[Path]) -> list[str]:
     return [p.resolve().relative_to(common).as_posix() for p in paths]
 
 
-def picture_names(paths: list[Path]) -> list[str]:
-    """Unique, readable PNG names: the stem, prefixed by as many parent folders as it takes to be unique."""
+def picture_stems(paths: list[Path]) -> list[str]:
+    """Readable picture names without suffix: the stem, prefixed by as many parent folders as it takes to tell
+    the images apart (compared as a case-insensitive, normalising filesystem sees names). Any name still shared
+    (files that differ only in their extension or the case of a folder) is told apart by
+    stages.apps.outputs.Outputs.unique."""
+    from stages.apps.outputs import fold
+
     depth = 1
     while True:
         names = ["_".join([*p.parent.parts[len(p.parent.parts) - depth + 1 :], p.stem]) if depth > 1 else p.stem
                  for p in paths]
-        if len(set(names)) == len(names) or depth > max(len(p.parts) for p in paths):
-            break
+        if len({fold(n) for n in names}) == len(names) or depth > max(len(p.parts) for p in paths):
+            return [n.replace("/", "_").lstrip("_") or "image" for n in names]
         depth += 1
-    if len(set(names)) != len(names):  # identical paths cannot happen (deduplicated); symlinks might
-        names = [f"{i:04d}_{n}" for i, n in enumerate(names)]
-    return [f"{n}.png" for n in names]
+
+
+def picture_names(paths: list[Path]) -> list[str]:
+    """One distinct PNG name per path (as `predict --out` names its pictures; their masks, <name>_mask.png,
+    collide with no picture either)."""
+    from stages.apps.outputs import distinct_stems
+
+    return [s + ".png" for s in distinct_stems(picture_stems(paths), (".png", "_mask.png"))]

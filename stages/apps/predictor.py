@@ -2,6 +2,8 @@
 scores, through the functions the stages use (see stages.apps.predict)."""
 from __future__ import annotations
 
+import shlex
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,13 @@ class Predictor:
     def __init__(self, store: RunStore, device: str = "auto", overrides: FuseOverrides = FuseOverrides(),
                  base_only: bool = False, weights: Path | None = None, preset: str | None = None) -> None:
         self.store = store
+        # the options that give these settings, as calibrate and predict spell them (a hint quotes them)
+        self.options: list[str] = ["--base-only"] if base_only else [
+            part for flag, v in (("--gamma", overrides.gamma), ("--filter", overrides.filter), ("--t", overrides.t),
+                                 ("--c", overrides.c), ("--l", overrides.l)) if v is not None
+            for part in (flag, ",".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v))]
+        if weights is not None:
+            self.options += ["--weights", shlex.quote(str(weights))]
         require_trained(store)
         self.index = store.current("index")
         self.extract = store.current("extract")

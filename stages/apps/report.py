@@ -127,34 +127,39 @@ def with_validation(test: list[dict], val: list[dict], kinds: list[dict]) -> lis
     return test + [{**r, "category": f"val:{r['category']}"} for r in val + kinds]
 
 
-def write_csv(table: list[dict], path: Path) -> None:
+def write_csv(table: list[dict], path: Path, outs=None) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(table[0].keys()), lineterminator="\n")
     w.writeheader()
     for r in table:
         w.writerow({k: ("" if v is None else (f"{v:.6f}" if isinstance(v, float) else v)) for k, v in r.items()})
-    write_text(path, buf.getvalue())
+    write_text(path, buf.getvalue(), outs)
 
 
-def write_json(table: list[dict], entries: list[Entry], path: Path) -> None:
+def write_json(table: list[dict], entries: list[Entry], path: Path, outs=None) -> None:
     doc = {"variants": [{"label": tag, "key": e.key, "params": e.params, "inputs": e.inputs}
                         for e, tag in zip(entries, labels(entries))],
            "rows": table,
            "validation_rows": rows(entries, "val_metrics"),  # held-out normals vs their synthetic-defect copies
            "validation_by_kind": by_kind_rows(entries)}
-    write_text(path, json.dumps(doc, indent=1))
+    write_text(path, json.dumps(doc, indent=1), outs)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write a result file, its folder created; an unwritable path is one ConfigError naming it."""
-    _parent(path)
+def write_text(path: Path, text: str, outs=None) -> None:
+    """Write a result file, its folder created; an unwritable path is one ConfigError naming it. outs: the
+    command's stages.apps.outputs.Outputs, which claimed the path (so no file it did not write is replaced)."""
+    if outs is None:
+        from stages.apps.outputs import Outputs
+
+        outs = Outputs()
+        outs.claim(path, "out")
     try:
-        path.write_text(text)
+        outs.write_text(path, text)
     except OSError as e:
         raise ConfigError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
-def per_image(store: RunStore, entry: Entry, path: Path) -> int:
+def per_image(store: RunStore, entry: Entry, path: Path, outs=None) -> int:
     """CSV of every scored image: split (val or test), path, category, defect, label, score. Validation
     anomalies share their normal's path; their defect names the synthetic kind. Returns the row count."""
     index = store.get("index", entry.inputs["index"])
@@ -166,12 +171,5 @@ def per_image(store: RunStore, entry: Entry, path: Path) -> int:
     for i, s in zip(rec, scores):
         r = records[i]
         w.writerow([r["split"], r["path"], r["category"], r["defect"], r["label"], f"{s:.6g}"])
-    write_text(path, buf.getvalue())
+    write_text(path, buf.getvalue(), outs)
     return len(rec)
-
-
-def _parent(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot create its folder ({e.strerror})") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 LAYOUTS = ("auto", "mvtec", "btad", "visa", "folder")  # stages.data.dataset.discover
 RESIZES = ("squash", "pad", "center-crop")  # stages.data.geometry
+SYNTHETIC_SIZES = (32, 1024)  # the built-in synthetic dataset's image side, smallest and largest (stages.data.synthetic)
 
 # Synthetic validation defects (stages.data.defects):
 KINDS: tuple[str, ...] = ("scratch", "spot", "perlin", "cutpaste")  # the classic, clearly visible ones

@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm import tqdm
 
+from stages.data.choices import SYNTHETIC_SIZES
 from stages.errors import ConfigError
 
 CATEGORIES: tuple[str, ...] = ("weave", "disc", "grain")
@@ -37,7 +38,7 @@ MARKER = ".drdc-synthetic.json"
 FORMAT = 1  # bump when the drawing code changes, so an old dataset dir is not silently mixed with new images
 MIN_VISIBLE = 8  # grey levels: a defect pixel must change by at least this much (in some channel) to be masked
 MIN_PIXELS = 3  # a defect image always gets at least this many mask pixels, even at 32 px
-MAX_SIZE = 1024
+MIN_SIZE, MAX_SIZE = SYNTHETIC_SIZES
 
 
 @dataclass(frozen=True)
@@ -317,7 +318,7 @@ def _check_int(spec: SyntheticSpec, name: str, low: int, why: str = "") -> None:
 
 def _validate(spec: SyntheticSpec) -> None:
     """One-line ConfigErrors that name the offending option."""
-    _check_int(spec, "size", 32)
+    _check_int(spec, "size", MIN_SIZE)
     if spec.size > MAX_SIZE:
         raise ConfigError(f"synthetic dataset: size must be <= {MAX_SIZE} (got {spec.size!r})")
     _check_int(spec, "n_train", 2)

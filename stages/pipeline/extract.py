@@ -16,7 +16,7 @@ from stages.models.backbone import load_backbone
 from stages.store import dist
 from stages.store.cache import RunStore
 from stages.store.claims import claim_chunks
-from stages.store.common import StageResult, resolve_device
+from stages.store.common import StageResult, resolve_device, settle_fields
 
 STAGE = "extract"
 
@@ -27,6 +27,7 @@ class ExtractParams:
     feature_size: int = 14
 
     def __post_init__(self) -> None:
+        settle_fields(self)  # equal settings, equal keys
         check(2 <= self.feature_size <= 64, "feature_size", "must be in [2, 64]", self.feature_size)
 
 

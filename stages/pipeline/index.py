@@ -26,7 +26,7 @@ from stages.data.defects import ALL_KINDS, KINDS
 from stages.errors import check
 from stages.store.cache import RunStore
 from stages.store.claims import CHUNK
-from stages.store.common import StageResult
+from stages.store.common import ASCENDING, StageResult, settle_fields
 
 STAGE = "index"
 
@@ -45,6 +45,7 @@ class IndexParams:
     val_kinds: tuple[str, ...] = KINDS  # synthetic defect kinds, in turn (stages.data.defects.ALL_KINDS)
 
     def __post_init__(self) -> None:
+        settle_fields(self, {"categories": ASCENDING})  # equal settings, equal keys
         check(self.resize in RESIZES, "resize", f"must be one of {', '.join(RESIZES)}", self.resize)
         check(self.layout in LAYOUTS, "layout", f"must be one of {', '.join(LAYOUTS)}", self.layout)
         check(0.0 <= self.val_fraction < 0.5, "val_fraction", "must be in [0, 0.5)", self.val_fraction)

@@ -25,9 +25,9 @@ from stages.models.reconstruction import UniADReconstruction
 from stages.pipeline.trained import load_model
 from stages.store import dist
 from stages.store.cache import Entry, RunStore
-from stages.store.checkpoint import atomic_save, load_weights
+from stages.store.checkpoint import atomic_save, load_weights, save_tensors
 from stages.store.claims import claim_chunks
-from stages.store.common import StageResult, keyed, resolve_device
+from stages.store.common import ASCENDING, StageResult, keyed, resolve_device, settle_fields
 
 STAGE = "infer_base"
 RESIDUAL_FILE = "residual.pt"  # the Gaussians of --residual-norm mahalanobis: mu (K, P, C'), prec (K, P, C', C')
@@ -39,6 +39,7 @@ class InferBaseParams:
     residual_stages: tuple[int, ...] = ()  # backbone stages whose channels the Gaussian sees (): all
 
     def __post_init__(self) -> None:
+        settle_fields(self, {"residual_stages": ASCENDING})  # equal settings, equal keys
         check(self.residual_norm in RESIDUAL_NORMS, "residual_norm", f"must be one of {', '.join(RESIDUAL_NORMS)}",
               self.residual_norm)
         # only the mahalanobis norm reads the stages (a preset's stages must not refuse `--residual-norm l2`)
@@ -68,7 +69,7 @@ class ResidualStats:
         held = nn.Module()  # load_weights' checks: weights-only, the expected shapes, one error line
         held.register_buffer("mu", torch.zeros(k, p, c))
         held.register_buffer("prec", torch.zeros(k, p, c, c))
-        load_weights(held, entry.files / RESIDUAL_FILE)
+        load_weights(held, entry.path / "files" / RESIDUAL_FILE, entry)
         return cls(cats, channels, held.mu, held.prec)
 
     def heatmap(self, f_in: torch.Tensor, f_out: torch.Tensor, categories: list[str | None]) -> torch.Tensor:
@@ -129,7 +130,7 @@ def run(store: RunStore, p: InferBaseParams = InferBaseParams(), device: str = "
         if p.residual_norm == "mahalanobis":  # deterministic: every rank fits the same Gaussians
             cats, mu, prec = _fit(model, feats, records, trained, channels, dev, progress)
             if dist.is_main():
-                atomic_save(lambda tmp: torch.save({"mu": torch.from_numpy(mu), "prec": torch.from_numpy(prec)}, tmp),
+                atomic_save(lambda tmp: save_tensors({"mu": torch.from_numpy(mu), "prec": torch.from_numpy(prec)}, tmp),
                             entry.files / RESIDUAL_FILE)
                 entry.update(residual_categories=cats, residual_channels=channels)
             stats = ResidualStats(cats, channels, torch.from_numpy(mu), torch.from_numpy(prec))

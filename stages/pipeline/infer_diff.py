@@ -25,14 +25,14 @@ from stages.method.diffusion import Schedule, check_timesteps, linear_schedule
 from stages.method.feature_distance import DISTANCES, feature_heatmap, features
 from stages.method.fusion import diff_heatmap
 from stages.method.inpaint import Noise, assemble, check_init, inpaint
-from stages.method.masks import check_grid, grid_masks, image_generator
+from stages.method.masks import grid_masks, image_generator
 from stages.models.backbone import load_matching
 from stages.models.unet import InferenceUNet
-from stages.pipeline.trained import load_unet, schedule_of
+from stages.pipeline.trained import check_maps, load_unet, schedule_of
 from stages.store import dist
 from stages.store.cache import Entry, RunStore
 from stages.store.claims import claim_chunks
-from stages.store.common import StageResult, resolve_device
+from stages.store.common import ASCENDING, StageResult, resolve_device, settle_fields
 
 STAGE = "infer_diff"
 
@@ -50,6 +50,7 @@ class InferDiffParams:
     distance: str = "pixel"  # DISTANCES
 
     def __post_init__(self) -> None:
+        settle_fields(self, {"c": ASCENDING, "l": ASCENDING})  # equal settings, equal keys
         object.__setattr__(self, "t", check_timesteps(self.t))
         check_init(self.init)
         check(self.distance in DISTANCES, "distance", f"must be one of {', '.join(DISTANCES)}", self.distance)
@@ -122,11 +123,7 @@ def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: boo
     unet_entry = store.current("train_diff")
     size = unet_entry.params["size"]
     sched = schedule_of(unet_entry.params)
-    check_timesteps(p.t, sched.T)  # the UNet's schedule may be shorter than the paper's
-    for c in p.c:
-        check_grid(size, c, p.n_s)
-    for l in p.l:  # noqa: E741
-        check(size % l == 0, "l", f"must divide the diffusion size {size}", l)
+    check_maps(unet_entry.params, p.t, p.c, p.l, p.n_s)  # the UNet's schedule may be shorter than the paper's
     dev = resolve_device(device)
     idx = split_indices(index.attrs["records"], EVAL_SPLITS)
     n, n_t, n_l = len(idx), len(p.t), len(p.l)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stages.errors import check
+from stages.store.settle import ASCENDING, DESCENDING, settle_fields
 from stages.method.choices import (DISTANCES, FILTER, FUSIONS, GAMMA, GATE, NORMS, check_fusion, check_init,
                                    check_norm, check_refinement)
 
@@ -38,6 +39,7 @@ class FuseParams:
     image_gamma: float | None = None  # the image score's own gamma (None: the image score is taken from H_out)
 
     def __post_init__(self) -> None:
+        settle_fields(self, {"t": DESCENDING, "c": ASCENDING, "l": ASCENDING})  # equal settings, equal keys
         check_fusion(self.gamma, self.filter)
         check_norm(self.norm)
         check_refinement(self.fusion, self.gate, self.norm)
@@ -63,6 +65,8 @@ class TuneParams:
     pool: int = 16
 
     def __post_init__(self) -> None:
+        settle_fields(self, {"norms": NORMS, "gammas": ASCENDING, "filters": ASCENDING, "fusions": FUSIONS,
+                           "gates": ASCENDING, "image_gammas": ASCENDING})  # equal settings, equal keys
         check(self.objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}", self.objective)
         check(len(self.norms) > 0 and set(self.norms) <= set(NORMS), "norms", f"must be some of {NORMS}", self.norms)
         check(len(self.gammas) > 0 and all(0 <= g <= 1 for g in self.gammas), "gammas", "must be in [0, 1]",

@@ -22,7 +22,7 @@ from stages.method.metrics import compute_metrics, mean_over_categories
 from stages.pipeline.params import SOURCES
 from stages.pipeline.reading import category_maps, content
 from stages.store.cache import Entry, RunStore
-from stages.store.common import StageResult
+from stages.store.common import StageResult, settle_fields
 from stages.store.faults import point
 
 STAGE = "score"
@@ -34,6 +34,7 @@ class ScoreParams:
     pool: int = 16
 
     def __post_init__(self) -> None:
+        settle_fields(self)  # equal settings, equal keys
         check(self.source in SOURCES, "source", f"must be one of {', '.join(SOURCES)}", self.source)
         check(1 <= self.pool <= 256, "pool", "must be in [1, 256]", self.pool)
 

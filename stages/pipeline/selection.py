@@ -14,8 +14,10 @@ from stages.data.validation import folds, is_validation_normal
 from stages.errors import CacheMissError, ConfigError, check
 from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, read_diff, source_maps
 from stages.pipeline.params import FuseParams  # noqa: F401 (torch-free, re-exported: fuse's parameters)
+from stages.pipeline.trained import check_maps
 from stages.store.cache import Entry, RunStore
 from stages.store.commands import with_validation
+from stages.store.common import ASCENDING, DESCENDING, settle_fields
 
 
 def _command(store: RunStore, p: FuseParams, cs, ts, ls) -> str:
@@ -30,6 +32,18 @@ def _command(store: RunStore, p: FuseParams, cs, ts, ls) -> str:
         parts.append("--no-test-time-condition")
     parts.append((f"--init {p.init} " if p.init else "") + f"--distance {p.distance}")
     return " ".join(parts)
+
+
+def _accepted(store: RunStore, unet: Entry, p: FuseParams, cs) -> None:
+    """The ConfigError infer-diff would refuse the quoted line with (its preset fills what fuse did not ask for),
+    raised here instead of quoting a command that does not run."""
+    from stages.pipeline.infer_diff import InferDiffParams
+    from stages.store.presets import DEFAULT_PRESET, build
+
+    q = build(InferDiffParams, "infer_diff", store.attr("preset") or DEFAULT_PRESET, t=tuple(p.t) or None,
+              c=tuple(cs) or None, l=tuple(p.l) or None, n_s=p.n_s, seed=p.seed,
+              test_time_condition=p.test_time_condition, init=p.init, distance=p.distance)
+    check_maps(unet.params, q.t, q.c, q.l, q.n_s)
 
 
 def matches(q: dict, n_s: int, ttc: bool, seed: int, init: str, distance: str) -> bool:
@@ -64,6 +78,9 @@ def diff_entries(store: RunStore, p: FuseParams) -> dict[int, Entry]:
     missing = [c for c in p.c if c not in found]
     if missing or not found:
         want_c = missing or list(p.c)
+        # maps this UNet cannot make are no cache miss: say why (the option at fault), quote no command
+        check_maps(unet.params, p.t, want_c, p.l, p.n_s)
+        _accepted(store, unet, p, want_c)
         what = " ".join(f"{k}={','.join(map(str, v))}" for k, v in (("c", want_c), ("t", p.t), ("l", p.l)) if v)
         raise CacheMissError(f"no cached diffusion heatmaps {'for ' + what if what else 'of this variant'} "
                              f"(n_s {p.n_s}, seed {p.seed}, start {p.init}, {p.distance} maps); make them with "

@@ -28,7 +28,7 @@ from stages.pipeline.params import SCHEDULES
 from stages.pipeline.training import Training
 from stages.store import dist
 from stages.store.cache import RunStore
-from stages.store.common import StageResult, keyed, resolve_device, seed_everything
+from stages.store.common import StageResult, keyed, resolve_device, seed_everything, settle_fields
 
 STAGE = "train_base"
 
@@ -61,6 +61,7 @@ class TrainBaseParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        settle_fields(self)  # equal settings, equal keys
         # 0 epochs: the seeded initialisation (with --standardize, the fit images' statistics): with the residual's
         # Mahalanobis norm it scores as the trained model does (examples/RESULTS_MTD.md, the base curve)
         check(self.epochs >= 0, "epochs", "must be >= 0", self.epochs)

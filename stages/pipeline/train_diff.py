@@ -54,7 +54,8 @@ from stages.pipeline.trained import SCHEDULE_DEFAULTS, schedule_of
 from stages.pipeline.training import StepBoundary, Training
 from stages.store import dist
 from stages.store.cache import RunStore
-from stages.store.common import StageResult, keyed, resolve_device, seed_everything
+from stages.store.common import (ASCENDING, DESCENDING, StageResult, keyed, resolve_device, seed_everything,
+                                  settle_fields)
 
 STAGE = "train_diff"
 STREAM = 7  # training draws, apart from inference's streams
@@ -93,6 +94,7 @@ class TrainDiffParams:
     beta_end: float = SCHEDULE_DEFAULTS["beta_end"]
 
     def __post_init__(self) -> None:
+        settle_fields(self, {"grid": ASCENDING, "attention_resolutions": DESCENDING})  # equal settings, equal keys
         check(self.steps >= 1, "steps", "must be >= 1", self.steps)
         check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
         check(self.lr > 0, "lr", "must be > 0", self.lr)

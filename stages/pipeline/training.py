@@ -19,7 +19,7 @@ import torch
 
 from stages.store import dist
 from stages.store.cache import Entry, RunStore
-from stages.store.checkpoint import atomic_save
+from stages.store.checkpoint import atomic_save, save_tensors
 from stages.store.common import StageResult
 
 
@@ -64,13 +64,20 @@ class Training:
         the RNG states; every rank loads the file rank 0 found. Returns the checkpoint (position, history)."""
         path = store.path / self.stage / self.key / "files" / "last.pt"
         dist.seen_by_this_rank(path)
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        for name, obj in states.items():
-            obj.load_state_dict(ck[name])
-        torch.set_rng_state(ck["rng"])
-        if self.device.type == "cuda" and "cuda_rng" in ck:
-            torch.cuda.set_rng_state(ck["cuda_rng"], self.device)
-        return {**ck, "history": json.loads(ck["history"])}
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+            for name, obj in states.items():
+                obj.load_state_dict(ck[name])
+            torch.set_rng_state(ck["rng"])
+            if self.device.type == "cuda" and "cuda_rng" in ck:
+                torch.cuda.set_rng_state(ck["cuda_rng"], self.device)
+            return {**ck, "history": json.loads(ck["history"])}
+        except (PermissionError, IsADirectoryError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a truncated, foreign or garbage checkpoint: damage, named
+            entry = self.entry or store.get(self.stage, self.key)
+            raise entry.damage(f"file last.pt, the checkpoint training resumes from, does not load "
+                               f"({type(e).__name__})") from None
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """DDP around the model under torchrun (a collective: no rank goes on before all have loaded)."""
@@ -92,7 +99,7 @@ class Training:
         ck.update(rng=torch.get_rng_state(), history=json.dumps(history), **position)
         if self.device.type == "cuda":
             ck["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        atomic_save(lambda tmp: torch.save(ck, tmp), self.entry.files / "last.pt")
+        atomic_save(lambda tmp: save_tensors(ck, tmp), self.entry.files / "last.pt")
         self.entry.update(history=history)
 
     def finish(self, weights: Callable[[], dict], history: list[dict], summary: Callable[[str], str]) -> StageResult:
@@ -101,7 +108,7 @@ class Training:
         def done() -> StageResult:
             assert self.entry is not None
             state = weights()
-            atomic_save(lambda tmp: torch.save(state, tmp), self.entry.files / "model.pt")
+            atomic_save(lambda tmp: save_tensors(state, tmp), self.entry.files / "model.pt")
             self.entry.complete(history=history)
             on = f" x {self.world} ranks" if self.world > 1 else ""
             return StageResult(self.stage, self.entry.key, False, time.perf_counter() - self.t0, summary(on))

@@ -36,11 +36,11 @@ from typing import Any, Iterator
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from stages import __version__
-from stages.errors import CacheMissError, StoreError
-from stages.store import rollback
+from stages.errors import CacheMissError, DamageError, StoreError
+from stages.store import integrity, rollback
 from stages.store.claims import CHUNK
 from stages.store.faults import point
 from stages.store.locks import FileLock, describe
@@ -48,6 +48,9 @@ from stages.store.registry import STAGES, hint
 
 SCHEMA_VERSION = 1
 log = logging.getLogger(__name__)  # DEBUG: the entries a command reuses, resumes, makes and completes
+# Every chunk is stored, zeros included: a chunk file that is missing is then damage, never an all-zero chunk
+# (integrity.is_dense; arrays made before this say nothing and are read as zarr reads them).
+zarr.config.set({"array.write_empty_chunks": True})
 
 
 @contextmanager
@@ -59,8 +62,24 @@ def quiet_zarr() -> Iterator[None]:
         yield
 
 
+def settle(obj: Any) -> Any:
+    """One spelling per value, for keys: a signed zero is zero, a tuple a list, a numpy scalar its Python number.
+    (Floats spelled 1e-4 or 0.0001 are one float already; the order of a list whose order means nothing, and an
+    int given for a float, are settled where the params are built, by the fields' declared types:
+    stages.store.common.settled.) Every value an ordinary option gives is unchanged, so existing keys stay."""
+    if isinstance(obj, dict):
+        return {k: settle(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [settle(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return settle(obj.item())
+    if isinstance(obj, float) and obj == 0.0:
+        return 0.0
+    return obj
+
+
 def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return json.dumps(settle(obj), sort_keys=True, separators=(",", ":"), default=str)
 
 
 def make_key(stage: str, params: dict, inputs: dict[str, str]) -> str:
@@ -68,8 +87,69 @@ def make_key(stage: str, params: dict, inputs: dict[str, str]) -> str:
     return hashlib.sha256(canonical(payload).encode()).hexdigest()[:12]
 
 
+def keys_of(stage: str, params: dict, inputs: dict[str, str]) -> tuple[str, ...]:
+    """The keys an entry with these attributes may have: under each schema so far, this drdc's, and the one drdc
+    made before values were settled (a -0.0 written as such)."""
+    out = []
+    for schema in range(1, SCHEMA_VERSION + 1):
+        payload = {"stage": stage, "params": params, "inputs": inputs, "schema": schema}
+        for text in (canonical(payload), json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)):
+            out.append(hashlib.sha256(text.encode()).hexdigest()[:12])
+    return tuple(out)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class StoredArray:
+    """An entry's array, read as a zarr array is, except that damage is a StoreError naming the entry, the array
+    and the chunk, and the fix: a chunk that fails its checksum or does not decode, or the chunk file of a
+    complete entry's array that stores every chunk (integrity.is_dense) gone missing (zarr would read zeros)."""
+
+    def __init__(self, entry: "Entry", name: str, arr: zarr.Array):
+        self._entry, self._name, self._a = entry, name, arr
+        self._check_files = entry.status == "complete" and integrity.is_dense(arr)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._a, attr)
+
+    def __len__(self) -> int:
+        return len(self._a)
+
+    def __setitem__(self, sel: Any, value: Any) -> None:
+        self._a[sel] = value
+
+    def __getitem__(self, sel: Any) -> Any:
+        return self._read(lambda: self._a[sel], sel[0] if isinstance(sel, tuple) and sel else sel)
+
+    def get_orthogonal_selection(self, sel: Any) -> Any:
+        return self._read(lambda: self._a.get_orthogonal_selection(sel), sel[0] if isinstance(sel, tuple) else sel)
+
+    def _rows(self, sel: Any) -> Any:
+        n = self._a.shape[0] if self._a.ndim else 0
+        if sel is Ellipsis or sel is None:
+            return range(n)
+        if isinstance(sel, slice):
+            return range(*sel.indices(n))
+        if isinstance(sel, (int, np.integer)):
+            return [int(sel) % n] if n else []
+        a = np.asarray(sel)
+        return np.flatnonzero(a) if a.dtype == bool else a.ravel() % max(n, 1)
+
+    def _read(self, read: Any, sel: Any) -> Any:
+        if self._check_files:
+            for i, f in integrity.chunk_files(self._a, self._entry.path / self._name, self._rows(sel)):
+                if not f.is_file():
+                    raise self._entry.damage(f"array {self._name} chunk {i} ({integrity.rows_of(i, self._a)}) "
+                                             "is missing")
+        try:
+            return read()
+        except (IndexError, TypeError, MemoryError, OSError):
+            raise  # a bad selection is a bug, memory and permissions the machine's: not damage
+        except Exception as e:  # noqa: BLE001 - a checksum mismatch, a zstd error, a chunk of the wrong size
+            what = integrity.chunk_problem(self._a, self._name, self._entry.path / self._name, self._rows(sel))
+            raise self._entry.damage(what or f"array {self._name} does not read ({integrity._why(e)})") from None
 
 
 class Entry:
@@ -110,7 +190,7 @@ class Entry:
 
     def missing_files(self) -> list[str]:
         info = STAGES.get(self.stage)
-        return [f for f in (info.files if info else ()) if not (self.files / f).is_file()]
+        return [f for f in (info.files if info else ()) if not (self.path / "files" / f).is_file()]
 
     @property
     def path(self) -> Path:
@@ -118,22 +198,58 @@ class Entry:
 
     @property
     def files(self) -> Path:
+        """The entry's files/ folder (made when missing, if the store is writable: a read-only store's entry
+        is only read)."""
         p = self.path / "files"
-        p.mkdir(exist_ok=True)
+        if not p.is_dir() and self.store.writable:
+            p.mkdir(exist_ok=True)
         return p
+
+    def damage(self, what: str) -> StoreError:
+        """The StoreError for damage found in this entry: what is wrong, and how to bring the result back."""
+        return integrity.damaged(self, self.store.name, self.stage, self.key, what)
 
     def reload(self) -> "Entry":
         """Re-read this entry's metadata from disk (another process may have changed it)."""
-        self.group = zarr.open_group(store=self.store.path, path=f"{self.stage}/{self.key}", mode="r+")
+        self.group = zarr.open_group(store=self.store.path, path=f"{self.stage}/{self.key}", mode=self.store._mode())
         return self
 
     def update(self, **attrs: Any) -> None:
+        """Set attributes (re-read from disk under the store lock); a sealed entry is sealed again in the same
+        write. Values equal to the stored ones are not written (so a read-only store serves a cached result)."""
+        stored = json.loads(json.dumps(attrs, default=str))
+        if all(k in self.group.attrs and settle(self.group.attrs[k]) == settle(v) for k, v in stored.items()):
+            return
+        self.store.must_write(f"updating {self.stage.replace('_', '-')} {self.key} must write to it")
         with self.store.locked():
-            self.reload().group.attrs.update(attrs)
+            self.reload()
+            self._write({**attrs, **({"seal": None} if "seal" in self.group.attrs else {})})
         point(f"{self.stage}.attrs")
 
-    def array(self, name: str) -> zarr.Array:
-        return self.group[name]
+    def _write(self, attrs: dict) -> None:
+        """One write of attrs; "seal": None in attrs: seal the result (the digest of every attribute as stored)."""
+        if "seal" in attrs:
+            merged = json.loads(json.dumps({**dict(self.group.attrs), **attrs}, default=str))
+            attrs = {**attrs, "seal": integrity.digest(merged)}
+        self.group.attrs.update(attrs)
+
+    def array(self, name: str) -> StoredArray:
+        """The array `name`; damage (missing, unreadable metadata, a chunk that does not read) is a StoreError
+        naming it and the fix."""
+        return StoredArray(self, name, self.raw_array(name, checked=True))
+
+    def raw_array(self, name: str, checked: bool = False) -> zarr.Array:
+        """The zarr array itself (checked: a missing or unreadable array is a StoreError naming it)."""
+        if not checked:
+            return self.group[name]
+        try:
+            return self.group[name]
+        except KeyError:
+            raise self.damage(f"array {name} is missing") from None
+        except (OSError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - unreadable array metadata
+            raise self.damage(f"array {name} is unreadable ({integrity._why(e)})") from None
 
     @property
     def lock(self) -> FileLock:
@@ -147,7 +263,7 @@ class Entry:
         point(f"{self.stage}.done")
 
     def has(self, name: str) -> bool:
-        return name in self.group
+        return (self.path / name / "zarr.json").is_file() or name in self.group
 
     def arrays(self) -> dict[str, zarr.Array]:
         """Every array of the entry by name (its files/, claims/ and .lock are not arrays)."""
@@ -168,8 +284,11 @@ class Entry:
             # Float maps and features barely compress (zstd: 11 % on fused maps) and zstd makes writing them 2x
             # and reading them up to 5x slower (measured), so they are stored uncompressed but checksummed
             # (a damaged chunk still fails to read, and `cache verify` names it); images and masks compress.
-            raw = {"compressors": Crc32cCodec()} if np.dtype(dtype).kind == "f" else {}
-            return self.group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, **raw)
+            # Every chunk carries a checksum (zstd alone does not notice a flipped bit) and every chunk is stored,
+            # zeros included (drdc_dense), so a chunk file gone missing is damage, not an image of zeros.
+            codec = {"compressors": Crc32cCodec() if np.dtype(dtype).kind == "f" else (ZstdCodec(), Crc32cCodec())}
+            return self.group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                                           attributes={"drdc_dense": True}, **codec)
 
     def require_done(self, n: int, chunk: int = CHUNK) -> zarr.Array:
         return self.require_array("done", (n,), "uint8", chunk)
@@ -181,9 +300,9 @@ class Entry:
         return [(s, min(s + chunk, n)) for s in range(0, n, chunk) if not done[s : s + chunk].all()]
 
     def progress(self) -> tuple[int, int] | None:
-        if "done" not in self.group:
+        if not self.has("done"):
             return None
-        d = self.group["done"][:]
+        d = self.array("done")[:]
         return int(d.sum()), int(d.size)
 
     def complete(self, **attrs: Any) -> None:
@@ -193,8 +312,9 @@ class Entry:
             if "done" in self.group and not self.group["done"][:].all():
                 d = self.group["done"][:]
                 raise StoreError(f"{self.path}: cannot complete, {int(d.size - d.sum())} images are not done")
-            if not self.is_complete:
-                self.group.attrs.update({**attrs, "status": "complete", "completed": _now()})
+            if not self.is_complete:  # sealed: no attribute of a result, nor the list of its arrays, changes unseen
+                self._write({**attrs, "status": "complete", "completed": _now(), "arrays": integrity.array_names(self),
+                             "seal": None})
             self.store.set_current(self)
         point(f"{self.stage}.complete")
         log.debug("%s %s: complete", self.stage, self.key)
@@ -212,14 +332,49 @@ class Entry:
 
 
 LOCK_NAME = ".drdc.lock"
+KEY_CHARS = frozenset("0123456789abcdef")
+# entry path -> (stamp of its zarr.json, what its last check found): each entry's attributes and structure are
+# checked once per command while its metadata is unchanged (forget_checked: when a command ends)
+_CHECKED: dict[tuple[str, str], tuple[tuple[int, int], str | None]] = {}
+
+
+def forget_checked() -> None:
+    _CHECKED.clear()
+
+
+def is_key(key: Any) -> bool:
+    return isinstance(key, str) and len(key) == 12 and set(key) <= KEY_CHARS
+
+
+def root_problem(attrs: dict) -> str | None:
+    """What is wrong with a run store's own attributes (its zarr.json), or None."""
+    from stages.store.presets import PRESETS
+
+    schema = attrs.get("drdc_schema")
+    if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
+        return f"attribute drdc_schema is {integrity._show(schema)}, not a schema number"
+    if "current" not in attrs:
+        return "attribute current is missing"
+    cur = attrs["current"]
+    if not isinstance(cur, dict) or not all(k in STAGES and is_key(v) for k, v in cur.items()):
+        return f"attribute current is {integrity._show(cur)}, not a map of stages to entry keys"
+    preset = attrs.get("preset")
+    if preset is not None and preset not in PRESETS:
+        return f"attribute preset is {integrity._show(preset)}, not one of {', '.join(PRESETS)}"
+    if not isinstance(attrs.get("data_root", ""), str):
+        return f"attribute data_root is {integrity._show(attrs['data_root'])}, not a path"
+    return None
 
 
 class RunStore:
-    """A run store on disk. `create=True` makes a new one if the path does not exist."""
+    """A run store on disk. `create=True` makes a new one if the path does not exist. mend=True opens a store
+    whose own attributes are damaged (`root_problem` says what), for `drdc cache verify --repair` to rewrite."""
 
-    def __init__(self, path: str | Path, create: bool = False):
+    def __init__(self, path: str | Path, create: bool = False, mend: bool = False):
         self.path = Path(path).expanduser().absolute()
         self.name = str(path)
+        self.here: dict[str, Any] = {}  # root attributes set by this process that a read-only store cannot hold
+        self.root_problem: str | None = None
         exists = (self.path / "zarr.json").is_file()
         if not exists:
             if not create:
@@ -227,22 +382,32 @@ class RunStore:
             self._create()
             return
         try:
-            self.root = zarr.open_group(self.path, mode="a")
+            self.root = zarr.open_group(self.path, mode=self._mode())
+            attrs = dict(self.root.attrs)
         except Exception as e:  # noqa: BLE001 - any zarr failure means the store is unusable
-            raise StoreError(f"{self.path}: cannot open run store ({e})") from None
-        schema = self.root.attrs.get("drdc_schema")
-        if schema is None:
+            raise DamageError(f"{self.path}: cannot open run store ({integrity._why(e)}); if it is a drdc run store, "
+                             "its zarr.json is damaged: restore it, or index into a new store") from None
+        schema = attrs.get("drdc_schema")
+        if schema is None and not mend:
             raise StoreError(f"{self.path}: a Zarr store but not a drdc run store")
-        if schema > SCHEMA_VERSION:
+        if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path}: written by a newer drdc (schema {schema}, this drdc reads {SCHEMA_VERSION}); upgrade drdc"
             )
+        self.root_problem = root_problem(attrs)
+        if self.root_problem and not mend:
+            raise DamageError(f"{self.path}/zarr.json is damaged: {self.root_problem}; `drdc cache verify --run "
+                             f"{self.name} --repair` rewrites it from the store's entries")
 
     def _create(self) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path}: exists and is not a drdc run store; choose another --run")
+        # a folder with anything in it is not ours to write into: refused before a lock file is made there
+        if self.path.is_dir() and any(p.name != LOCK_NAME for p in self.path.iterdir()):
+            raise StoreError(f"{self.path}: exists and is not a drdc run store; choose another --run")
+        made = [p for p in (*reversed(self.path.parents), self.path) if not p.exists()]
+        lock_was_there = (self.path / LOCK_NAME).exists()
         try:
-            made = [p for p in (*reversed(self.path.parents), self.path) if not p.exists()]
             self.path.mkdir(parents=True, exist_ok=True)
             with self.locked():  # two `drdc index` on a new path: one creates, the other opens
                 if (self.path / "zarr.json").is_file():
@@ -252,43 +417,123 @@ class RunStore:
                     raise StoreError(f"{self.path}: exists and is not a drdc run store; choose another --run")
                 self.root = zarr.open_group(self.path, mode="w")
                 self.root.attrs.update(
-                    drdc_schema=SCHEMA_VERSION, drdc_version=__version__, created=_now(), current={}
+                    drdc_schema=SCHEMA_VERSION, drdc_version=__version__, created=_now(), current={}, sealed=True
                 )
                 rollback.CREATED_STORES[str(self.path)] = made
-        except OSError as e:
+        except (OSError, StoreError) as e:
+            if not (self.path / "zarr.json").is_file():  # refused: leave nothing of ours behind
+                if not lock_was_there:
+                    (self.path / LOCK_NAME).unlink(missing_ok=True)
+                for p in reversed(made):
+                    try:
+                        p.rmdir()
+                    except OSError:
+                        break
+            if isinstance(e, StoreError):
+                raise
             raise StoreError(f"{self.path}: cannot create run store ({e.strerror or e})") from None
 
     @property
     def writable(self) -> bool:
         """Whether this process may write the store (a store on a read-only mount still serves what it holds)."""
-        return os.access(self.path, os.W_OK)
+        return os.access(self.path, os.W_OK, effective_ids=os.access in os.supports_effective_ids)
+
+    def _mode(self) -> str:
+        return "r+" if self.writable else "r"
+
+    def must_write(self, what: str) -> None:
+        """A StoreError when the store is read-only: `what` says what must write it (e.g. "fuse 3fa2c1d0e9b2 is not
+        cached and must be written to it")."""
+        if not self.writable:
+            raise StoreError(f"{self.name} is read-only, and {what}; run on a writable copy of the store, or make it "
+                             "writable")
+
+    @property
+    def sealed(self) -> bool:
+        """Whether every complete entry of this store is sealed (stores made by this drdc; older ones: only the
+        entries completed since)."""
+        return self.root.attrs.get("sealed") is True
 
     def locked(self) -> FileLock:
         """The store lock: hold it (`with store.locked():`) for read-modify-write of metadata; re-entrant."""
         return FileLock(self.path / LOCK_NAME)
 
     def reload(self) -> None:
-        self.root = zarr.open_group(self.path, mode="r+")
+        self.root = zarr.open_group(self.path, mode=self._mode())
+        problem = root_problem(dict(self.root.attrs))
+        if problem and problem != self.root_problem:
+            raise DamageError(f"{self.path}/zarr.json is damaged: {problem}; `drdc cache verify --run {self.name} "
+                             "--repair` rewrites it from the store's entries")
 
     # -- entries ---------------------------------------------------------------------------------------
-    def get(self, stage: str, key: str) -> Entry | None:
+    def slot(self, stage: str, key: str) -> tuple[Entry | None, str | None]:
+        """The entry stage/key as found on disk: (entry, None) when sound, (None, None) when there is none,
+        (None, what is wrong) when its metadata is damaged."""
+        d = self.path / stage / key
+        meta = d / "zarr.json"
+        if stage not in STAGES or not is_key(key):
+            return None, None
+        if not meta.is_file():
+            if d.is_dir() and any(p.name not in (".lock", "claims") for p in d.iterdir()):
+                return None, "its zarr.json is missing"
+            return None, None  # nothing, or only the lock of a writer that never created it
         try:
-            g = self.root[f"{stage}/{key}"]
-        except KeyError:
-            return None
-        return Entry(self, g)
+            st = meta.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+            g = zarr.open_group(store=self.path, path=f"{stage}/{key}", mode=self._mode())
+            attrs = dict(g.attrs)
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - unparseable or foreign metadata
+            return None, f"its zarr.json is unreadable ({integrity._why(e)})"
+        seen = _CHECKED.get((str(d), "attrs"))
+        if seen is not None and seen[0] == stamp:
+            problem = seen[1]
+        else:
+            problem = integrity.attrs_problem(stage, key, attrs, self.sealed, keys_of)
+            _CHECKED[(str(d), "attrs")] = (stamp, problem)
+        return (None, problem) if problem else (Entry(self, g), None)
+
+    def get(self, stage: str, key: str) -> Entry | None:
+        """The entry stage/key, None if there is none; a StoreError naming the fix if it is damaged."""
+        e, problem = self.slot(stage, key)
+        if problem:
+            raise integrity.damaged(None, self.name, stage, key, problem)
+        return e
+
+    def check_sound(self, e: Entry, deep: bool = False) -> None:
+        """A StoreError when complete entry e is damaged: its structure (integrity.structure_problem), and with
+        deep its every chunk and file (integrity.content_problem). Each check runs once per command."""
+        kind = "content" if deep else "structure"
+        st = (e.path / "zarr.json").stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+        seen = _CHECKED.get((str(e.path), kind))
+        if seen is None or seen[0] != stamp:
+            problem = integrity.content_problem(e) if deep else integrity.structure_problem(e)
+            _CHECKED[(str(e.path), kind)] = seen = (stamp, problem)
+            if deep:
+                _CHECKED[(str(e.path), "structure")] = seen
+        if seen[1]:
+            raise e.damage(seen[1])
 
     def begin(self, stage: str, params: dict, inputs: dict[str, str], seed: int | None = None,
               exclusive: bool = True) -> tuple[Entry, bool]:
-        """The entry for these params and inputs: (entry, cached). A complete entry is returned as cached;
-        a partial one is reopened to resume; otherwise a new one is created with status 'running'.
+        """The entry for these params and inputs: (entry, cached). A complete entry is returned as cached once
+        every chunk and file of it is found whole (a damaged one is a StoreError naming the fix); a partial one is
+        reopened to resume; otherwise a new one is created with status 'running'.
         exclusive: take the entry's writer lock (held until `complete` or the command ends), refusing with the
         holder's name if another process has it; shared entries are written through `claim_chunks` instead."""
         key = make_key(stage, params, inputs)
+        e = self.get(stage, key)
+        if e is not None and e.is_complete:
+            self.check_sound(e, deep=True)  # never "cached" for a result that would not read
+            self.set_current(e)
+            return e, True
+        self.must_write(f"{stage.replace('_', '-')} {key} is not cached and must be written to it")
         with self.locked():
             self.reload()
             e = self.get(stage, key)
-            if e is not None and e.is_complete:
+            if e is not None and e.is_complete:  # completed by another process meanwhile
                 self.set_current(e)
                 log.debug("%s %s: complete, reused (params %s, inputs %s)", stage, key, canonical(params),
                           canonical(inputs))
@@ -317,6 +562,12 @@ class RunStore:
         return e, False
 
     def set_current(self, entry: Entry) -> None:
+        """Make entry its stage's current one. A read-only store keeps the pointer for this process only."""
+        if self.current_keys.get(entry.stage) == entry.key:
+            return
+        if not self.writable:
+            self.here["current"] = {**self.here.get("current", {}), entry.stage: entry.key}
+            return
         with self.locked():
             self.reload()
             cur = dict(self.root.attrs.get("current", {}))
@@ -324,22 +575,26 @@ class RunStore:
             self.root.attrs.update(current=cur)
 
     def current(self, stage: str) -> Entry:
-        """The current complete entry of a stage, checked fresh against the current entries upstream."""
+        """The current complete entry of a stage, checked sound and fresh against the current entries upstream."""
         self.reload()
-        key = self.root.attrs.get("current", {}).get(stage)
+        key = self.current_keys.get(stage)
         if key is None:
             raise CacheMissError(f"no {stage} result in {self.name}; run `{hint(stage, self.name)}` first")
         e = self.get(stage, key)
-        if e is None or not e.is_complete:
-            raise CacheMissError(f"the {stage} result {key} in {self.name} is not complete; rerun "
-                                 f"`{remake(e) if e is not None else hint(stage, self.name)}`")
+        if e is None:
+            raise CacheMissError(f"the current {stage} result {key} is gone from {self.name}; rerun "
+                                 f"`{hint(stage, self.name)}`, or make the newest complete {stage} result current "
+                                 f"with `drdc cache verify --run {self.name} --repair`")
+        if not e.is_complete:
+            raise CacheMissError(f"the {stage} result {key} in {self.name} is not complete; rerun `{remake(e)}`")
+        self.check_sound(e)
         self.check_fresh(e)
         return e
 
     def check_fresh(self, e: Entry) -> None:
         """Every input of e is the current entry of its stage (recursively). An input named 'stage@label' is one
-        of several entries of a stage (fuse reads one infer-diff entry per c): it must exist, be complete and be
-        fresh itself."""
+        of several entries of a stage (fuse reads one infer-diff entry per c): it must exist, be complete, sound
+        and fresh itself."""
         for name, up_key in e.inputs.items():
             up_stage = name.split("@")[0]
             if "@" in name:
@@ -347,6 +602,7 @@ class RunStore:
                 if up is None or not up.is_complete:
                     raise CacheMissError(f"the {e.stage} result {e.key} needs {up_stage} {up_key}, which is gone or "
                                          f"incomplete; rerun `{remake(up) if up is not None else hint(up_stage, self.name)}`")
+                self.check_sound(up)
                 self.check_fresh(up)
                 continue
             up = self.current(up_stage)
@@ -356,27 +612,48 @@ class RunStore:
                     f"{up_stage} is {up.key}; rerun `{remake(e)}`"
                 )
 
-    def entries(self) -> Iterator[Entry]:
-        """Every entry, in pipeline order."""
+    def slots(self) -> Iterator[tuple[str, str, Entry | None, str | None]]:
+        """(stage, key, entry or None, what is wrong or None) of every entry folder, damaged ones included, in
+        pipeline order and by creation within a stage (for `cache ls`, `gc` and `verify`)."""
         for stage in STAGES:
-            if stage not in self.root:
-                continue
-            with quiet_zarr():
-                groups = sorted(self.root[stage].groups(), key=lambda kv: kv[1].attrs.get("created", ""))
-            for _, g in groups:
-                yield Entry(self, g)
+            d = self.path / stage
+            found = []
+            for k in sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []:
+                e, problem = self.slot(stage, k)
+                if e is None and problem is None:
+                    continue
+                created = e.attrs.get("created") if e is not None else None
+                found.append((created if isinstance(created, str) else "", stage, k, e, problem))
+            for _, stage_, k, e, problem in sorted(found, key=lambda r: (r[0], r[2])):
+                yield stage_, k, e, problem
+
+    def entries(self) -> Iterator[Entry]:
+        """Every sound entry, in pipeline order (a damaged one is skipped: it is named where it is asked for)."""
+        for _, _, e, _ in self.slots():
+            if e is not None:
+                yield e
 
     @property
     def current_keys(self) -> dict[str, str]:
-        return dict(self.root.attrs.get("current", {}))
+        cur = self.root.attrs.get("current", {})
+        sound = {k: v for k, v in cur.items() if k in STAGES and is_key(v)} if isinstance(cur, dict) else {}
+        return {**sound, **self.here.get("current", {})}
 
     def set_attr(self, **attrs: Any) -> None:
+        """Set root attributes; values already held are not written, and a read-only store keeps the others for
+        this process only."""
+        attrs = {k: v for k, v in attrs.items() if self.attr(k) != v}
+        if not attrs:
+            return
+        if not self.writable:
+            self.here.update(attrs)
+            return
         with self.locked():
             self.reload()
             self.root.attrs.update(attrs)
 
     def attr(self, name: str, default: Any = None) -> Any:
-        return self.root.attrs.get(name, default)
+        return self.here[name] if name in self.here else self.root.attrs.get(name, default)
 
 
 def remake(e: Entry) -> str:

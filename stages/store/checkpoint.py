@@ -27,25 +27,43 @@ def atomic_save(write, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_weights(model: "torch.nn.Module", path: Path) -> "torch.nn.Module":
-    """Load a state dict saved in the store into model. weights_only=True: a store is data, and unpickling it
-    could run code. A corrupt file, a non-tensor payload or weights of another configuration is a StoreError
-    naming the file, not a traceback."""
+def save_tensors(obj, path: Path) -> None:
+    """torch.save through an open file: the archive inside is then named "archive", not after the (temporary)
+    file name, so equal tensors make equal bytes (a resumed training's model.pt is the uninterrupted one's)."""
     import torch
+
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def load_weights(model: "torch.nn.Module", path: Path, entry: "Entry | None" = None) -> "torch.nn.Module":
+    """Load a state dict saved in the store into model. weights_only=True: a store is data, and unpickling it
+    could run code. A missing, empty or corrupt file, a non-tensor payload or weights of another configuration
+    is a StoreError naming the file and the fix (entry: the entry it belongs to), not a traceback."""
+    import torch
+
+    def damaged(what: str) -> StoreError:
+        if entry is not None:
+            return entry.damage(f"{path.name}: {what}")
+        return StoreError(f"{path}: {what}; {_remove_hint(path)}")
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
+        if entry is not None:
+            raise damaged("missing") from None
         raise StoreError(f"{path}: checkpoint missing; rerun the stage that trains it") from None
+    except (PermissionError, IsADirectoryError):
+        raise
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError (zip), EOFError: all mean unusable
-        raise StoreError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}); "
-                         f"{_remove_hint(path)}") from None
+        raise damaged(f"not a loadable weights-only checkpoint ({type(e).__name__})") from None
+    if not isinstance(state, dict):
+        raise damaged(f"not weights but a {type(state).__name__}")
     try:
         model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as e:
+    except (RuntimeError, TypeError, AttributeError, KeyError, ValueError) as e:
         first = str(e).splitlines()[1 if len(str(e).splitlines()) > 1 else 0].strip()[:160]
-        raise StoreError(f"{path}: weights do not match the model configuration ({first}); "
-                         f"{_remove_hint(path)}") from None
+        raise damaged(f"weights do not match the model configuration ({first})") from None
     return model
 
 

@@ -47,6 +47,11 @@ ABSENT = {"index": {"val_kinds": ["scratch", "spot", "perlin", "cutpaste"]},
 SWITCH_ONLY = {"--bf16"}  # on/off flags without a --no- form
 
 
+def quote(text: Any) -> str:
+    """A path or value as a shell word (unquoted when it needs no quotes)."""
+    return shlex.quote(str(text))
+
+
 def _value(v: Any) -> str:
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else shlex.quote(str(v))
 

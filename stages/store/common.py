@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from stages.errors import ConfigError
+from stages.store.settle import ASCENDING, DESCENDING, settle_fields  # noqa: F401 (torch-free; re-exported)
 
 
 @dataclass(frozen=True)

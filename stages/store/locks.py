@@ -52,8 +52,21 @@ class FileLock:
             if mine is not self:
                 self.fd, self.depth = mine.fd, mine.depth
             return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+                raise
+            # a read-only store: lock the file for reading (flock needs no write access) so a writer with rights
+            # is still waited for; without a lock file nobody can have written one, so there is nothing to wait for
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
+                self.fd, self.depth = None, 1
+                _HELD[key] = self
+                return True
+            record = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except OSError as e:
@@ -75,10 +88,11 @@ class FileLock:
         mine.depth -= 1
         if mine.depth <= 0:
             _HELD.pop(str(self.path), None)
-            try:
-                fcntl.flock(mine.fd, fcntl.LOCK_UN)
-            finally:
-                os.close(mine.fd)
+            if mine.fd is not None:
+                try:
+                    fcntl.flock(mine.fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(mine.fd)
             mine.fd = None
 
     def holder(self) -> dict:

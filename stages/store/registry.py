@@ -16,26 +16,30 @@ class StageInfo:
     extra: str = ""  # required options to show in hints
     shown: tuple[str, ...] = ()  # the key parameters `drdc cache ls` shows
     files: tuple[str, ...] = ()  # files/ a complete entry must hold (without them it is not complete)
+    arrays: tuple[str, ...] = ()  # the arrays a complete entry holds (stages.store.integrity checks them)
 
 
 STAGES: dict[str, StageInfo] = {
     s.name: s
     for s in (
-        StageInfo("index", "index", (), "--data ROOT", ("root", "image_size", "categories")),
-        StageInfo("extract", "extract", ("index",), "", ("backbone", "feature_size")),
+        StageInfo("index", "index", (), "--data ROOT", ("root", "image_size", "categories"),
+                  arrays=("images", "masks", "done")),
+        StageInfo("extract", "extract", ("index",), "", ("backbone", "feature_size"), arrays=("features", "done")),
         StageInfo("train_base", "train-base", ("extract",), "",
                   ("epochs", "batch_size", "lr", "schedule", "hidden_dim", "standardize", "seed"),
                   ("model.pt", "config.json")),
-        StageInfo("infer_base", "infer-base", ("extract", "train_base"), "", ("residual_norm", "residual_stages")),
+        StageInfo("infer_base", "infer-base", ("extract", "train_base"), "", ("residual_norm", "residual_stages"),
+                  arrays=("h_base", "record", "done")),
         StageInfo("train_diff", "train-diff", ("index",), "",
                   ("size", "steps", "batch_size", "lr", "model_channels", "model_condition", "grid", "task", "seed"),
                   ("model.pt", "config.json")),
         StageInfo("infer_diff", "infer-diff", ("index", "train_diff"), "",
-                  ("t", "c", "l", "n_s", "test_time_condition", "init", "distance", "seed")),
+                  ("t", "c", "l", "n_s", "test_time_condition", "init", "distance", "seed"),
+                  arrays=("heatmaps", "record", "done")),
         StageInfo("fuse", "fuse", ("infer_base", "infer_diff"), "",
                   ("gamma", "filter", "t", "c", "l", "spatio_temporal", "multiscale_base", "norm", "init",
-                   "distance")),
-        StageInfo("score", "score", ("index", "infer_base|fuse"), "", ("source", "pool")),
+                   "distance"), arrays=("maps", "record", "done")),
+        StageInfo("score", "score", ("index", "infer_base|fuse"), "", ("source", "pool"), arrays=("scores", "record")),
         StageInfo("tune", "tune", ("infer_base", "infer_diff"), "", ("objective", "rounds", "eval_size")),
         StageInfo("calibrate", "calibrate", ("train_base", "train_diff"), "", ("normals",)),
     )

@@ -3,7 +3,7 @@ what a failed command created and cannot resume. Process-wide state; the library
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from stages.store.cache import Entry
@@ -14,6 +14,8 @@ ACTIVE: dict[str, Entry] = {}  # entries this process began and has not complete
 CREATED: set[str] = set()  # entry paths
 # store path -> the folders this process made for it, outermost first (empty: the folder existed, e.g. the user's)
 CREATED_STORES: dict[str, list[Path]] = {}
+# what undoes the files a command wrote outside the store (stages.apps.outputs), run when the command fails
+UNDO: list[Callable[[], None]] = []
 
 
 def active_summary() -> str:
@@ -35,18 +37,28 @@ def active_summary() -> str:
 
 
 def forget_active() -> None:
+    from stages.store.cache import forget_checked
+
+    forget_checked()  # the next command checks every entry it reads again
     ACTIVE.clear()
+    UNDO.clear()
     CREATED.clear()
     CREATED_STORES.clear()
 
 
-def roll_back(dataset_error: bool) -> None:
+def roll_back(dataset_error: bool, everything: bool = False) -> None:
     """After a failed command, remove what it created and cannot be resumed: an entry it created with no image
     done yet, and a failed `index` entry when the data was at fault (fixing the data changes the fingerprint,
     so that key never comes back); then a store it created that holds no entry. Entries with finished chunks
-    stay, to be resumed; nothing complete is touched."""
+    stay, to be resumed; nothing complete is touched. everything: the command was stopped by damage it found in
+    the store, so it is undone whole: every entry it created goes, finished chunks and all."""
     import shutil
 
+    for undo in list(UNDO):  # the files it wrote outside the store
+        try:
+            undo()
+        except OSError:
+            pass
     for path, e in list(ACTIVE.items()):
         if path not in CREATED or e.is_busy():
             continue
@@ -55,7 +67,7 @@ def roll_back(dataset_error: bool) -> None:
             if e.is_complete:
                 continue
             prog = e.progress()
-            if (prog is None or prog[0] == 0) or (dataset_error and e.stage == "index"):
+            if everything or (prog is None or prog[0] == 0) or (dataset_error and e.stage == "index"):
                 with e.store.locked():
                     shutil.rmtree(e.path, ignore_errors=True)
         except Exception:  # noqa: BLE001 - best effort on the way out

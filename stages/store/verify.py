@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from stages.store import integrity
 from stages.store.cache import Entry, RunStore
 from stages.store.commands import command, entry_command
 from stages.store.registry import STAGES
@@ -38,6 +39,20 @@ def _short(exc: BaseException) -> str:
 
 def _check_entry(store: RunStore, e: Entry) -> list[str]:
     problems: list[str] = []
+    missing = integrity.arrays_problem(e)  # a recorded array gone, unreadable metadata, a missing or cut chunk
+    if missing:
+        problems.append(missing)
+    for name in integrity.array_names(e) if not missing else []:
+        bad = integrity.chunk_problem(e.raw_array(name), name, e.path / name)  # every chunk's checksum
+        if bad:
+            problems.append(bad)
+    files = e.path / "files"
+    cut = set()
+    for f in sorted(files.glob("*.pt")) if files.is_dir() else []:
+        bad = integrity.file_problem(f)  # every zip member's CRC
+        if bad:
+            cut.add(f.name)
+            problems.append(bad.replace(" is damaged", " does not load", 1) if "is damaged" in bad else bad)
     try:
         arrays = e.arrays()
     except Exception as exc:  # noqa: BLE001 - an unreadable array's metadata is the finding
@@ -66,8 +81,11 @@ def _check_entry(store: RunStore, e: Entry) -> list[str]:
             problems.append(f"array {name} unreadable ({_short(exc)})")
     problems += [f"{f} is missing (rerunning the command that made the entry restores it)"
                  for f in e.missing_files()]
-    files = e.path / "files"
+    problems += [f"{f} is missing" for f in integrity.required_files(e)
+                 if f not in e.missing_files() and not (files / f).is_file()]
     for f in sorted(files.glob("*.pt")) if files.is_dir() else []:
+        if f.name in cut:
+            continue
         try:
             torch.load(f, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
@@ -78,31 +96,29 @@ def _check_entry(store: RunStore, e: Entry) -> list[str]:
         except Exception as exc:  # noqa: BLE001
             problems.append(f"{f.name} is not valid JSON ({_short(exc)})")
     for name, up_key in e.inputs.items():
-        up = store.get(name.split("@")[0], up_key)
+        up, _ = store.slot(name.split("@")[0], up_key)
         if up is None:
-            problems.append(f"input {name} {up_key} is gone")
+            problems.append(f"input {name} {up_key} is gone or damaged")
     return problems
 
 
 def _entries(store: RunStore) -> Iterator[tuple[str, str, Entry | None, str]]:
     """(stage, key, entry or None, why it cannot be opened) of every entry folder, read from the filesystem so
     that one unreadable attrs file does not hide the others."""
-    import zarr
-
-    for stage in STAGES:
-        d = store.path / stage
-        for k in sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []:
-            try:
-                g = zarr.open_group(d / k, mode="r+")
-                e = Entry(store, g)
-                _ = (e.stage, e.key, e.params, e.inputs, e.status)  # every attr verify and the stages read
-                yield stage, k, e, ""
-            except Exception as exc:  # noqa: BLE001 - corrupt zarr.json or missing attrs
-                yield stage, k, None, f"attrs unreadable ({_short(exc)})"
+    for stage, key, e, problem in store.slots():
+        yield stage, key, e, "" if e is not None else f"attrs unreadable ({problem})"
 
 
 def verify(store: RunStore) -> Iterator[Finding]:
-    """One Finding per entry: complete entries are checked, partial ones reported with their progress."""
+    """One Finding per entry: complete entries are checked, partial ones reported with their progress; first a
+    finding for the store's own attributes when they are damaged."""
+    if store.root_problem:
+        yield Finding("run", "zarr.json", False, store.root_problem)
+    else:
+        for stage, key in store.current_keys.items():
+            e, problem = store.slot(stage, key)
+            if e is None and problem is None:
+                yield Finding("run", "zarr.json", False, f"the current {stage} {key} is not in the store")
     for stage, key, e, why in _entries(store):
         if e is None:
             yield Finding(stage, key, False, why)
@@ -123,7 +139,7 @@ def verify(store: RunStore) -> Iterator[Finding]:
 def repair(store: RunStore, findings: list[Finding]) -> list[str]:
     """Remove every entry with a failed finding and every entry computed from one of them (nobody may be
     writing them); returns the commands that recompute the run's current results that went with them."""
-    gone = {(f.stage, f.key) for f in findings if not f.ok}
+    gone = {(f.stage, f.key) for f in findings if not f.ok and f.stage != "run"}
     entries = [(stage, key, e) for stage, key, e, _ in _entries(store) if e is not None]
     grew = True
     while grew:  # dependents, transitively
@@ -134,11 +150,42 @@ def repair(store: RunStore, findings: list[Finding]) -> list[str]:
                 grew = True
     current = store.current_keys
     commands = _restoring(store, {(s, k): e for s, k, e in entries}, gone, current)
+    store.must_write("repairing it must write to it")
     with store.locked():
         for stage, key in gone:
             shutil.rmtree(store.path / stage / key, ignore_errors=True)
+        if any(f.stage == "run" and not f.ok for f in findings):
+            _mend_root(store)
         store.reload()
     return commands
+
+
+def _mend_root(store: RunStore) -> None:
+    """Rewrite a damaged zarr.json's attributes: the schema; each stage's current entry kept when it is a complete
+    entry of the store, else its newest complete one; the preset and data root when sound (the preset else
+    unset: commands then use the default, and every rerun line spells its options out)."""
+    from stages.store.cache import SCHEMA_VERSION, is_key, root_problem
+    from stages.store.presets import PRESETS
+
+    old = dict(store.root.attrs)
+    cur = old.get("current") if isinstance(old.get("current"), dict) else {}
+    complete: dict[str, list[Entry]] = {}
+    for e in store.entries():
+        if e.is_complete:
+            complete.setdefault(e.stage, []).append(e)
+    current = {}
+    for stage, es in complete.items():  # (entries removed by this repair are gone from `complete` already)
+        keep = cur.get(stage)
+        current[stage] = keep if is_key(keep) and any(e.key == keep for e in es) else es[-1].key
+    attrs = {"drdc_schema": SCHEMA_VERSION, "current": current}
+    if old.get("preset") not in PRESETS:
+        attrs["preset"] = None
+    if not isinstance(old.get("data_root", ""), str):
+        attrs["data_root"] = None
+    store.root.attrs.update({k: v for k, v in attrs.items() if v is not None})
+    for k in [k for k, v in attrs.items() if v is None and k in store.root.attrs]:
+        del store.root.attrs[k]
+    store.root_problem = root_problem(dict(store.root.attrs))
 
 
 def _restoring(store: RunStore, by_key: dict, gone: set, current: dict) -> list[str]:
@@ -188,13 +235,13 @@ def _inputs(e) -> dict | None:
 def reachable(store: RunStore) -> set[str]:
     """Paths of the current entries and of everything they were computed from."""
     keep: set[str] = set()
-    todo = [store.get(s, k) for s, k in store.current_keys.items()]
+    todo = [store.slot(s, k)[0] for s, k in store.current_keys.items()]
     while todo:
         e = todo.pop()
         if e is None or str(e.path) in keep:
             continue
         keep.add(str(e.path))
-        todo.extend(store.get(name.split("@")[0], k) for name, k in e.inputs.items())
+        todo.extend(store.slot(name.split("@")[0], k)[0] for name, k in e.inputs.items())
     return keep
 
 
@@ -211,8 +258,10 @@ def collect(store: RunStore, partial: bool, stale: bool) -> list[Entry]:
     return out
 
 
-def remove(store: RunStore, entries: list[Entry]) -> None:
+def remove(store: RunStore, entries: list) -> None:
+    """Remove entries (Entry objects or entry folders)."""
+    store.must_write("removing entries must write to it")
     with store.locked():
         for e in entries:
-            shutil.rmtree(e.path)
+            shutil.rmtree(e.path if isinstance(e, Entry) else e)
         store.reload()
