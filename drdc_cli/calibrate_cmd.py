@@ -69,5 +69,10 @@ def calibrate(
     table.add_row("[dim]any other[/]", f"{th.image_global:.5g}",
                   *((f"{th.pixel_global:.5g}" if th.pixel_global is not None else "-",) if th.pixel is not None else ()))
     out.print(table)
+    for w in th.warnings:
+        err.print(f"[bold yellow]warning:[/] {w}", soft_wrap=True)
+    if th.outside is not None:
+        out.print(f"an image whose distance to the nearest trained category exceeds {th.outside:.4g} is marked as "
+                  "outside the run's categories", soft_wrap=True)
     out.print(f"stored in {store.name} (calibrate {th.key}); `drdc predict --run {store.name} IMAGE...` uses them",
               soft_wrap=True)

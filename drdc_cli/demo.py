@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from .app import app, guarded, out, report_stage
+from .app import app, err, guarded, out, report_stage
 from .pipeline import DeviceOpt, OverwriteOpt, QuietOpt
 from .predict_cmd import run_predict
 from .workflow import run_all
@@ -91,7 +91,10 @@ def demo_pictures(store: RunStore, dest: Path, device: str, progress: bool, over
             r = next((r for r in tests if r["label"] == want), None)
             if r is not None:
                 chosen.append(root / r["path"])
-    pred = Predictor(store, device)
-    report_stage(calibrate.run(store, pred, fpr=0.01, pixel=True, progress=progress)[0])
+    pred = Predictor(store, device, show_diffusion=True)  # the diffusion map pictured even when not fused
+    result, th = calibrate.run(store, pred, fpr=0.01, pixel=True, progress=progress)
+    report_stage(result)
+    for w in th.warnings:
+        err.print(f"[yellow]note:[/] {w}", soft_wrap=True)
     run_predict(store, chosen, dest, device=device, progress=progress, pred=pred, overwrite=overwrite)
     return dest / "pictures"

@@ -60,15 +60,26 @@ def _j(v) -> str:
 
 def _table(rows: list[Prediction], shown: int, names: dict[Path, str], common: str) -> Table:
     t = Table(header_style="bold", title_justify="left", title=common, box=box.SIMPLE_HEAD)
+    flagged = any(p.is_outside for p in rows[:shown])
     for name, just in (("image", "left"), ("category", "left"), ("score", "right"), ("threshold", "right"),
-                       ("verdict", "left"), ("truth", "left")):
+                       ("verdict", "left"), ("truth", "left"), *([("outside", "left")] if flagged else [])):
         t.add_column(name, justify=just, no_wrap=True, overflow="ellipsis" if name == "truth" else "fold")
     style = {"anomalous": "bold red", "normal": "green", "uncalibrated": "dim"}
     for p in rows[:shown]:
         t.add_row(names[p.path], p.category or "[dim]unknown[/]", f"{p.score:.5g}",
                   "-" if p.threshold is None else f"{p.threshold:.5g}", f"[{style[p.verdict]}]{p.verdict}[/]",
-                  p.truth or "")
+                  p.truth or "", *(["[bold yellow]yes[/]" if p.is_outside else ""] if flagged else []))
     return t
+
+
+def outside_note(rows: list[Prediction]) -> str | None:
+    """One warning line when images look like none of the run's categories (stages.apps.calibrate.outside_threshold)."""
+    far = [p for p in rows if p.is_outside]
+    if not far:
+        return None
+    return (f"{len(far)} of {len(rows)} images look like none of the run's categories (distance to the nearest "
+            f"trained category above {far[0].outside_threshold:.4g}, marked 'outside'): their verdicts compare them "
+            "with categories they are not; train a run that includes their kind")
 
 
 def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category: str | None = None,
@@ -141,6 +152,8 @@ def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category
     out.print(_table(rows, show, shown, common))
     if len(rows) > show:
         out.print(f"[dim]... {len(rows) - show} more rows{' in the CSV' if dest else ' (pass --out DIR for a CSV)'}[/]")
+    if (far := outside_note(rows)) is not None:
+        err.print(f"[bold yellow]warning:[/] {far}", soft_wrap=True)
     out.print(f"{describe(pred)}; thresholds: {'none' if thresholds is None else thresholds.rule}", soft_wrap=True)
     scoring = sum(p.seconds for p in rows) / len(rows)
     out.print(f"{len(rows)} images in {per_image * len(rows):.1f} s: {scoring:.2f} s/image scoring"

@@ -156,3 +156,36 @@ def test_no_holdout_is_refused(tiny_data, tmp_path, cli):
 def test_unknown_run(cli, tmp_path):
     res = cli("calibrate", "--run", tmp_path / "none.zarr", code=1)
     assert "no run store" in res.output
+
+
+def test_images_of_no_trained_category_are_flagged_outside(calibrated, cli, tiny_data, tmp_path):
+    """The distance to the nearest trained category (median over positions of the Mahalanobis distance to each
+    category's Gaussians, then the smallest): its threshold from the held-out normals, by its formula; images of
+    no trained kind (noise, a flat grey) are marked outside, the category's own normal test images are not."""
+    from PIL import Image
+
+    run, output = calibrated
+    e = _entry(run)
+    normals = e.array("outside")[:]
+    th = e.attrs["thresholds"]["outside"]
+    assert th == pytest.approx(float(np.median(normals)) + 2 * (float(normals.max()) - float(np.median(normals))))
+    rng = np.random.default_rng(0)
+    foreign = [tmp_path / "noise.png", tmp_path / "grey.png"]
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(foreign[0])
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(foreign[1])
+    goods = sorted(tiny_data.glob("*/test/good/*.png"))
+    res = cli("predict", "--run", run, *foreign, *goods, "--out", tmp_path / "p", "--no-pictures")
+    rows = {Path(r["path"]).name if "good" not in r["path"] else r["path"]: r for r in _csv(tmp_path / "p" / "predictions.csv")}
+    assert rows["noise.png"]["outside"] == "True" and rows["grey.png"]["outside"] == "True"
+    assert all(r["outside"] == "False" for k, r in rows.items() if "good" in k)
+    assert all(float(r["outside_score"]) > th for k, r in rows.items() if "good" not in k)
+    assert "look like none of the run's categories" in res.stderr and "outside" in res.output
+
+
+def test_a_false_positive_rate_below_one_over_n_is_said_to_be_unsupported(full_run, cli):
+    res = cli("calibrate", "--run", full_run, "--fpr", "0.01", "-q")
+    assert "cannot be supported by 4 normal images (1/4 = 0.25)" in res.stderr
+    e = _entry(full_run)
+    assert e.attrs["thresholds"]["warnings"]
+    res = cli("calibrate", "--run", full_run, "--fpr", "0.5", "-q")
+    assert "cannot be supported" not in res.stderr and not _entry(full_run).attrs["thresholds"]["warnings"]

@@ -170,3 +170,21 @@ def test_demo_pictures_one_normal_one_defect_per_category(full_run, tmp_path):
         (c, g) for c in cats for g in (True, False))
     assert all(r["verdict"] in ("normal", "anomalous") for r in rows)  # calibrated first
     assert len(list(pics.glob("*_mask.png"))) == len(rows) == len(list(pics.glob("*.png"))) // 2
+
+
+def test_the_demo_pictures_the_diffusion_map_even_when_tune_chose_the_base_map(full_run, cli):
+    """With gamma 0 the fusion reads no diffusion map; the demo's predictor still computes it for the pictures
+    (shown_only), and H_out and the scores stay those of the base map."""
+    from stages.apps.predictor import Predictor
+
+    cli("fuse", "--run", full_run, "--gamma", "0", "-q")
+    cli("score", "--run", full_run, "--source", "fuse", "-q")
+    store = RunStore(full_run)
+    index = store.current("index")
+    rec = np.array([i for i, r in enumerate(index.attrs["records"]) if r["split"] == "test"][:3])
+    images = index.array("images").get_orthogonal_selection((rec,))
+    plain, shown = Predictor(store, "cpu").run(images, rec), Predictor(store, "cpu", show_diffusion=True).run(images, rec)
+    assert plain.h_st is None and not plain.shown_only
+    assert shown.shown_only and shown.h_st is not None and shown.h_st.shape == shown.h_out.shape
+    assert np.array_equal(plain.h_out, shown.h_out) and np.array_equal(plain.scores, shown.scores)
+    assert np.ptp(shown.h_st) > 0

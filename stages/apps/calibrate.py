@@ -45,6 +45,8 @@ class Thresholds:
     rule: str  # e.g. "fpr 0.01 on 12 held-out normal images"
     pixel_normal: dict[str, float] | None = None  # median normal pixel: the low end of the pictures' colour bar
     pixel_normal_global: float | None = None
+    outside: float | None = None  # distance to the nearest trained category above which an image is of none of them
+    warnings: tuple[str, ...] = ()  # what the normal images cannot support (e.g. an fpr below 1/n)
 
     def image_threshold(self, category: str | None) -> float:
         return self.image.get(category, self.image_global) if category else self.image_global
@@ -123,6 +125,7 @@ def run(store: RunStore, pred: Predictor, fpr: float | None = None, percentile: 
         entry.require_array("record", (n,), "int64")[:] = rec
         scores = entry.require_array("scores", (n,), "float32")
         maps = entry.require_array("maps", (n, s, s), "float32")
+        outside = entry.require_array("outside", (n,), "float32") if pred.residual is not None else None
         done = entry.require_done(n)
         todo = entry.pending(n)
         images = index.array("images")
@@ -134,6 +137,8 @@ def run(store: RunStore, pred: Predictor, fpr: float | None = None, percentile: 
                                content(index, rec[a:b]))  # padded images: as predict scores them
                 scores[a:b] = out.scores
                 maps[a:b] = out.h_out
+                if outside is not None:
+                    outside[a:b] = out.outside
                 entry.mark_done(done, a, b)
                 bar.update(b - a)
     records = index.attrs["records"]
@@ -157,11 +162,43 @@ def run(store: RunStore, pred: Predictor, fpr: float | None = None, percentile: 
     th = {"rule": rule, "quantile": q, "image": image, "image_global": image_global, "pixel": pix,
           "pixel_global": pix_global, "pixel_normal": pix_normal, "pixel_normal_global": pix_normal_global,
           "n_normal": {c: int(len(v)) for c, v in by_cat.items()},
+          "outside": _outside_threshold(entry, pred, rec), "warnings": unsupported(q, by_cat),
           "on_test_labels": False}
     entry.update(thresholds=th, mode=pred.mode)  # also on a cached entry: another --fpr, same scores
     entry.complete()
     return (StageResult(STAGE, entry.key, cached, time.perf_counter() - t0, rule),
             _thresholds(entry.key, th))
+
+
+def unsupported(q: float, by_cat: dict[str, np.ndarray]) -> list[str]:
+    """Where a quantile asks for more than the normal images can tell: with n normals the largest score is the
+    (1 - 1/n) quantile, so a false-positive rate below 1/n is an extrapolation, not a measurement."""
+    out = []
+    for c, v in by_cat.items():
+        if 1.0 - q < 1.0 / len(v):
+            out.append(f"{c}: a false-positive rate of {1 - q:.3g} cannot be supported by {len(v)} normal images "
+                       f"(1/{len(v)} = {1 / len(v):.3g}); its threshold sits at the highest normal score")
+    return out
+
+
+def outside_threshold(normals: np.ndarray) -> float:
+    """The distance to the nearest trained category above which an image looks like none of them: twice as far
+    above the held-out normals' median as the farthest normal (on the demo run, with real magnetic tiles as the
+    unseen kind: every unseen image above it, no test image of a trained category)."""
+    med = float(np.median(normals))
+    return med + 2.0 * (float(normals.max()) - med)
+
+
+def _outside_threshold(entry: Entry, pred: Predictor, rec: np.ndarray) -> float | None:
+    """outside_threshold of the held-out normals (their distances are cached in the entry; an entry made before
+    them gets them now, by the base map alone). None without the residual Gaussians (Eq 2's base map)."""
+    if pred.residual is None:
+        return None
+    if not entry.has("outside"):
+        images = pred.index.array("images")
+        entry.require_array("outside", (len(rec),), "float32")[:] = np.concatenate(
+            [pred.outside(images.get_orthogonal_selection((rec[a:a + 32],))) for a in range(0, len(rec), 32)])
+    return outside_threshold(entry.array("outside")[:])
 
 
 def run_on_test_labels(store: RunStore, pred: Predictor, pixel: bool = False) -> tuple[StageResult, Thresholds]:
@@ -207,7 +244,8 @@ def run_on_test_labels(store: RunStore, pred: Predictor, pixel: bool = False) ->
 
 def _thresholds(key: str, th: dict) -> Thresholds:
     return Thresholds(key, th["image"], th["image_global"], th["pixel"], th["pixel_global"], th["on_test_labels"],
-                      th["rule"], th.get("pixel_normal"), th.get("pixel_normal_global"))
+                      th["rule"], th.get("pixel_normal"), th.get("pixel_normal_global"), th.get("outside"),
+                      tuple(th.get("warnings", ())))
 
 
 def current(store: RunStore, pred: Predictor) -> tuple[Thresholds | None, str | None]:

@@ -41,9 +41,17 @@ class Prediction:
     pixel_threshold: float | None
     pixel_normal: float | None = None  # median calibration-normal pixel (the pictures' colour scale)
     picture: Path | None = None
-    seconds: float = 0.0  # scoring wall time per image of its batch (pictures not included)
+    seconds: float = 0.0  # scoring wall time of its batch divided by the batch's images (pictures not included)
     orig: tuple[int, int] | None = None  # (width, height) of the file
     resize: str = "squash"  # the run's index --resize: how the image became the square
+    h_st_fused: bool = True  # False: h_st is pictured but the fusion did not use it (tune chose gamma 0)
+    outside: float | None = None  # distance to the nearest trained category (stages.method.residual.outside_score)
+    outside_threshold: float | None = None  # calibrated on the held-out normals (None: uncalibrated or Eq 2's map)
+
+    @property
+    def is_outside(self) -> bool:
+        """The image looks like none of the run's categories: its verdict compares it with categories it is not."""
+        return None not in (self.outside, self.outside_threshold) and self.outside > self.outside_threshold
 
     def shown(self) -> dict[str, np.ndarray | None]:
         """image, maps and ground truth as a user sees the file: its own aspect (the longer side S). Squashed
@@ -65,7 +73,9 @@ class Prediction:
         return {"path": str(self.path), "category": self.category or "", "score": float(self.score),
                 "threshold": "" if self.threshold is None else float(self.threshold), "verdict": self.verdict,
                 "truth": self.truth or "", "picture": "" if self.picture is None else str(self.picture),
-                "seconds": round(self.seconds, 4)}
+                "outside_score": "" if self.outside is None else round(float(self.outside), 4),
+                "outside": "" if self.outside_threshold is None else self.is_outside,
+                "batch_seconds_per_image": round(self.seconds, 4)}
 
 
 def predict(pred: Predictor, paths: list[Path], thresholds, category: str | None = None, progress: bool = True,
@@ -111,7 +121,10 @@ def predict(pred: Predictor, paths: list[Path], thresholds, category: str | None
                                         b.h_base[j], None if b.h_st is None else b.h_st[j], b.h_out[j], gt,
                                         thresholds.pixel_threshold(k.category) if thresholds is not None else None,
                                         thresholds.pixel_normal_level(k.category) if thresholds is not None else None,
-                                        seconds=dt, orig=origs[j], resize=resize))
+                                        seconds=dt, orig=origs[j], resize=resize,
+                                        h_st_fused=not b.shown_only,
+                                        outside=None if b.outside is None else float(b.outside[j]),
+                                        outside_threshold=thresholds.outside if thresholds is not None else None))
             if on_batch is not None:
                 on_batch(batch)
             for q in batch:  # keep the table, drop the maps

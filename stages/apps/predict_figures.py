@@ -60,12 +60,14 @@ def _axes(fig: Figure, panels: int, bars: list[bool], width: float, height: floa
 
 def prediction_figure(image: np.ndarray, h_base: np.ndarray, h_st: np.ndarray | None, h_out: np.ndarray,
                       title: str, verdict: str, pixel_threshold: float | None = None,
-                      pixel_normal: float | None = None, gt_mask: np.ndarray | None = None) -> Figure:
+                      pixel_normal: float | None = None, gt_mask: np.ndarray | None = None,
+                      h_st_fused: bool = True) -> Figure:
     """image (S, S, 3) uint8; heatmaps (S, S) float; gt_mask (S, S) {0, 1} or None -> a 1-row Figure.
 
     With a pixel threshold, the fused panel's colour bar runs from the typical normal pixel (pixel_normal, the
     median of the calibration normals) to as far above the threshold, so the threshold is mid-bar and every
-    image of the category shares one scale; the region above the threshold is outlined in white."""
+    image of the category shares one scale; the region above the threshold is outlined in white. h_st_fused False:
+    the diffusion map is pictured for what it shows, but the fusion did not use it (H_out is the base map)."""
     bars = [False, True] + ([True] if h_st is not None else []) + [True] + ([False] if gt_mask is not None else [])
     panels = len(bars)
     # the last panel's colour bar and tick labels need room too
@@ -81,9 +83,10 @@ def prediction_figure(image: np.ndarray, h_base: np.ndarray, h_st: np.ndarray | 
     _heat(fig, axes[k], caxes[k], h_base, "base heatmap H_base")
     k += 1
     if h_st is not None:
-        _heat(fig, axes[k], caxes[k], h_st, "diffusion heatmap H_ST")
+        _heat(fig, axes[k], caxes[k], h_st, "diffusion heatmap H_ST" if h_st_fused else
+              "diffusion heatmap H_ST (not fused)")
         k += 1
-    label = "fused H_out" if h_st is not None else "H_base"
+    label = "fused H_out" if h_st is not None and h_st_fused else "H_base"
     if pixel_threshold is not None and pixel_normal is not None and pixel_normal < pixel_threshold:
         lo, hi = pixel_normal, 2 * pixel_threshold - pixel_normal
         _heat(fig, axes[k], caxes[k], h_out, f"{label} (line: pixel threshold)", under=image, vmin=lo,

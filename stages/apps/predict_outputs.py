@@ -45,13 +45,15 @@ def picture_writer(dest: Path, names: dict[Path, str], shown: dict[Path, str], m
             cat = p.category or "unknown category"
             thr = "" if p.threshold is None else f" (threshold {p.threshold:.4g})"
             truth = f" · truth: {p.truth}" if p.truth else ""
-            title = f"{shown[p.path]} · {cat} · score {p.score:.4g}{thr} · {p.verdict}{truth}"
+            far = " · OUTSIDE the run's categories" if p.is_outside else ""
+            size = f" · {p.orig[0]}x{p.orig[1]} px" if p.orig else ""
+            title = f"{shown[p.path]}{size} · {cat} · score {p.score:.4g}{thr} · {p.verdict}{far}{truth}"
             view = p.shown()  # the file's own aspect, whatever the run's --resize
             picture = dest / names[p.path]
             if fold(picture) not in outs.claimed:
                 outs.claim(picture, "out")
             p.picture = outs.write(picture, lambda tmp: save_prediction(
-                tmp, image=view["image"], h_base=view["h_base"], h_st=view["h_st"], h_out=view["h_out"], title=title,
+                tmp, image=view["image"], h_base=view["h_base"], h_st=view["h_st"], h_out=view["h_out"], h_st_fused=p.h_st_fused, title=title,
                 verdict=p.verdict, pixel_threshold=p.pixel_threshold, pixel_normal=p.pixel_normal,
                 gt_mask=view["gt_mask"]))
             if masks and p.pixel_threshold is not None:

@@ -20,7 +20,8 @@ from stages.method.inpaint import Noise
 from stages.method.residual import residual_map
 from stages.models.backbone import load_matching
 from stages.pipeline.extract import images_to_tensor
-from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, array_name, fuse_maps, image_maps, select
+from stages.pipeline.heatmaps import (CrossFitStats, FusionSettings, array_name, fuse_maps, image_maps, select,
+                                      source_maps)
 from stages.pipeline.infer_base import ResidualStats
 from stages.pipeline.infer_diff import InferDiffParams, drawn_heatmaps, sequence_draws
 from stages.pipeline.trained import load_model, load_unet, schedule_of
@@ -38,6 +39,8 @@ class Batch:
     h_st: np.ndarray | None  # (k, S, S) float32, diffusion H_ST (Eq 17), None when base only
     h_out: np.ndarray  # (k, S, S) float32, what is scored
     scores: np.ndarray  # (k,) float32
+    outside: np.ndarray | None = None  # (k,) float32: distance to the nearest trained category (None: Eq 2's map)
+    shown_only: bool = False  # h_st is pictured but not fused (the fusion reads no diffusion map)
 
 
 class Predictor:
@@ -46,7 +49,10 @@ class Predictor:
     Raises CacheMissError naming the command when the run has no trained base model."""
 
     def __init__(self, store: RunStore, device: str = "auto", overrides: FuseOverrides = FuseOverrides(),
-                 base_only: bool = False, weights: Path | None = None, preset: str | None = None) -> None:
+                 base_only: bool = False, weights: Path | None = None, preset: str | None = None,
+                 show_diffusion: bool = False) -> None:
+        """show_diffusion: when the fusion reads no diffusion map (tune chose gamma 0), still compute the run's
+        cached diffusion maps' H^ST for the pictures (`shown_only`: it does not enter H_out or the score)."""
         self.store = store
         # the options that give these settings, as calibrate and predict spell them (a hint quotes them)
         self.options: list[str] = ["--base-only"] if base_only else [
@@ -92,6 +98,17 @@ class Predictor:
             validate(self.fusion, self.diff_size)
             if self.fusion.uses_diffusion:
                 self.unet = load_unet(self.train_diff, self.dev)
+        self.shown_only: FusionSettings | None = None  # the maps pictured but not fused
+        if show_diffusion and self.train_diff is not None and self.unet is None:
+            from stages.pipeline.params import FuseParams
+            from stages.pipeline.selection import resolve
+
+            try:  # every cached map, as `drdc fuse` reads them by default
+                self.shown_only = resolve(store, FuseParams())[0]
+            except CacheMissError:
+                self.shown_only = None
+            if self.shown_only is not None:
+                self._shown_unet = load_unet(self.train_diff, self.dev)
         self.stats = None
         if self.fusion is not None and self.fusion.norm != "none":
             e = store.get("fuse", store.current_keys["fuse"])
@@ -126,20 +143,34 @@ class Predictor:
         f_out = self.base(f_in)
         h_base = (residual_map(f_in, f_out) if self.residual is None  # Eq 2, (k, fs, fs)
                   else self.residual.heatmap(f_in, f_out, cats)).cpu()
-        h_diff = self._diffusion(images, ids) if self.unet is not None else None
+        outside = None if self.residual is None else self.residual.outside(f_in, f_out).numpy()
+        h_diff = self._diffusion(images, ids, self.fusion, self.unet) if self.unet is not None else None
         stats = (self.stats.per_row(cats, [self._fold.get(int(i)) for i in ids]) if self.stats is not None
                  else None)
         hb, h_st, h_out = fuse_maps(h_base, h_diff, self.size, self.fusion, self.c_feat, stats)
         h_img = image_maps(h_base, hb, h_st, h_out, self.fusion, self.c_feat, stats)  # H_out, or the image's own
         scores = image_score(h_img, self.pool, None if valid is None else torch.from_numpy(valid))
-        return Batch(hb.numpy(), None if h_st is None else h_st.numpy(), h_out.numpy(), scores.numpy())
+        if h_st is None and self.shown_only is not None:  # pictured only: not in H_out, not in the score
+            hd = self._diffusion(images, ids, self.shown_only, self._shown_unet)
+            h_st = source_maps(h_base, hd, self.size, self.shown_only)[1]
+        return Batch(hb.numpy(), None if h_st is None else h_st.numpy(), h_out.numpy(), scores.numpy(), outside,
+                     self.shown_only is not None)
 
-    def _diffusion(self, images: np.ndarray, ids: np.ndarray) -> torch.Tensor:
-        """(k, K, S_d, S_d) float32: the selected heatmaps, computed as infer-diff does."""
+    @torch.inference_mode()
+    def outside(self, images: np.ndarray) -> np.ndarray | None:
+        """(k,) float32: each image's distance to the nearest trained category (the base map's Gaussians; None
+        with Eq 2's map), without the diffusion branch. images (k, S, S, 3) uint8."""
+        if self.residual is None:
+            return None
+        f_in = self.backbone(images_to_tensor(images, self.dev))
+        return self.residual.outside(f_in, self.base(f_in)).numpy()
+
+    def _diffusion(self, images: np.ndarray, ids: np.ndarray, s: FusionSettings, unet) -> torch.Tensor:
+        """(k, K, S_d, S_d) float32: the heatmaps settings s select, computed as infer-diff does."""
         x = to_model_space(images, self.diff_size).to(self.dev)
-        draws = [sequence_draws(diff_params(self.fusion, chain, cs), ids, cs, self.diff_size)
-                 for chain, cs in chain_groups(self.fusion)]
-        return diffusion_maps(self.unet, self.fusion, x, [(M.to(self.dev), g) for M, g in draws], self.backbone,
+        draws = [sequence_draws(diff_params(s, chain, cs), ids, cs, self.diff_size)
+                 for chain, cs in chain_groups(s)]
+        return diffusion_maps(unet, s, x, [(M.to(self.dev), g) for M, g in draws], self.backbone,
                               self.size, schedule_of(self.train_diff.params))
 
 

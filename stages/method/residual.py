@@ -79,3 +79,10 @@ def residual_map(f_in: Tensor, f_out: Tensor, channels: Sequence[int] | Tensor |
         return base_heatmap(f_in, f_out)  # Eq 2
     r = residual(f_in, f_out)
     return own_or_nearest(mahalanobis(r if channels is None else r[:, channels], mu, prec), k)
+
+
+def outside_score(m: Tensor) -> Tensor:
+    """How far an image lies from every category the run was trained on: for each category the median over
+    positions of the Mahalanobis distances (a defect raises a minority of positions; an image of another kind of
+    object raises most), then the smallest over categories. (B, K, h, w) -> (B,)."""
+    return m.flatten(2).median(dim=2).values.amin(dim=1)

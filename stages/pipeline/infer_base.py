@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from stages.data.dataset import EVAL_SPLITS, split_indices, split_train
 from stages.errors import ConfigError, check
-from stages.method.residual import RESIDUAL_NORMS, fit_gaussian, residual_map, stage_channels
-from stages.models.reconstruction import UniADReconstruction
+from stages.method.residual import (RESIDUAL_NORMS, fit_gaussian, mahalanobis, outside_score, residual_map,
+                                    stage_channels)
+from stages.models.reconstruction import UniADReconstruction, residual
 from stages.pipeline.trained import load_model
 from stages.store import dist
 from stages.store.cache import Entry, RunStore
@@ -79,6 +80,12 @@ class ResidualStats:
             raise ValueError(f"categories {unknown} have no residual statistics (run has {self.categories})")
         k = torch.tensor([self.categories.index(c) if c is not None else -1 for c in categories])
         return residual_map(f_in.cpu(), f_out.cpu(), self.channels, self.mu, self.prec.double(), k).float()
+
+    def outside(self, f_in: torch.Tensor, f_out: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) x2 -> (B,) float32: stages.method.residual.outside_score under the run's Gaussians (an
+        image far from every trained category scores high, whatever category it is said to be)."""
+        r = residual(f_in.cpu(), f_out.cpu())[:, self.channels]
+        return outside_score(mahalanobis(r, self.mu, self.prec.double())).float()
 
 
 def _fit(model: UniADReconstruction, feats, records: list[dict], trained: Entry, channels: list[int],
