@@ -78,8 +78,9 @@ def test_killed_rank_then_rerun_computes_exactly_the_missing_chunks(full_run_pri
     run = copy_run(ref, tmp_path / "r.zarr")
     _drop(run, "infer_diff")
     log = tmp_path / "points.log"
-    # rank 1 dies at its first save point: after writing its first chunk's data, before its done flags
-    res = _torchrun(run, "infer-diff", *INFER, log=log, DRDC_KILL_AT="1", DRDC_KILL_RANK="1")
+    # rank 1 dies after writing its first chunk's data, before its done flags (named: which rank writes the
+    # entry's attributes first is a race)
+    res = _torchrun(run, "infer-diff", *INFER, log=log, DRDC_KILL_AT="infer_diff.data:1", DRDC_KILL_RANK="1")
     assert res.returncode != 0
     partial = _entries(run, "infer_diff")
     assert partial and not all(e.is_complete for e in partial.values())

@@ -89,7 +89,10 @@ def test_train_diff_stopped_between_checkpoints_saves_the_step_it_was_in(tiny_da
     saved = torch.load(e.files / "last.pt", weights_only=True)
     k = saved["step"]
     assert 0 < k < 100000
-    cli("train-diff", "--run", b, *options(train, "--steps", str(k)), "-q")  # k steps from scratch
+    # k steps from scratch, in a process like the stopped one (the thread count changes float sums, not the method)
+    subprocess.run([sys.executable, "-m", "drdc_cli", "train-diff", "--run", str(b), "-q",
+                    *map(str, options(train, "--steps", str(k)))], cwd=ROOT, check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}, stdout=subprocess.DEVNULL)
     ref = torch.load(next(b.glob("train_diff/*/files/last.pt")), weights_only=True)
     assert ref["step"] == k
     for part in ("model", "ema"):

@@ -218,7 +218,9 @@ class Entry:
         """Set attributes (re-read from disk under the store lock); a sealed entry is sealed again in the same
         write. Values equal to the stored ones are not written (so a read-only store serves a cached result)."""
         stored = json.loads(json.dumps(attrs, default=str))
-        if all(k in self.group.attrs and settle(self.group.attrs[k]) == settle(v) for k, v in stored.items()):
+        # compared with the disk, not with self.group.attrs: a caller may have changed a list it read from those
+        on_disk = zarr.open_group(store=self.store.path, path=f"{self.stage}/{self.key}", mode="r").attrs
+        if all(k in on_disk and settle(on_disk[k]) == settle(v) for k, v in stored.items()):
             return
         self.store.must_write(f"updating {self.stage.replace('_', '-')} {self.key} must write to it")
         with self.store.locked():
@@ -528,6 +530,8 @@ class RunStore:
         if e is not None and e.is_complete:
             self.check_sound(e, deep=True)  # never "cached" for a result that would not read
             self.set_current(e)
+            log.debug("%s %s: complete, reused (params %s, inputs %s)", stage, key, canonical(params),
+                      canonical(inputs))
             return e, True
         self.must_write(f"{stage.replace('_', '-')} {key} is not cached and must be written to it")
         with self.locked():

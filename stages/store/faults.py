@@ -1,7 +1,8 @@
 """Fault injection for the kill-anywhere tests: named save points where a test can SIGKILL this process.
 
 `DRDC_KILL_AT=k` kills the process (SIGKILL, no cleanup, like an OOM kill or a pre-emption) at the k-th save point
-it reaches; `DRDC_FAULT_LOG=FILE` appends each point reached ("k site"), so a test can count the points of an
+it reaches (`DRDC_KILL_AT=site:k`: the k-th time it reaches the point named site, so a test can name a point
+whatever the ranks' order of reaching the others); `DRDC_FAULT_LOG=FILE` appends each point reached ("k site"), so a test can count the points of an
 uninterrupted run and pick kill points at random among them. `DRDC_KILL_RANK=r` limits the kill to torchrun rank r
 (the other ranks only count). Without these variables a point costs one dict lookup.
 """
@@ -11,6 +12,7 @@ import os
 import signal
 
 _count = 0
+_at_site: dict[str, int] = {}
 
 
 def point(site: str) -> None:
@@ -22,11 +24,14 @@ def point(site: str) -> None:
     if log:
         with open(log, "a") as f:
             f.write(f"{_count} {site} {os.environ.get('RANK', '0')}\n")
+    _at_site[site] = _at_site.get(site, 0) + 1
     rank_ok = os.environ.get("DRDC_KILL_RANK", os.environ.get("RANK", "0")) == os.environ.get("RANK", "0")
-    if at and _count == int(at) and rank_ok:
+    name, _, k = at.rpartition(":") if at else ("", "", "")
+    if at and rank_ok and (_at_site[site] == int(k) if name == site else not name and _count == int(at)):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def reset() -> None:
     global _count
     _count = 0
+    _at_site.clear()
