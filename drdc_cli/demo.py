@@ -42,7 +42,7 @@ def demo(
     dest: Annotated[Path, typer.Option("--out", help="Folder for the demo's data and run store; reruns reuse it.")] = Path("drdc-demo"),
     size: Annotated[int, typer.Option(help="Side of the generated images.")] = 224,
     epochs: Annotated[Optional[int], typer.Option(help="train-base epochs (default: the cpu preset's 0: with its Mahalanobis base map, training the transformer adds nothing measurable).")] = None,
-    diff_steps: Annotated[int, typer.Option(help="train-diff steps (fewer than the cpu preset's 1000; at 150 the diffusion maps were below chance, at 400 above it on every category).")] = 400,
+    diff_steps: Annotated[int, typer.Option(help="train-diff steps (fewer than the cpu preset's 2000; at 150 the diffusion maps were below chance, at 400 above it on every category).")] = 400,
     n_train: Annotated[int, typer.Option(help="train/good images per category.")] = 40,
     n_test_good: Annotated[int, typer.Option(help="test/good images per category.")] = 10,
     n_test_defect: Annotated[int, typer.Option(help="Defect test images per category.")] = 12,

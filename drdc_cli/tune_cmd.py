@@ -60,8 +60,12 @@ def why(trials: list[dict], objective: str) -> str:
 
     r = rationale(trials, objective)
     pct = lambda v: "not tried" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    verdict = ("base only won" if r["base_only"] is not None and r["chosen"] <= r["base_only"]
-               else "the diffusion refinement added to the base map")
+    if r["base_only"] is not None and r["chosen"] <= r["base_only"]:
+        verdict = "base only won"
+    elif r["diffusion_only"] is not None and r["chosen"] <= r["diffusion_only"]:
+        verdict = "the diffusion map alone won"
+    else:
+        verdict = "the diffusion refinement added to the base map"
     return (f"why: on validation (synthetic defects), {objective} {pct(r['chosen'])} for the chosen fusion, "
             f"{pct(r['base_only'])} for the base map alone, {pct(r['diffusion_only'])} for the diffusion map alone: "
             f"{verdict}")

@@ -189,6 +189,7 @@ def test_hard_kinds_shapes() -> None:
 
 
 def test_index_paints_the_kinds_asked_for_and_keeps_the_classic_keys(tiny_data, tmp_path, cli) -> None:
+    from stages.data.choices import ALL_KINDS
     from stages.store.cache import RunStore
 
     from conftest import TINY_INDEX
@@ -198,7 +199,8 @@ def test_index_paints_the_kinds_asked_for_and_keeps_the_classic_keys(tiny_data, 
         "scratch,spot,perlin,cutpaste", "-q")
     cli("index", "--run", tmp_path / "c.zarr", "--data", tiny_data, *TINY_INDEX, "--val-kinds", "crack,stain", "-q")
     a, b, c = (RunStore(tmp_path / f"{n}.zarr").current("index") for n in "abc")
-    assert a.key == b.key and "val_kinds" not in a.params  # the classic kinds: the keys runs had before
+    # the classic kinds keep the keys runs had before; the cpu preset (a) validates on all eight
+    assert "val_kinds" not in b.params and a.params["val_kinds"] == list(ALL_KINDS) and a.key != b.key
     kinds = [r["synthetic"] for r in c.attrs["records"] if r.get("synthetic")]
     assert set(kinds) == {"crack", "stain"} and kinds.count("crack") == kinds.count("stain")
     res = cli("index", "--run", tmp_path / "d.zarr", "--data", tiny_data, "--val-kinds", "crack,bogus", code=2)

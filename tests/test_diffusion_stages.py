@@ -81,9 +81,17 @@ def test_score_fused_and_report_side_by_side(diff_run, cli):
     assert f"base = score {base_key}" in res.output and f"fuse = score {fused_key}" in res.output
 
 
-def test_fuse_names_the_missing_heatmaps(diff_run, cli):
-    res = cli("fuse", "--run", diff_run, "--c", "1,2", code=1)
-    assert "no cached diffusion heatmaps for c=2" in res.output and "drdc infer-diff --run" in res.output
+def test_fuse_names_the_missing_heatmaps(diff_run, cli, tmp_path):
+    import shutil
+
+    run = copy_run(diff_run, tmp_path / "r.zarr")
+    for e in list(RunStore(run).entries()):  # c = 4: a grid size the UNet was trained on, not made yet
+        if e.stage == "infer_diff" and e.params.get("c") == 4:
+            shutil.rmtree(e.path)
+    res = cli("fuse", "--run", run, "--c", "1,4", code=1)
+    assert "no cached diffusion heatmaps for c=4" in res.output and "drdc infer-diff --run" in res.output
+    res = cli("fuse", "--run", run, "--c", "1,2", code=2)  # one it was not: no infer-diff line could make it
+    assert "--grid 1,4,8" in res.stderr and "drdc infer-diff" not in res.stderr
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -112,3 +120,15 @@ def test_fuse_ablation_switches_change_the_map(diff_run, cli):
     assert not np.array_equal(e.array("maps")[:], full)
     cli("fuse", "--run", diff_run, "--c", "1,8", "--multiscale-base")
     assert not np.array_equal(RunStore(diff_run).current("fuse").array("maps")[:], full)
+
+
+@pytest.mark.parametrize("c", ["2", "16", "1,2"])
+def test_a_grid_size_the_unet_never_saw_is_refused_in_one_line(diff_run, cli, c):
+    """The tiny UNet was trained on grid sizes 1, 4, 8 (train-diff --grid): any other c (2 and 16 divide its 32 px)
+    is refused naming --c, the value and the trained sizes, and nothing is written."""
+    before = sorted(p.name for p in (diff_run / "infer_diff").iterdir())
+    res = cli("infer-diff", "--run", diff_run, *INFER, "--c", c, code=2)
+    line = res.stderr.strip()
+    bad = next(v for v in c.split(",") if v not in ("1", "4", "8"))
+    assert len(line.splitlines()) == 1 and "--c" in line and f"got {bad}" in line and "--grid 1,4,8" in line, line
+    assert sorted(p.name for p in (diff_run / "infer_diff").iterdir()) == before

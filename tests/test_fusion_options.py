@@ -115,3 +115,9 @@ def test_tune_rationale_names_the_base_and_diffusion_alternatives():
     # base only: gamma 0 with no image gamma of its own; diffusion only: gamma 1 with image scores from it too
     assert (r["chosen"], r["base_only"], r["diffusion_only"]) == (0.95, 0.90, 0.70)
     assert rationale([trial(0.5, 0.9)], "mean")["base_only"] is None
+    from drdc_cli.tune_cmd import why
+
+    # the verdict names what won: the refinement, the base map alone, or the diffusion map alone
+    assert why(trials, "mean").endswith("the diffusion refinement added to the base map")
+    assert why(trials + [trial(0.0, 0.99)], "mean").endswith("base only won")
+    assert why([trial(1.0, 0.7), trial(1.0, 0.6, image_gamma=0.25)], "mean").endswith("the diffusion map alone won")

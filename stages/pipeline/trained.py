@@ -47,8 +47,9 @@ SCHEDULE_DEFAULTS = {"diffusion_steps": T_PAPER, "beta_start": BETA_START, "beta
 
 def check_maps(unet_params: dict, t=(), c=(), l=(), n_s: int = 2) -> None:  # noqa: E741
     """What infer-diff refuses for the UNet of train-diff params `unet_params` (a ConfigError naming the option):
-    a t beyond its schedule, a grid size c that does not divide its size or leaves a set of n_s empty, a scale l
-    that does not divide its size. Also the test a message runs before it quotes an infer-diff line."""
+    a t beyond its schedule, a grid size c that does not divide its size, leaves a set of n_s empty or is not one
+    of the grid sizes it was trained on (train-diff --grid), a scale l that does not divide its size. Also the
+    test a message runs before it quotes an infer-diff line."""
     from stages.errors import check
     from stages.method.diffusion import check_timesteps
     from stages.method.masks import check_grid
@@ -56,8 +57,12 @@ def check_maps(unet_params: dict, t=(), c=(), l=(), n_s: int = 2) -> None:  # no
     size = int(unet_params["size"])
     if t:
         check_timesteps(tuple(t), schedule_of(unet_params).T)
+    grid = [int(g) for g in unet_params.get("grid", ())]
     for v in c:
         check_grid(size, v, n_s)
+        # a grid size the UNet never saw masks of: its maps would measure the mask, not the image
+        check(not grid or v in grid, "c", f"must be a grid size the UNet was trained on (train-diff --grid "
+              f"{','.join(map(str, grid))})", v)
     for v in l:
         check(size % v == 0, "l", f"must divide the diffusion size {size}", v)
 

@@ -170,7 +170,7 @@ def begin_training(store: "RunStore", stage: str, params: dict, inputs: dict[str
         entry, cached = store.begin(stage, params, inputs, seed=seed)
         if cached:
             h = entry.attrs.get("history", [])
-            return entry.key, True, False, f"{total} {unit}, final loss {h[-1]['loss']:.4g}" if h else ""
+            return entry.key, True, False, f"{total} {unit}" + (f", final loss {h[-1]['loss']:.4g}" if h else "")
         (entry.files / "config.json").write_text(json.dumps(config, indent=1))
         if grows is not None and not (entry.files / "last.pt").exists():
             adopt_shorter(store, entry, grows, unit)

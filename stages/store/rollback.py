@@ -69,7 +69,7 @@ def roll_back(dataset_error: bool, everything: bool = False) -> None:
             prog = e.progress()
             if everything or (prog is None or prog[0] == 0) or (dataset_error and e.stage == "index"):
                 with e.store.locked():
-                    shutil.rmtree(e.path, ignore_errors=True)
+                    _remove(e.path)
         except Exception:  # noqa: BLE001 - best effort on the way out
             continue
     for path, made in CREATED_STORES.items():
@@ -87,3 +87,17 @@ def roll_back(dataset_error: bool, everything: bool = False) -> None:
         else:  # the user's own (empty) folder: remove only what the store put in it
             for child in root.iterdir():
                 shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+
+
+def _remove(path: Path) -> None:
+    """rmtree, again until the folder is gone: a write that failed may leave the store's other writes of that
+    call in flight (zarr gathers them asynchronously), and a chunk landing after the first pass would leave a
+    folder without its zarr.json, which the next command would rightly call damaged."""
+    import shutil
+    import time
+
+    for _ in range(50):
+        shutil.rmtree(path, ignore_errors=True)
+        time.sleep(0.02)  # let a write in flight land (then the next pass removes it)
+        if not path.exists():
+            return
