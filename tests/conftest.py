@@ -33,6 +33,21 @@ TINY_DIFF = ["--size", "32", "--model-channels", "8", "--channel-mult", "1,2", "
 TINY_INFER = ["--t", "100,50,0", "--l", "1,2", "--ns", "2", "--init", "paper", "--distance", "pixel"]
 
 
+def drdc_process(*args, stderr=None):
+    """`python -m drdc_cli *args` in its own process, as a user starts it from a shell: one torch thread (a second
+    process beside the suite's), tables at full width, and SIGINT delivered (under nohup children inherit it
+    ignored, so it is given back)."""
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.Popen([sys.executable, "-m", "drdc_cli", *map(str, args)], cwd=root,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"},
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 def options(base: list, *pairs) -> list:
     """base with each (flag, value) of pairs replacing that flag's value, or appended: an option is given once."""
     out = list(base)

@@ -18,7 +18,7 @@ from stages.store.cache import RunStore
 from stages.errors import StoreError
 from stages.store.locks import is_locked
 
-from conftest import TINY_INFER, copy_run
+from conftest import TINY_INFER, copy_run, drdc_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,11 +98,7 @@ def test_cli_names_the_running_trainer_and_ctrl_c_says_what_is_saved(full_run_pr
 
     run = copy_run(full_run_pristine, tmp_path / "r.zarr")
     train = options(TINY_TRAIN, "--epochs", "5000", "--seed", "9")  # never finishes before the SIGINT, even on a busy machine
-    proc = subprocess.Popen([sys.executable, "-m", "drdc_cli", "train-base", "--run", str(run), "-q", *train],
-                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            # under nohup SIGINT is ignored and children inherit that: give it back
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = drdc_process("train-base", "--run", run, "-q", *train, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 180
         while not any(is_locked(p) for p in run.glob("train_base/*/.lock")) and time.time() < deadline:

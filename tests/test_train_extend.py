@@ -1,21 +1,17 @@
 """train-diff --steps N continues the longest shorter run of equal settings and ends where a run from scratch ends."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from stages.store.cache import RunStore
 
-from conftest import TINY_DIFF, TINY_INDEX, TINY_TRAIN, options
+from conftest import TINY_DIFF, TINY_INDEX, TINY_TRAIN, drdc_process, options
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _entry(run, steps: int):
@@ -69,10 +65,7 @@ def test_train_diff_stopped_between_checkpoints_saves_the_step_it_was_in(tiny_da
     train = options(TINY_DIFF, "--steps", "100000", "--ckpt-every", "100000")  # no checkpoint before the signal
     for run in (a, b):
         cli("index", "--run", run, "--data", tiny_data, *TINY_INDEX, "-q")
-    proc = subprocess.Popen([sys.executable, "-m", "drdc_cli", "train-diff", "--run", str(a), "-q", *train],
-                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = drdc_process("train-diff", "--run", a, "-q", *train, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
         while not list(a.glob("train_diff/*/files/config.json")) and time.time() < deadline:
@@ -90,9 +83,7 @@ def test_train_diff_stopped_between_checkpoints_saves_the_step_it_was_in(tiny_da
     k = saved["step"]
     assert 0 < k < 100000
     # k steps from scratch, in a process like the stopped one (the thread count changes float sums, not the method)
-    subprocess.run([sys.executable, "-m", "drdc_cli", "train-diff", "--run", str(b), "-q",
-                    *map(str, options(train, "--steps", str(k)))], cwd=ROOT, check=True,
-                   env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}, stdout=subprocess.DEVNULL)
+    assert drdc_process("train-diff", "--run", b, "-q", *options(train, "--steps", str(k))).wait() == 0
     ref = torch.load(next(b.glob("train_diff/*/files/last.pt")), weights_only=True)
     assert ref["step"] == k
     for part in ("model", "ema"):

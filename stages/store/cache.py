@@ -66,7 +66,7 @@ def settle(obj: Any) -> Any:
     """One spelling per value, for keys: a signed zero is zero, a tuple a list, a numpy scalar its Python number.
     (Floats spelled 1e-4 or 0.0001 are one float already; the order of a list whose order means nothing, and an
     int given for a float, are settled where the params are built, by the fields' declared types:
-    stages.store.common.settled.) Every value an ordinary option gives is unchanged, so existing keys stay."""
+    stages.store.settle.settle_fields.) Every value an ordinary option gives is unchanged, so existing keys stay."""
     if isinstance(obj, dict):
         return {k: settle(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -398,8 +398,12 @@ class RunStore:
             )
         self.root_problem = root_problem(attrs)
         if self.root_problem and not mend:
-            raise DamageError(f"{self.path}/zarr.json is damaged: {self.root_problem}; `drdc cache verify --run "
-                             f"{self.name} --repair` rewrites it from the store's entries")
+            raise self._root_damaged(self.root_problem)
+
+    def _root_damaged(self, problem: str) -> DamageError:
+        """Damage in the store's own zarr.json: what is wrong, and the command that rewrites it."""
+        return DamageError(f"{self.path}/zarr.json is damaged: {problem}; `drdc cache verify --run {self.name} "
+                           "--repair` rewrites it from the store's entries")
 
     def _create(self) -> None:
         if self.path.exists() and not self.path.is_dir():
@@ -464,8 +468,7 @@ class RunStore:
         self.root = zarr.open_group(self.path, mode=self._mode())
         problem = root_problem(dict(self.root.attrs))
         if problem and problem != self.root_problem:
-            raise DamageError(f"{self.path}/zarr.json is damaged: {problem}; `drdc cache verify --run {self.name} "
-                             "--repair` rewrites it from the store's entries")
+            raise self._root_damaged(problem)
 
     # -- entries ---------------------------------------------------------------------------------------
     def slot(self, stage: str, key: str) -> tuple[Entry | None, str | None]:
@@ -518,6 +521,13 @@ class RunStore:
         if seen[1]:
             raise e.damage(seen[1])
 
+    def _reused(self, e: Entry, params: dict, inputs: dict[str, str]) -> tuple[Entry, bool]:
+        """A complete entry found for these params: it becomes current, and --verbose says it was reused."""
+        self.set_current(e)
+        log.debug("%s %s: complete, reused (params %s, inputs %s)", e.stage, e.key, canonical(params),
+                  canonical(inputs))
+        return e, True
+
     def begin(self, stage: str, params: dict, inputs: dict[str, str], seed: int | None = None,
               exclusive: bool = True) -> tuple[Entry, bool]:
         """The entry for these params and inputs: (entry, cached). A complete entry is returned as cached once
@@ -529,19 +539,13 @@ class RunStore:
         e = self.get(stage, key)
         if e is not None and e.is_complete:
             self.check_sound(e, deep=True)  # never "cached" for a result that would not read
-            self.set_current(e)
-            log.debug("%s %s: complete, reused (params %s, inputs %s)", stage, key, canonical(params),
-                      canonical(inputs))
-            return e, True
+            return self._reused(e, params, inputs)
         self.must_write(f"{stage.replace('_', '-')} {key} is not cached and must be written to it")
         with self.locked():
             self.reload()
             e = self.get(stage, key)
             if e is not None and e.is_complete:  # completed by another process meanwhile
-                self.set_current(e)
-                log.debug("%s %s: complete, reused (params %s, inputs %s)", stage, key, canonical(params),
-                          canonical(inputs))
-                return e, True
+                return self._reused(e, params, inputs)
             if exclusive:
                 lock = FileLock(self.path / stage / key / ".lock")
                 if not lock.acquire(blocking=False):

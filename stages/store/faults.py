@@ -1,10 +1,11 @@
 """Fault injection for the kill-anywhere tests: named save points where a test can SIGKILL this process.
 
 `DRDC_KILL_AT=k` kills the process (SIGKILL, no cleanup, like an OOM kill or a pre-emption) at the k-th save point
-it reaches (`DRDC_KILL_AT=site:k`: the k-th time it reaches the point named site, so a test can name a point
-whatever the ranks' order of reaching the others); `DRDC_FAULT_LOG=FILE` appends each point reached ("k site"), so a test can count the points of an
-uninterrupted run and pick kill points at random among them. `DRDC_KILL_RANK=r` limits the kill to torchrun rank r
-(the other ranks only count). Without these variables a point costs one dict lookup.
+it reaches; `DRDC_KILL_AT=site:k` at the k-th time it reaches the point named site (so a test can name a point
+whatever order the ranks reach the others in). `DRDC_FAULT_LOG=FILE` appends each point reached ("k site"), so a
+test can count the points of an uninterrupted run and pick kill points at random among them. `DRDC_KILL_RANK=r`
+limits the kill to torchrun rank r (the other ranks only count). Without these variables a point costs one dict
+lookup.
 """
 from __future__ import annotations
 
@@ -26,9 +27,16 @@ def point(site: str) -> None:
             f.write(f"{_count} {site} {os.environ.get('RANK', '0')}\n")
     _at_site[site] = _at_site.get(site, 0) + 1
     rank_ok = os.environ.get("DRDC_KILL_RANK", os.environ.get("RANK", "0")) == os.environ.get("RANK", "0")
-    name, _, k = at.rpartition(":") if at else ("", "", "")
-    if at and rank_ok and (_at_site[site] == int(k) if name == site else not name and _count == int(at)):
+    if at and rank_ok and _is_kill_point(at, site):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _is_kill_point(at: str, site: str) -> bool:
+    """Whether this point is the one DRDC_KILL_AT names: "k" (the k-th point) or "site:k"."""
+    name, _, k = at.rpartition(":")
+    if name:
+        return name == site and _at_site[site] == int(k)
+    return _count == int(at)
 
 
 def reset() -> None:
