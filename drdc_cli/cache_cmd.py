@@ -120,6 +120,7 @@ def gc_cmd(
     from stages.errors import ConfigError
     from stages.store.cache import RunStore
     from stages.store.locks import is_locked
+    from stages.store.discard import leftovers
     from stages.store.verify import collect, remove
 
     store = RunStore(run)
@@ -137,11 +138,13 @@ def gc_cmd(
             raise ConfigError(f"--key: {full} is being written by another process; not removed")
         doomed.append((stage, full, path, "damaged" if problem else e.status))
     doomed = list({str(p): (s, k, p, st) for s, k, p, st in doomed}.values())
-    if doomed and not dry_run:
+    # --partial also takes what a kill left of a removal (hidden folders no entry lists)
+    interrupted = [(p.parent.name, p.name, p, "an interrupted removal") for p in leftovers(store.path)] if partial else []
+    if (doomed or interrupted) and not dry_run:
         store.must_write("removing entries must write to it")
-    size = sum(f.stat().st_size for _, _, p, _ in doomed for f in p.rglob("*") if f.is_file())
-    for stage, k, _, status in doomed:
+    size = sum(f.stat().st_size for _, _, p, _ in doomed + interrupted for f in p.rglob("*") if f.is_file())
+    for stage, k, _, status in doomed + interrupted:
         out.print(f"{'would remove' if dry_run else 'remove'} {stage.replace('_', '-')} {k} ({status})")
     if not dry_run:
-        remove(store, [p for _, _, p, _ in doomed])
-    out.print(f"{'would free' if dry_run else 'freed'} {_human(size)} in {len(doomed)} entries")
+        remove(store, [p for _, _, p, _ in doomed + interrupted])
+    out.print(f"{'would free' if dry_run else 'freed'} {_human(size)} in {len(doomed) + len(interrupted)} entries")

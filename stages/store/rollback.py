@@ -54,6 +54,8 @@ def roll_back(dataset_error: bool, everything: bool = False) -> None:
     the store, so it is undone whole: every entry it created goes, finished chunks and all."""
     import shutil
 
+    from stages.store.discard import discard
+
     for undo in list(UNDO):  # the files it wrote outside the store
         try:
             undo()
@@ -69,12 +71,12 @@ def roll_back(dataset_error: bool, everything: bool = False) -> None:
             prog = e.progress()
             if everything or (prog is None or prog[0] == 0) or (dataset_error and e.stage == "index"):
                 with e.store.locked():
-                    _remove(e.path)
+                    discard(e.path)
         except Exception:  # noqa: BLE001 - best effort on the way out
             continue
     for path, made in CREATED_STORES.items():
         root = Path(path)
-        entries = (e for d in root.iterdir() if d.is_dir() for e in d.iterdir() if e.is_dir()) if root.is_dir() else ()
+        entries = (e for d in root.iterdir() if d.is_dir() for e in d.iterdir() if e.is_dir() and not e.name.startswith(".")) if root.is_dir() else ()
         if not root.is_dir() or any(entries):  # stage groups without entries hold nothing to keep
             continue
         if root in made:  # a folder this command made: remove it, and the parents it made if still empty
@@ -88,16 +90,3 @@ def roll_back(dataset_error: bool, everything: bool = False) -> None:
             for child in root.iterdir():
                 shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
-
-def _remove(path: Path) -> None:
-    """rmtree, again until the folder is gone: a write that failed may leave the store's other writes of that
-    call in flight (zarr gathers them asynchronously), and a chunk landing after the first pass would leave a
-    folder without its zarr.json, which the next command would rightly call damaged."""
-    import shutil
-    import time
-
-    for _ in range(50):
-        shutil.rmtree(path, ignore_errors=True)
-        time.sleep(0.02)  # let a write in flight land (then the next pass removes it)
-        if not path.exists():
-            return

@@ -10,7 +10,6 @@ their commands recomputes them.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -19,6 +18,7 @@ import torch
 
 from stages.store import integrity
 from stages.store.cache import Entry, RunStore
+from stages.store.discard import discard
 from stages.store.commands import command, entry_command
 from stages.store.registry import STAGES
 
@@ -153,7 +153,7 @@ def repair(store: RunStore, findings: list[Finding]) -> list[str]:
     store.must_write("repairing it must write to it")
     with store.locked():
         for stage, key in gone:
-            shutil.rmtree(store.path / stage / key, ignore_errors=True)
+            discard(store.path / stage / key)
         if any(f.stage == "run" and not f.ok for f in findings):
             _mend_root(store)
         store.reload()
@@ -263,5 +263,5 @@ def remove(store: RunStore, entries: list) -> None:
     store.must_write("removing entries must write to it")
     with store.locked():
         for e in entries:
-            shutil.rmtree(e.path if isinstance(e, Entry) else e)
+            discard(e.path if isinstance(e, Entry) else e)
         store.reload()
