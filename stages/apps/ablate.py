@@ -18,12 +18,13 @@ import torch
 from tqdm import tqdm
 
 from stages.apps.choices import Selection  # noqa: F401 (torch-free: the command's defaults; re-exported)
-from stages.errors import CacheMissError
+from stages.errors import CacheMissError, DrdcError
 from stages.method.anomaly_map import image_score, upsample
 from stages.method.metrics import compute_metrics, mean_over_categories
 from stages.pipeline.heatmaps import FusionSettings, fuse_maps, image_maps, read_diff
 from stages.pipeline.reading import content
-from stages.pipeline.selection import FuseParams, matches, newest_init, normal_stats, row_folds
+from stages.pipeline.selection import (FuseParams, fused_steps, newest_init, normal_stats, row_folds,
+                                       variant_entries)
 from stages.pipeline.train_diff import TrainDiffParams
 from stages.store.cache import Entry, RunStore
 from stages.store.commands import command
@@ -136,37 +137,23 @@ def _train_diff_entry(store: RunStore, current: Entry, model_condition: bool, ta
     return found
 
 
-def _diff_entries(store: RunStore, unet_key: str, sel: Selection, ttc: bool, init: str = "paper",
-                  distance: str = "pixel") -> dict[int, Entry]:
-    """Complete infer-diff entries of this UNet and variant holding the selected t and l, one per c (newest),
-    filtered exactly like `selection.diff_entries` but for any train-diff entry."""
-    index = store.current("index")
-    found: dict[int, Entry] = {}
-    for e in store.entries():
-        q = e.params
-        if (e.stage == "infer_diff" and e.is_complete and e.inputs == {"index": index.key, "train_diff": unet_key}
-                and matches(q, sel.n_s, ttc, sel.seed, init, distance)
-                and (not sel.c or q["c"] in sel.c) and set(sel.t) <= set(q["t"]) and set(sel.l) <= set(q["l"])):
-            found[q["c"]] = e
-    return dict(sorted(found.items()))
+def _entries_of(store: RunStore, unet_key: str, sel: Selection, ttc: bool, init: str, distance: str
+                ) -> dict[int, Entry]:
+    return variant_entries(store, unet_key, sel.n_s, ttc, sel.seed, init, distance, sel.c, sel.t, sel.l)
 
 
 def _resolve(diffs: dict[int, Entry], sel: Selection, v: Variant, init: str, distance: str
              ) -> FusionSettings | None:
-    """fuse.run's selection: given or common t and l; spatio-temporal fusion off keeps the last t at l = 1;
-    feature maps have l = 1 only."""
-    ts = sorted(sel.t or set.intersection(*(set(e.params["t"]) for e in diffs.values())), reverse=True)
-    ls = sorted(sel.l or set.intersection(*(set(e.params["l"]) for e in diffs.values())))
-    if distance == "feature":
-        ls = [1] if set(sel.l) <= {1} else []
-    if not ts or not ls or (not v.spatio_temporal and 1 not in ls):
+    """fuse's settings for this row (selection.fused_steps: given or common t and l, the variant's switches);
+    None when its maps cannot give them."""
+    try:
+        ts, ls = fused_steps(diffs, sel.t, sel.l, distance, v.spatio_temporal)
+    except DrdcError:
         return None
-    if not v.spatio_temporal:
-        ts, ls = [min(ts)], [1]
     chains = tuple((c, tuple(e.params["t"])) for c, e in diffs.items())
     fusion = v.fusion or sel.fusion
     norm = "pixel" if fusion == "gated" and sel.norm == "none" else sel.norm  # the gate reads normalised maps
-    return FusionSettings(sel.gamma, sel.filter, tuple(ts), tuple(diffs), tuple(ls), v.spatio_temporal,
+    return FusionSettings(sel.gamma, sel.filter, ts, tuple(diffs), ls, v.spatio_temporal,
                           v.multiscale_base, sel.n_s, v.test_time_condition, sel.seed, chains, norm, init,
                           distance, fusion, sel.gate, v.image_gamma)
 
@@ -254,7 +241,7 @@ def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) ->
     c_def = tuple(unet.params.get("grid") or c_def)  # the grid sizes this UNet was trained on (its --size's)
     t_want = sel.t or t_def
     newest = newest_init(store, FuseParams())  # Table 5's rows: the start of the newest maps, as `fuse` takes
-    ref = _diff_entries(store, unet.key, sel, True, sel.init or newest, sel.distance)  # the maps fuse would read
+    ref = _entries_of(store, unet.key, sel, True, sel.init or newest, sel.distance)  # the maps fuse would read
     c_want = list(sel.c) or list(ref) or list(c_def)
     if ref:
         common_t = set.intersection(*(set(e.params["t"]) for e in ref.values()))
@@ -279,7 +266,7 @@ def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) ->
                             infer_diff_command(store, chain, c_want, l_want, sel.n_s, sel.seed, True, init,
                                                distance), back]
             continue
-        diffs = _diff_entries(store, td.key, sel, v.test_time_condition, init, distance)
+        diffs = _entries_of(store, td.key, sel, v.test_time_condition, init, distance)
         missing = [c for c in c_want if c not in diffs]
         t_row = tuple(td.params["chain"]) if _task(td.params) == "inpaint" else t_want
         if missing or not diffs:

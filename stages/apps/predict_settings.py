@@ -9,6 +9,7 @@ from stages.method.fusion import GATE, check_fusion
 from stages.method.masks import check_grid
 from stages.pipeline.heatmaps import FusionSettings, default_settings
 from stages.pipeline.infer_diff import InferDiffParams
+from stages.pipeline.selection import last_step_only
 from stages.store.cache import RunStore
 from stages.store.presets import build
 
@@ -67,7 +68,7 @@ def apply_overrides(s: FusionSettings, o: FuseOverrides) -> FusionSettings:
     default_chain = s.chains[0][1] if s.chains else t
     chains = tuple((v, t if o.t else known.get(v, default_chain)) for v in c)
     if not s.spatio_temporal:
-        t, ls = (min(t),), (1,)
+        t, ls = last_step_only(t)
     return replace(s, gamma=o.gamma if o.gamma is not None else s.gamma,
                    filter=o.filter if o.filter is not None else s.filter, t=t, c=c, l=ls, chains=chains,
                    source=s.source + " + options")

@@ -64,17 +64,27 @@ def newest_init(store: RunStore, p: FuseParams) -> str:
     return init
 
 
-def diff_entries(store: RunStore, p: FuseParams) -> dict[int, Entry]:
-    """The complete, fresh infer-diff entries of this variant, one per c (the newest when several t-lists)."""
-    p = replace(p, init=newest_init(store, p))
-    index, unet = store.current("index"), store.current("train_diff")
+def variant_entries(store: RunStore, unet_key: str, n_s: int, ttc: bool, seed: int, init: str, distance: str,
+                    c=(), t=(), l=()) -> dict[int, Entry]:  # noqa: E741
+    """The complete, fresh infer-diff entries of the UNet unet_key and this variant holding the steps t and scales
+    l, one per c (only the c given, when given), the newest when several t-lists: what every fusion reads."""
+    index = store.current("index")
     found: dict[int, Entry] = {}
     for e in store.entries():
         q = e.params
-        if (e.stage == "infer_diff" and e.is_complete and e.inputs == {"index": index.key, "train_diff": unet.key}
-                and matches(q, p.n_s, p.test_time_condition, p.seed, p.init, p.distance)
-                and (not p.c or q["c"] in p.c) and set(p.t) <= set(q["t"]) and set(p.l) <= set(q["l"])):
+        if (e.stage == "infer_diff" and e.is_complete and e.inputs == {"index": index.key, "train_diff": unet_key}
+                and matches(q, n_s, ttc, seed, init, distance)
+                and (not c or q["c"] in c) and set(t) <= set(q["t"]) and set(l) <= set(q["l"])):
             found[q["c"]] = e  # entries() is oldest first: the newest wins
+    return dict(sorted(found.items()))
+
+
+def diff_entries(store: RunStore, p: FuseParams) -> dict[int, Entry]:
+    """The complete, fresh infer-diff entries of this variant, one per c (the newest when several t-lists)."""
+    p = replace(p, init=newest_init(store, p))
+    unet = store.current("train_diff")
+    found = variant_entries(store, unet.key, p.n_s, p.test_time_condition, p.seed, p.init, p.distance,
+                            p.c, p.t, p.l)
     missing = [c for c in p.c if c not in found]
     if missing or not found:
         want_c = missing or list(p.c)
@@ -85,7 +95,7 @@ def diff_entries(store: RunStore, p: FuseParams) -> dict[int, Entry]:
         raise CacheMissError(f"no cached diffusion heatmaps {'for ' + what if what else 'of this variant'} "
                              f"(n_s {p.n_s}, seed {p.seed}, start {p.init}, {p.distance} maps); make them with "
                              f"`{_command(store, p, want_c, p.t, p.l)}`")
-    return dict(sorted(found.items()))
+    return found
 
 
 def resolve(store: RunStore, p: FuseParams) -> tuple[FusionSettings, dict[int, Entry]]:
@@ -96,21 +106,39 @@ def resolve(store: RunStore, p: FuseParams) -> tuple[FusionSettings, dict[int, E
         ls = tuple(sorted(p.l or (1, 2, 4, 8))) if p.multiscale_base else ()
         return FusionSettings(0.0, p.filter, (), (), ls, p.spatio_temporal, p.multiscale_base, p.n_s,
                               p.test_time_condition, p.seed, (), p.norm), {}
-    check(p.distance == "pixel" or set(p.l) <= {1}, "l", "feature maps have one scale: l = 1", p.l)
+    check_scales(p.distance, p.l)  # before the cache is read: the option is at fault, not the cache
     p = replace(p, init=newest_init(store, p))
     diffs = diff_entries(store, p)
-    ts = sorted(p.t or set.intersection(*(set(e.params["t"]) for e in diffs.values())), reverse=True)
-    ls = [1] if p.distance == "feature" else sorted(
-        p.l or set.intersection(*(set(e.params["l"]) for e in diffs.values())))
-    if not ts or not ls:
-        raise CacheMissError("the cached infer-diff entries share no t or no l; pass --t/--l explicitly")
-    if not p.spatio_temporal:  # Table 5: only the last reverse step, l = 1
-        check(1 in ls, "l", "spatio-temporal fusion off uses the l = 1 maps; include 1", tuple(ls))
-        ts, ls = [min(ts)], [1]
+    ts, ls = fused_steps(diffs, p.t, p.l, p.distance, p.spatio_temporal)
     chains = tuple((c, tuple(e.params["t"])) for c, e in diffs.items())
-    return FusionSettings(p.gamma, p.filter, tuple(ts), tuple(diffs), tuple(ls), p.spatio_temporal,
+    return FusionSettings(p.gamma, p.filter, ts, tuple(diffs), ls, p.spatio_temporal,
                           p.multiscale_base, p.n_s, p.test_time_condition, p.seed, chains, p.norm, p.init,
                           p.distance, p.fusion, p.gate, p.image_gamma), diffs
+
+
+def fused_steps(diffs: dict[int, Entry], t=(), l=(), distance: str = "pixel", spatio_temporal: bool = True  # noqa: E741
+                ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(t, l) a fusion of the maps diffs reads: the given ones, else those every entry holds (t descending, the
+    reverse process's order); feature maps have one scale, l = 1; spatio-temporal fusion off keeps only the last
+    step at l = 1 (last_step_only). A CacheMissError or ConfigError when the entries cannot give them."""
+    check_scales(distance, l)
+    ts = sorted(t or set.intersection(*(set(e.params["t"]) for e in diffs.values())), reverse=True)
+    ls = [1] if distance == "feature" else sorted(l or set.intersection(*(set(e.params["l"]) for e in diffs.values())))
+    if not ts or not ls:
+        raise CacheMissError("the cached infer-diff entries share no t or no l; pass --t/--l explicitly")
+    if not spatio_temporal:
+        check(1 in ls, "l", "spatio-temporal fusion off uses the l = 1 maps; include 1", tuple(ls))
+        return last_step_only(ts)
+    return tuple(ts), tuple(ls)
+
+
+def check_scales(distance: str, l) -> None:  # noqa: E741
+    check(distance == "pixel" or set(l) <= {1}, "l", "feature maps have one scale: l = 1", tuple(l))
+
+
+def last_step_only(t) -> tuple[tuple[int], tuple[int]]:
+    """Table 5's "w/o spatio-temporal fusion": only the last reverse step (the smallest t), at l = 1."""
+    return (min(t),), (1,)
 
 
 def validation_normals(index: Entry, rec: np.ndarray) -> dict[str, np.ndarray]:
