@@ -1,4 +1,4 @@
-"""Images per second of scoring on the CPU: `drdc predict` (in process: stages.apps.predict with a loaded
+"""Images per second of scoring on the CPU: `drdc predict` (in process: stages.apps.predict.loop with a loaded
 Predictor) against the exported folder's infer.py (onnxruntime, `drdc export`), base-only and DRDC, on the same
 images in one run; then onnxruntime with explicit options and OpenVINO (when installed) on the same ONNX graphs.
 
@@ -33,10 +33,10 @@ import torch
 from common import alternate, fmt, machine, median, save_json, show
 from runstore import StoreSpec, build
 
-from stages.apps.export import export
-from stages.apps.export_check import spread
-from stages.apps.predict import predict
-from stages.apps.predictor import Predictor
+from stages.apps.export.folder import export
+from stages.apps.export.check import spread
+from stages.apps.predict.loop import predict
+from stages.apps.predict.predictor import Predictor
 from stages.pipeline import fuse
 from stages.pipeline.infer_diff import InferDiffParams
 from stages.pipeline.selection import FuseParams

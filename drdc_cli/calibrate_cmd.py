@@ -37,7 +37,7 @@ def calibrate(
     from rich.table import Table
 
     from stages.apps import calibrate as cal
-    from stages.apps.predictor import Predictor
+    from stages.apps.predict.predictor import Predictor
     from stages.store.cache import RunStore
 
     store = RunStore(run)

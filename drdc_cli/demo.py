@@ -10,7 +10,7 @@ import typer
 from .app import app, err, guarded, out, report_stage
 from .pipeline import DeviceOpt, OverwriteOpt, QuietOpt
 from .predict_cmd import run_predict
-from .workflow import run_all
+from .workflow import run_and_print
 
 if TYPE_CHECKING:
     from stages.store.cache import RunStore
@@ -52,7 +52,7 @@ def demo(
 ) -> None:
     """Generate the synthetic dataset, run every stage on it with the cpu preset, print base-only vs DRDC."""
     from stages.apps.outputs import Outputs
-    from stages.apps.predict_outputs import RESULTS
+    from stages.apps.predict.outputs import RESULTS
     from stages.data import synthetic
     from stages.store.cache import RunStore
 
@@ -68,7 +68,7 @@ def demo(
         synthetic.make_dataset(data, spec, progress=progress)
         out.print(f"[green]✓[/] synthetic data: {', '.join(spec.categories)} in {data}")
     store = RunStore(run, create=True)
-    run_all(store, data, "cpu", device, progress, base_epochs=epochs, diff_steps=diff_steps)
+    run_and_print(store, data, "cpu", device, progress, base_epochs=epochs, diff_steps=diff_steps)
     pictures = demo_pictures(store, dest, device, progress, overwrite)
     out.print(f"demo finished in {time.perf_counter() - t0:.0f} s; run store: {run} "
               f"(inspect with `drdc cache ls --run {run}`)")
@@ -80,7 +80,7 @@ def demo_pictures(store: RunStore, dest: Path, device: str, progress: bool, over
     """Calibrate thresholds on the held-out normal images (with a pixel threshold), then `predict` one normal
     and one defective test image per category into <dest>/pictures/."""
     from stages.apps import calibrate
-    from stages.apps.predictor import Predictor
+    from stages.apps.predict.predictor import Predictor
 
     index = store.current("index")
     root = Path(index.params["root"])

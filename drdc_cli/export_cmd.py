@@ -26,7 +26,7 @@ def export_cmd(
     """Export the run's models for deployment: what predict scores as one graph (drdc: image, category, masks,
     noise -> H_out), image -> H_base (base), the conditional UNet, a manifest (preprocessing, fusion and its
     statistics, how to draw the masks and noise, thresholds, keys) and infer.py, which needs only onnxruntime."""
-    from stages.apps.export import export
+    from stages.apps.export.folder import export
     from stages.store.cache import RunStore
 
     m = export(RunStore(run), dest, format, weights, base_only, progress=not quiet, overwrite=overwrite)
@@ -34,8 +34,8 @@ def export_cmd(
               f"({m['format']}{', opset ' + str(m['opset']) if m['opset'] else ''}); try "
               f"`python {dest / 'infer.py'} IMAGE...`", soft_wrap=True)
     if check:
-        from stages.apps.export_check import MAP_TOLERANCE, SCORE_TOLERANCE
-        from stages.apps.export_check import check as check_export
+        from stages.apps.export.check import MAP_TOLERANCE, SCORE_TOLERANCE
+        from stages.apps.export.check import check as check_export
         from stages.errors import DataError
 
         r = check_export(RunStore(run), dest, check, base_only, progress=not quiet)

@@ -17,9 +17,9 @@ from .app import app, err, guarded, out
 from .pipeline import DeviceOpt, OverwriteOpt, QuietOpt, RunOpt, _ints
 
 if TYPE_CHECKING:  # loaded when a command runs: they bring torch, and matplotlib only when pictures are drawn
-    from stages.apps.predict import Prediction
-    from stages.apps.predict_settings import FuseOverrides
-    from stages.apps.predictor import Predictor
+    from stages.apps.predict.loop import Prediction
+    from stages.apps.predict.settings import FuseOverrides
+    from stages.apps.predict.predictor import Predictor
     from stages.store.cache import RunStore
 
 _FUSION = "Fusion (default: the run's current fuse settings)"
@@ -38,7 +38,7 @@ def overrides(gamma, filter_, t, c, l, base_only: bool = False) -> FuseOverrides
     given = [f for f, v in (("--gamma", gamma), ("--filter", filter_), ("--t", t), ("--c", c), ("--l", l)) if v is not None]
     if base_only and given:
         raise ConfigError(f"--base-only scores H_base alone, so {', '.join(given)} would have no effect; give one or the other")
-    from stages.apps.predict_settings import FuseOverrides
+    from stages.apps.predict.settings import FuseOverrides
 
     return FuseOverrides(gamma=gamma, filter=filter_, t=_ints(t, "--t") or None, c=_ints(c, "--c") or None,
                          l=_ints(l, "--l") or None)
@@ -92,11 +92,11 @@ def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category
     scored; the command then exits 1 (with nothing to score: before any model loads)."""
     from stages.apps import calibrate as cal
     from stages.apps.outputs import Outputs
-    from stages.apps.predict import predict
-    from stages.apps.predict_inputs import check_category, collect_images, display_names, picture_stems
-    from stages.apps.predict_outputs import MASK, PICTURE, RESULTS, picture_writer, write_results
-    from stages.apps.predict_settings import FuseOverrides
-    from stages.apps.predictor import Predictor
+    from stages.apps.predict.loop import predict
+    from stages.apps.predict.inputs import check_category, collect_images, display_names, picture_stems
+    from stages.apps.predict.outputs import MASK, PICTURE, RESULTS, picture_writer, write_results
+    from stages.apps.predict.settings import FuseOverrides
+    from stages.apps.predict.predictor import Predictor
 
     fuse = FuseOverrides() if fuse is None else fuse
     refused: list[str] = []

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from stages.store.cache import RunStore
 
 
-def run_all(store: RunStore, data: Path, preset: str, device: str, progress: bool,
-            base_epochs: int | None = None, diff_steps: int | None = None, image_size: int | None = None) -> None:
+def run_and_print(store: RunStore, data: Path, preset: str, device: str, progress: bool,
+                  base_epochs: int | None = None, diff_steps: int | None = None, image_size: int | None = None) -> None:
     """stages.pipeline.workflow.run_all, each stage's result and the tune ranking printed, then the report."""
     from stages.pipeline import workflow
 
@@ -55,4 +55,4 @@ def run_cmd(
     from stages.store.cache import RunStore
 
     store = RunStore(run, create=True)
-    run_all(store, data, preset_of(store, preset), device, not quiet, base_epochs, diff_steps)
+    run_and_print(store, data, preset_of(store, preset), device, not quiet, base_epochs, diff_steps)

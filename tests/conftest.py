@@ -92,7 +92,7 @@ def copy_run(src: Path, dst: Path) -> Path:
 def exported(full_run_pristine: Path, tmp_path_factory: pytest.TempPathFactory):
     """(a copy of the full tiny run, its ONNX export folder, the manifest): shared by tests/test_export.py and the
     predict benchmark's smoke run (an export takes about a minute)."""
-    from stages.apps.export import export
+    from stages.apps.export.folder import export
     from stages.store.cache import RunStore
 
     root = tmp_path_factory.mktemp("export")

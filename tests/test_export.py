@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from stages.store.cache import RunStore
-from stages.apps.predict import predict
-from stages.apps.predictor import Predictor
+from stages.apps.predict.loop import predict
+from stages.apps.predict.predictor import Predictor
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -52,7 +52,7 @@ def _outside(tiny_data: Path, root: Path, n: int) -> list[Path]:
 
 def test_standalone_example_gives_predicts_drdc_scores_and_maps(exported, tiny_data, tmp_path):
     """export --check: infer.py in a fresh process (torch's draws) against predict, on copies of test images."""
-    from stages.apps.export_check import check
+    from stages.apps.export.check import check
 
     run, dest, _ = exported
     r = check(RunStore(run), dest, 2)
@@ -67,7 +67,7 @@ def test_standalone_example_gives_predicts_drdc_scores_and_maps(exported, tiny_d
 
 
 def test_export_check_catches_a_broken_export(exported, tmp_path):
-    from stages.apps.export_check import check
+    from stages.apps.export.check import check
 
     run, dest, _ = exported
     broken = Path(shutil.copytree(dest, tmp_path / "broken"))  # a manifest whose pool is not the run's
@@ -164,7 +164,7 @@ def test_unet_graph_gives_the_unets_eps_at_any_batch(exported):
 
 
 def test_torchscript_export_matches_the_onnx_graph(exported, tmp_path):
-    from stages.apps.export import export
+    from stages.apps.export.folder import export
 
     run, dest, _ = exported
     m = export(RunStore(run), tmp_path / "ts", "torchscript", base_only=True)

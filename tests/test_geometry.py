@@ -118,8 +118,8 @@ def test_pad_end_to_end(tiny_data, tmp_path, cli):
     cli("index", "--run", tmp_path / "s.zarr", "--data", data, *TINY_INDEX, "-q")
     assert "resize" not in RunStore(tmp_path / "s.zarr").current("index").params
     # predict draws the file's own aspect: 96 x 64 shown at 64 x 43
-    from stages.apps.predict import predict
-    from stages.apps.predictor import Predictor
+    from stages.apps.predict.loop import predict
+    from stages.apps.predict.predictor import Predictor
 
     image = sorted((data / "disc" / "test").rglob("*.png"))[-1]
     views = []  # pictures are drawn per batch: the arrays are dropped after it

@@ -215,13 +215,13 @@ WALK = _walk_cases()
 
 @pytest.fixture()
 def no_work(monkeypatch):
-    import stages.apps.predict
+    import stages.apps.predict.loop
 
     def refuse(*a, **k):
         raise WorkStarted()
 
     monkeypatch.setattr(RunStore, "begin", refuse)
-    monkeypatch.setattr(stages.apps.predict, "predict", refuse)
+    monkeypatch.setattr(stages.apps.predict.loop, "predict", refuse)
 
 
 def _accepted(res) -> bool:

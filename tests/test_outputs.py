@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from stages.apps.outputs import fold
-from stages.apps.predict_inputs import picture_names
+from stages.apps.predict.inputs import picture_names
 
 from conftest import copy_run
 
@@ -135,13 +135,13 @@ def test_predict_writes_one_picture_and_one_mask_per_image_whatever_their_names(
 
 
 def test_a_failed_command_takes_back_what_it_wrote(full_run, tiny_data, tmp_path, cli, monkeypatch):
-    import stages.apps.predict_figures
+    import stages.apps.predict.figures
     from stages.errors import DataError
 
     def fail(*a, **k):
         raise DataError("the disk said no")
 
-    monkeypatch.setattr(stages.apps.predict_figures, "save_mask", fail)
+    monkeypatch.setattr(stages.apps.predict.figures, "save_mask", fail)
     cli("calibrate", "--run", full_run, "--base-only", "--pixel", "-q")
     out = tmp_path / "o"
     out.mkdir()

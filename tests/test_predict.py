@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from stages.store.cache import RunStore
-from stages.apps.predict_inputs import collect_images, picture_names
+from stages.apps.predict.inputs import collect_images, picture_names
 
 from conftest import TINY, copy_run
 
@@ -175,7 +175,7 @@ def test_demo_pictures_one_normal_one_defect_per_category(full_run, tmp_path):
 def test_the_demo_pictures_the_diffusion_map_even_when_tune_chose_the_base_map(full_run, cli):
     """With gamma 0 the fusion reads no diffusion map; the demo's predictor still computes it for the pictures
     (shown_only), and H_out and the scores stay those of the base map."""
-    from stages.apps.predictor import Predictor
+    from stages.apps.predict.predictor import Predictor
 
     cli("fuse", "--run", full_run, "--gamma", "0", "-q")
     cli("score", "--run", full_run, "--source", "fuse", "-q")

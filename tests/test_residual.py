@@ -117,8 +117,8 @@ def test_the_stored_maps_are_the_mahalanobis_norm_of_each_images_own_category(ma
 
 
 def test_predict_scores_dataset_images_as_infer_base_and_score_did(maha_run, tiny_data):
-    from stages.apps.predict import predict
-    from stages.apps.predictor import Predictor
+    from stages.apps.predict.loop import predict
+    from stages.apps.predict.predictor import Predictor
 
     store = RunStore(maha_run)
     images = sorted((tiny_data / "disc" / "test").rglob("*.png"))[:3]

@@ -55,7 +55,7 @@ TABLE5: tuple[Variant, ...] = (
     Variant("+ multi-scale base heatmap", True, True, True, True),
     Variant("DRDC (full)", False, True, True, True),
 )
-# What each of drdc's own options adds to the paper's procedure (not in the paper; GUIDE section 3).
+# What each of drdc's own options adds to the paper's procedure (not in the paper; README "The diffusion branch").
 OPTIONS: tuple[Variant, ...] = (
     Variant("DRDC, paper training and start", False, True, True, True, "paper", "paper", "pixel"),
     Variant("+ start ddad (no retraining)", False, True, True, True, "paper", "ddad", "pixel"),

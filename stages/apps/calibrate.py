@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve
-from tqdm import tqdm
 
-from stages.apps.predictor import Predictor
+from stages.apps.predict.predictor import Predictor
 from stages.data.dataset import split_train
 from stages.data.validation import validation_normals
 from stages.errors import CacheMissError, ConfigError, check
+from stages.pipeline.chunked import chunks
 from stages.pipeline.reading import category_maps, content
 from stages.store.cache import Entry, RunStore
 from stages.store.commands import quote, with_validation
@@ -126,21 +126,15 @@ def run(store: RunStore, pred: Predictor, fpr: float | None = None, percentile: 
         scores = entry.require_array("scores", (n,), "float32")
         maps = entry.require_array("maps", (n, s, s), "float32")
         outside = entry.require_array("outside", (n,), "float32") if pred.residual is not None else None
-        done = entry.require_done(n)
-        todo = entry.pending(n)
         images = index.array("images")
-        with tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="calibrate", unit="img",
-                  disable=not progress) as bar:
-            for a, b in todo:
-                out = pred.run(images.get_orthogonal_selection((rec[a:b],)), rec[a:b],
-                               [index.attrs["records"][i]["category"] for i in rec[a:b]],
-                               content(index, rec[a:b]))  # padded images: as predict scores them
-                scores[a:b] = out.scores
-                maps[a:b] = out.h_out
-                if outside is not None:
-                    outside[a:b] = out.outside
-                entry.mark_done(done, a, b)
-                bar.update(b - a)
+        for a, b in chunks([entry], n, "calibrate", progress):
+            out = pred.run(images.get_orthogonal_selection((rec[a:b],)), rec[a:b],
+                           [index.attrs["records"][i]["category"] for i in rec[a:b]],
+                           content(index, rec[a:b]))  # padded images: as predict scores them
+            scores[a:b] = out.scores
+            maps[a:b] = out.h_out
+            if outside is not None:
+                outside[a:b] = out.outside
     records = index.attrs["records"]
     cats = np.array([records[i]["category"] for i in rec])
     all_scores = entry.array("scores")[:]

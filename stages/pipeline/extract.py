@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from stages.errors import check
 from stages.models.backbone import load_backbone
+from stages.pipeline.chunked import chunks
 from stages.store import dist
 from stages.store.cache import RunStore
-from stages.store.claims import claim_chunks
 from stages.store.common import StageResult, resolve_device, settle_fields
 
 STAGE = "extract"
@@ -54,13 +53,8 @@ def run(store: RunStore, p: ExtractParams, weights: Path | None = None, device: 
                  weights_file=str(Path(weights).resolve()) if weights else None)  # for printed rerun commands
     dist.start_together(dev)  # torchrun: ranks begin claiming at once, so each takes its own share
     feats = entry.require_array("features", (n, net.out_channels, fs, fs), "float32")
-    done = entry.require_done(n)
-    todo = entry.pending(n)
-    with torch.inference_mode(), tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="extract",
-                                      unit="img", disable=not progress) as bar:
-        for a, b in claim_chunks([entry], n, rank=dist.rank(), world=dist.world_size()):
+    with torch.inference_mode():
+        for a, b in chunks([entry], n, "extract", progress, shared=True):
             feats[a:b] = net(images_to_tensor(images[a:b], dev)).cpu().numpy()
-            entry.mark_done(done, a, b)
-            bar.update(b - a)
     entry.complete()
     return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, summary)

@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from stages.errors import CacheMissError
+from stages.pipeline.chunked import chunks
 from stages.pipeline.heatmaps import fuse_maps, image_maps, read_diff
 from stages.pipeline.selection import FuseParams, normal_stats, resolve, row_folds
 from stages.store.cache import RunStore
@@ -71,11 +71,8 @@ def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
     # with an image gamma of its own, the map the image scores are taken from (score reads it)
     image = entry.require_array("image_maps", (n, size_img, size_img), "float32") if s.scores_own_map else None
     entry.require_array("record", (n,), "int64")[:] = rec
-    done = entry.require_done(n)
-    todo = entry.pending(n)
-    with torch.no_grad(), tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="fuse", unit="img",
-                               disable=not progress) as bar:
-        for a, b in todo:
+    with torch.no_grad():
+        for a, b in chunks([entry], n, "fuse", progress):
             hd = read_diff(diffs, s, slice(a, b)) if s.uses_diffusion else None
             st = (stats.per_row([records[i]["category"] for i in rec[a:b]], [fold.get(k) for k in range(a, b)])
                   if stats is not None else None)
@@ -84,8 +81,6 @@ def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
             maps[a:b] = h_out.numpy()
             if image is not None:
                 image[a:b] = image_maps(hf, hb, h_st, h_out, s, c_feat, st).numpy()
-            entry.mark_done(done, a, b)
-            bar.update(b - a)
     size_diff = next(iter(diffs.values())).params["size"] if diffs else None
     entry.complete(c_feat=c_feat, diffusion_size=size_diff)
     return StageResult(STAGE, entry.key, False, time.perf_counter() - t0, summary)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from stages.data.dataset import LAYOUTS, discover, fingerprint, resolve_recorded
 from stages.data.defects import paint_defect
@@ -24,6 +23,7 @@ from stages.data.images import load_mask, load_rgb
 from stages.data.validation import paint_seed, with_validation
 from stages.data.defects import ALL_KINDS, KINDS
 from stages.errors import check
+from stages.pipeline.chunked import chunks
 from stages.store.cache import RunStore
 from stages.store.claims import CHUNK
 from stages.store.common import ASCENDING, StageResult, settle_fields
@@ -107,13 +107,10 @@ def run(store: RunStore, p: IndexParams, progress: bool = True, workers: int = 2
     images = entry.require_array("images", (n, s, s, 3), "uint8")
     masks = entry.require_array("masks", (n, s, s), "uint8")
     content = entry.require_array("valid", (n, s, s), "uint8") if p.resize == "pad" else None  # 1: the image
-    done = entry.require_done(n)
-    todo = entry.pending(n)
     has_defect = np.zeros(n, bool)  # filled as chunks are written; chunks done by an earlier run are read after
     unseen = np.ones(n, bool)
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=n, desc="index", unit="img", disable=not progress,
-                                                   initial=n - sum(b - a for a, b in todo)) as bar:
-        for a, b in todo:
+    with ThreadPoolExecutor(workers) as pool:
+        for a, b in chunks([entry], n, "index", progress):
             real = [i for i in range(a, b) if "synthetic" not in records[i]]
             loaded = list(pool.map(lambda i: _load(ds.root, records[i], s, p.resize), real))  # PIL: no GIL
             img, msk = np.zeros((b - a, s, s, 3), np.uint8), np.zeros((b - a, s, s), np.uint8)
@@ -137,8 +134,6 @@ def run(store: RunStore, p: IndexParams, progress: bool = True, workers: int = 2
             has_defect[a:b], unseen[a:b] = msk.any(axis=(1, 2)), False
             if content is not None:
                 content[a:b] = inside
-            entry.mark_done(done, a, b)
-            bar.update(b - a)
     for a in np.flatnonzero(unseen[::CHUNK]) * CHUNK:  # a resumed run: the chunks written before
         has_defect[a:a + CHUNK] = masks[a:a + CHUNK].any(axis=(1, 2))
     empty = [r["path"] for r, hit in zip(records, has_defect) if r["mask"] and not hit]  # synthetic: never empty

@@ -23,11 +23,11 @@ from stages.errors import ConfigError, check
 from stages.method.residual import (RESIDUAL_NORMS, fit_gaussian, mahalanobis, outside_score, residual_map,
                                     stage_channels)
 from stages.models.reconstruction import UniADReconstruction, residual
+from stages.pipeline.chunked import chunks
 from stages.pipeline.trained import load_model
 from stages.store import dist
 from stages.store.cache import Entry, RunStore
 from stages.store.checkpoint import atomic_save, load_weights, save_tensors
-from stages.store.claims import claim_chunks
 from stages.store.common import ASCENDING, StageResult, keyed, resolve_device, settle_fields
 
 STAGE = "infer_base"
@@ -143,18 +143,12 @@ def run(store: RunStore, p: InferBaseParams = InferBaseParams(), device: str = "
             stats = ResidualStats(cats, channels, torch.from_numpy(mu), torch.from_numpy(prec))
         entry.require_array("record", (n,), "int64")[:] = idx
         maps = entry.require_array("h_base", (n, fs, fs), "float32")
-        done = entry.require_done(n)
-        todo = entry.pending(n)
-        with tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="infer-base", unit="img",
-                  disable=not progress) as bar:
-            for a, b in claim_chunks([entry], n, rank=dist.rank(), world=dist.world_size()):
-                f_in = torch.from_numpy(feats.get_orthogonal_selection((idx[a:b],))).to(dev)
-                f_out = model(f_in)
-                h = (residual_map(f_in, f_out) if stats is None  # Eq 2
-                     else stats.heatmap(f_in, f_out, [records[i]["category"] for i in idx[a:b]]))
-                maps[a:b] = h.cpu().numpy()
-                entry.mark_done(done, a, b)
-                bar.update(b - a)
+        for a, b in chunks([entry], n, "infer-base", progress, shared=True):
+            f_in = torch.from_numpy(feats.get_orthogonal_selection((idx[a:b],))).to(dev)
+            f_out = model(f_in)
+            h = (residual_map(f_in, f_out) if stats is None  # Eq 2
+                 else stats.heatmap(f_in, f_out, [records[i]["category"] for i in idx[a:b]]))
+            maps[a:b] = h.cpu().numpy()
     entry.complete(device=str(dev))
     return StageResult(STAGE, entry.key, False, time.perf_counter() - t0,
                        f"{n} validation + test heatmaps ({fs}x{fs}){what}")

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from stages.data.dataset import EVAL_SPLITS, split_indices
 from stages.data.images import to_model_space
@@ -28,10 +27,10 @@ from stages.method.inpaint import Noise, assemble, check_init, inpaint
 from stages.method.masks import grid_masks, image_generator
 from stages.models.backbone import load_matching
 from stages.models.unet import InferenceUNet
+from stages.pipeline.chunked import chunks
 from stages.pipeline.trained import check_maps, load_unet, schedule_of
 from stages.store import dist
 from stages.store.cache import Entry, RunStore
-from stages.store.claims import claim_chunks
 from stages.store.common import ASCENDING, StageResult, resolve_device, settle_fields
 
 STAGE = "infer_diff"
@@ -149,31 +148,25 @@ def run(store: RunStore, p: InferDiffParams, device: str = "auto", progress: boo
     if dev.type == "cuda" or p.bf16 or compile:  # on the CPU plain fp32 NCHW is fastest (benchmarks/RESULTS.md)
         model = InferenceUNet(model, channels_last=dev.type == "cuda", bf16=p.bf16, compile=compile)
     arrays = {}
-    todo: set[tuple[int, int]] = set()
     for c, e in entries.items():
         e.require_array("record", (n,), "int64")[:] = idx
         shapes = {"heatmaps": (n, n_t, n_l, size, size), **({"feature": (n, n_t, size, size)}
                                                           if p.distance == "feature" else {})}
         arrays[c] = ({a: e.require_array(a, shp, "float16") for a, shp in shapes.items()}, e.require_done(n))
-        todo.update(e.pending(n))
     # A chunk pending for any c is computed for every c of this call, so a resumed run batches exactly like
     # the uninterrupted one (bit-identical); only the c still pending are written, so a chunk already done is
     # never overwritten. An entry computed in another call, beside other c, may differ from a fresh all-c run
     # in the last bits of float arithmetic.
     cs = sorted(entries)
     images = index.array("images")
-    with torch.inference_mode(), tqdm(total=n, initial=n - sum(b - a for a, b in todo), desc="infer-diff",
-                                      unit="img", disable=not progress) as bar:
-        for a, b in claim_chunks(list(entries.values()), n, rank=dist.rank(), world=dist.world_size()):
+    with torch.inference_mode():
+        for a, b in chunks([entries[c] for c in cs], n, "infer-diff", progress, shared=True):
             x = to_model_space(images.get_orthogonal_selection((idx[a:b],)), size)
             maps = image_heatmaps(model, p, x, idx[a:b], cs, size, dev, phi, size_in, sched)
             todo_c = [c for c in cs if not arrays[c][1][a:b].all()]
-            for c in todo_c:
+            for c in todo_c:  # their flags follow, set by chunks()
                 for name, arr in arrays[c][0].items():
                     arr[a:b] = maps[name][c].cpu().numpy().astype(np.float16)
-            for c in todo_c:  # data of every c first, then the flags
-                entries[c].mark_done(arrays[c][1], a, b)
-            bar.update(b - a)
     for c, e in entries.items():
         e.complete(device=str(dev))
     note = f" (c={','.join(map(str, cached))} cached)" if cached else ""

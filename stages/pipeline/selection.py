@@ -17,7 +17,6 @@ from stages.pipeline.params import FuseParams  # noqa: F401 (torch-free, re-expo
 from stages.pipeline.trained import check_maps
 from stages.store.cache import Entry, RunStore
 from stages.store.commands import with_validation
-from stages.store.common import ASCENDING, DESCENDING, settle_fields
 
 
 def _command(store: RunStore, p: FuseParams, cs, ts, ls) -> str:

@@ -4,12 +4,12 @@ Each sample: a grid size c from --grid and one of its n_s mask sets, drawn like 
 concat(x_t, I_in) with I_in = M * I_ori + (1 - M) * N(0, 1), and regresses the noise added to I_ori (Eq 12).
 `--no-model-condition` trains the ablation that sees x_t only.
 
-`--crop N` (not in the paper; issue 12) trains on random N x N crops of the --size images, masks cut from the
+`--crop N` (not in the paper; README "The diffusion branch") trains on random N x N crops of the --size images, masks cut from the
 full image's grid (cells stay c pixels, as at inference), and infer-diff runs the fully convolutional UNet on
 the whole --size image: a training step costs what it costs at N px while the heatmaps are made at --size, so a
 thin defect keeps more of its contrast (a 1-px line keeps about a fifth of it at 64 px from 224, half at 128).
 
-`--task inpaint` (not in the paper; GUIDE section 3 has why) trains what the test-time loop asks instead:
+`--task inpaint` (not in the paper; README "The diffusion branch" says why) trains what the test-time loop asks instead:
   - a step k of the inference t-list `--chain` is drawn, and the reverse process of `infer-diff --init noise`
     (stages.method.inpaint.reverse_process: masked region pure noise independent of I_in's, known region q_sample of
     I_ori, then DDIM steps with the current weights, no gradient) is run up to it, so the UNet is trained on the

@@ -37,7 +37,7 @@ from stages.pipeline.reading import content
 from stages.pipeline.selection import FuseParams, resolve
 from stages.store.cache import Entry, RunStore
 from stages.store.commands import with_validation
-from stages.store.common import ASCENDING, StageResult, settle_fields
+from stages.store.common import StageResult
 
 STAGE = "tune"
 AXES = ("variant", "norm", "gamma", "fusion", "gate", "filter", "t", "c", "l", "image_gamma")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.apps.predict_inputs import content_id, identify
-from stages.apps.predictor import Predictor
+from stages.apps.predict.inputs import content_id, identify
+from stages.apps.predict.predictor import Predictor
 from stages.data.geometry import to_original, valid
 from stages.data.images import load_mask, load_rgb
 from stages.store.claims import CHUNK

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from stages.apps.predictor import Predictor, chain_groups, diffusion_maps
+from stages.apps.predict.predictor import Predictor, chain_groups, diffusion_maps
 from stages.data.images import model_space
 from stages.method.anomaly_map import upsample
 from stages.method.inpaint import n_draws

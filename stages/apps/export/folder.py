@@ -34,13 +34,13 @@ from torch import nn
 from tqdm import tqdm
 
 from stages.apps.choices import FORMATS
-from stages.apps.export_graphs import BaseGraph, DRDCGraph, UNetGraph, draw_layout
+from stages.apps.export.graphs import BaseGraph, DRDCGraph, UNetGraph, draw_layout
 from stages.errors import ConfigError
 from stages.pipeline.trained import SCHEDULE_DEFAULTS
 from stages.store.cache import RunStore
 
 OPSET = 18
-EXAMPLE = Path(__file__).with_name("export_example.py")
+EXAMPLE = Path(__file__).with_name("infer.py")
 
 
 @contextlib.contextmanager
@@ -96,7 +96,7 @@ def export(store: RunStore, dest: Path, fmt: str = "onnx", weights: Path | None 
     from stages import __version__
     from stages.apps.calibrate import current as current_thresholds
     from stages.apps.outputs import Outputs
-    from stages.apps.predictor import Predictor
+    from stages.apps.predict.predictor import Predictor
 
     _check_format(fmt)
     if dest.exists() and not dest.is_dir():

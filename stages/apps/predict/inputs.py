@@ -18,7 +18,7 @@ def collect_images(inputs: list[Path], on_refused=None) -> list[Path]:
     """Files given, plus the image files under folders given (recursive, sorted; hidden files, non-images and
     ground_truth/ folders skipped). A missing path, a non-image file named explicitly or an input with no image
     at all is a DataError naming it: raised, or passed to on_refused(path, error) and the others collected.
-    (The exported infer.py collects its inputs the same way: stages/apps/export_example.py.)"""
+    (The exported infer.py collects its inputs the same way: stages/apps/export/infer.py.)"""
     found: list[Path] = []
     if not inputs:
         raise DataError("no image or folder given; pass IMAGE_OR_FOLDER...")

@@ -1,5 +1,5 @@
 """The run's trained models loaded once (`Predictor`): a batch of decoded images -> H_base, H^ST, H_out and image
-scores, through the functions the stages use (see stages.apps.predict)."""
+scores, through the functions the stages use (see stages.apps.predict.loop)."""
 from __future__ import annotations
 
 import shlex
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.apps.predict_settings import FuseOverrides, apply_overrides, fuse_settings, validate
+from stages.apps.predict.settings import FuseOverrides, apply_overrides, fuse_settings, validate
 from stages.data.images import to_model_space
 from stages.data.validation import folds
 from stages.errors import CacheMissError

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stages.apps.predict import predict
-from stages.apps.predictor import Predictor
+from stages.apps.predict.loop import predict
+from stages.apps.predict.predictor import Predictor
 from stages.errors import DataError
 from stages.store.cache import RunStore
 

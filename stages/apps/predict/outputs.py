@@ -12,7 +12,7 @@ from stages.apps.outputs import Outputs, fold
 from stages.data.geometry import to_original
 
 if TYPE_CHECKING:
-    from stages.apps.predict import Prediction
+    from stages.apps.predict.loop import Prediction
 
 
 RESULTS = ("predictions.csv", "predictions.json")
@@ -36,7 +36,7 @@ def picture_writer(dest: Path, names: dict[Path, str], shown: dict[Path, str], m
                    outs: Outputs | None = None):
     """on_batch callback: one figure per image (and a binary mask when a pixel threshold exists and masks), each
     under the name claimed for it."""
-    from stages.apps.predict_figures import save_mask, save_prediction  # matplotlib: only when pictures are drawn
+    from stages.apps.predict.figures import save_mask, save_prediction  # matplotlib: only when pictures are drawn
 
     outs = outs or Outputs()
 
