@@ -32,7 +32,7 @@ from stages.pipeline import infer_base, train_base
 from stages.pipeline.trained import load_model
 from stages.store.cache import RunStore
 from stages.store.claims import CHUNK
-from stages.store.presets import build as preset_build
+from stages.config.presets import build as preset_build
 
 
 def plain_train(fit: torch.Tensor, p: train_base.TrainBaseParams, cfg) -> None:

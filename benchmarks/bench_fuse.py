@@ -34,7 +34,7 @@ from stages.pipeline.selection import FuseParams, diff_entries
 from stages.pipeline.train_diff import TrainDiffParams
 from stages.store.cache import RunStore
 from stages.store.claims import CHUNK
-from stages.store.presets import build as preset_build
+from stages.config.presets import build as preset_build
 
 
 def plain_read(store: RunStore, diffs: dict) -> int:

@@ -36,7 +36,7 @@ from stages.models.unet import ConditionalUNet, InferenceUNet, UNetConfig
 from stages.pipeline.infer_diff import InferDiffParams, image_heatmaps
 from stages.pipeline.train_diff import TrainDiffParams
 from stages.store.claims import CHUNK
-from stages.store.presets import build
+from stages.config.presets import build
 
 # fp32 paths differ from A only by float rounding in other batch shapes / layouts; bf16 keeps ~3 significant
 # digits. Heatmaps are stored as float16 (step 2e-3 at 2.0), so 1e-3 is below what the cache keeps.

@@ -42,7 +42,7 @@ from stages.pipeline.infer_diff import InferDiffParams
 from stages.pipeline.selection import FuseParams
 from stages.pipeline.train_diff import TrainDiffParams
 from stages.store.cache import RunStore
-from stages.store.presets import build as preset
+from stages.config.presets import build as preset
 
 TINY = StoreSpec(image_size=64, n_test=6, n_train=4, feature_size=8,
                  diff=TrainDiffParams(size=32, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,

@@ -23,7 +23,7 @@ from stages.errors import DrdcError
 from . import flags, logs
 
 if TYPE_CHECKING:
-    from stages.store.common import StageResult
+    from stages.pipeline.runtime import StageResult
 
 
 class Switch(TyperOption):
@@ -277,7 +277,7 @@ def _out_of_memory(e: BaseException) -> bool:
 
 
 def report_stage(r: StageResult) -> None:
-    from stages.store import dist
+    from stages.pipeline import dist
 
     if not dist.is_main():  # under torchrun every rank finishes the stage; one line is enough
         return

@@ -6,7 +6,7 @@ import json
 import typer
 from rich.table import Table
 
-from stages.store.registry import STAGES
+from stages.config.registry import STAGES
 
 from .app import cache_app, guarded, out
 from .pipeline import RunOpt

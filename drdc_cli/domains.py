@@ -198,7 +198,7 @@ class Device:
     def check(self, option: str, v: Any) -> None:
         if v in ("auto", "cpu"):  # always present: no need to load torch to say so
             return
-        from stages.store.common import resolve_device
+        from stages.pipeline.runtime import resolve_device
 
         resolve_device(v)
 
@@ -211,7 +211,7 @@ def _domains() -> dict[str, Any]:
     from stages.method.choices import DISTANCES, FUSIONS, INITS, NORMS, RESIDUAL_NORMS
     from stages.models.choices import SUPPORTED
     from stages.pipeline.params import OBJECTIVES, SCHEDULES, SOURCES, TASKS
-    from stages.store.presets import PRESETS
+    from stages.config.presets import PRESETS
 
     seed = Int(0, SEEDS - 1)
     timesteps = List(Int(0, 999))

@@ -1,6 +1,6 @@
 """The one place where a library parameter name becomes the command-line flag a user typed.
 
-The library names parameters (`n_s`, `grid`, Params fields: stages.errors); stages.store.commands.FLAGS maps each
+The library names parameters (`n_s`, `grid`, Params fields: stages.errors); stages.config.commands.FLAGS maps each
 stage's params to its flags, and every other parameter is its flag with dashes (`eval_size` -> `--eval-size`).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from stages.errors import ConfigError, DrdcError
 
 @lru_cache(maxsize=1)
 def _table() -> dict[str, str]:
-    from stages.store.commands import FLAGS
+    from stages.config.commands import FLAGS
 
     return {param: flag for stage in FLAGS.values() for param, flag in stage.items()}
 

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 # What --help and the option checks need, torch-free; each command imports its stage (torch, numpy) when it runs.
+from stages.method.choices import POOL
 from stages.pipeline.params import FuseParams
-from stages.store.presets import DEFAULT_PRESET, PRESETS, build
+from stages.config.presets import DEFAULT_PRESET, PRESETS, build
 
 from .app import app, guarded, report_stage
 
@@ -150,7 +151,7 @@ def infer_base(
 def score(
     run: RunOpt,
     source: Annotated[str, typer.Option(help="Which heatmaps to score: base (H_base) or fuse (DRDC's H_out).")] = "base",
-    pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = 16,
+    pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = POOL,
     quiet: QuietOpt = False,
 ) -> None:
     """Image scores and per-category metrics (I-AUROC, P-AUROC, AUPRO, AP, F1-max)."""

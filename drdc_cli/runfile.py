@@ -15,7 +15,7 @@ A table's presence runs its stage (infer-base runs after train-base, with the pr
 table, and score after infer-base with
 --source base and after fuse with --source fuse, with [score]'s pool). Before anything runs, every key is checked:
 an unknown table or key, a wrong type or an out-of-range value is one error line naming the file, the line and
-the key. `drdc config` writes every option an entry was made with (stages.store.commands), so feeding its output back
+the key. `drdc config` writes every option an entry was made with (stages.config.commands), so feeding its output back
 on the same data makes the same keys.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from stages.errors import ConfigError
-from stages.store.commands import FLAGS, options
-from stages.store.registry import STAGES
+from stages.config.commands import FLAGS, options
+from stages.config.registry import STAGES
 
 from .app import app, guarded, out
 from .domains import List, domains, flags
@@ -162,7 +162,7 @@ def _check_together(name: str, values: dict, head: dict, fail) -> None:
     import importlib
     from dataclasses import fields
 
-    from stages.store.presets import DEFAULT_PRESET, build
+    from stages.config.presets import DEFAULT_PRESET, build
 
     stage = name.replace("-", "_")
     mod, cls_name = PARAMS[name].split(":")

@@ -13,7 +13,7 @@ from .pipeline import QuietOpt, RunOpt, _ints, _numbers
 
 if TYPE_CHECKING:
     from stages.pipeline.params import FuseParams
-    from stages.store.common import StageResult
+    from stages.pipeline.runtime import StageResult
 
 
 def render(trials: list[dict], objective: str, top: int) -> Table:

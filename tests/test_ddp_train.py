@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.store import dist
+from stages.pipeline import dist
 from stages.store.cache import RunStore, make_key
-from stages.store.common import keyed
+from stages.pipeline.runtime import keyed
 from stages.errors import StoreError
 from stages.models.reconstruction import ReconstructionConfig, UniADReconstruction
 from stages.pipeline.train_base import TrainBaseParams

@@ -27,9 +27,9 @@ from stages.pipeline.train_base import TrainBaseParams
 from stages.pipeline.train_diff import TrainDiffParams
 from stages.pipeline.tune import TuneParams
 from stages.store.cache import RunStore, make_key
-from stages.store.commands import entry_command
-from stages.store.common import keyed
-from stages.store.presets import PRESETS, build
+from stages.config.commands import entry_command
+from stages.pipeline.runtime import keyed
+from stages.config.presets import PRESETS, build
 
 from conftest import copy_run
 

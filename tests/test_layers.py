@@ -13,9 +13,10 @@ ALLOWED = {
     "models": {"models"},
     "method": {"method", "models"},
     "data": {"data"},
-    "store": {"store"},
-    "pipeline": {"pipeline", "store", "data", "method", "models"},
-    "apps": {"apps", "pipeline", "store", "data", "method", "models"},
+    "config": {"config"},
+    "store": {"store", "config"},
+    "pipeline": {"pipeline", "store", "config", "data", "method", "models"},
+    "apps": {"apps", "pipeline", "store", "config", "data", "method", "models"},
 }
 PIPELINE_STAGES = {"index", "extract", "train_base", "infer_base", "train_diff", "infer_diff", "fuse", "score",
                    "tune"}

@@ -234,7 +234,7 @@ def test_every_limit_a_message_names_is_the_one_enforced():
     from stages.pipeline.train_base import TrainBaseParams
     from stages.pipeline.train_diff import TrainDiffParams
     from stages.pipeline.tune import TuneParams
-    from stages.store.presets import build
+    from stages.config.presets import build
 
     def spec(**kw):
         _validate(SyntheticSpec(**kw))

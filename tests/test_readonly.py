@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from stages.store.cache import RunStore
-from stages.store.commands import entry_command
+from stages.config.commands import entry_command
 
 from conftest import copy_run
 

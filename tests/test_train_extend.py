@@ -43,7 +43,7 @@ def test_longer_training_continues_a_shorter_one_bit_identically(tiny_data, tmp_
 def test_zero_epochs_is_the_seeded_initialisation(full_run, cli):
     """train-base --epochs 0: the model train-base starts from (seeded weights, the fit images' statistics)."""
     from stages.models.reconstruction import ReconstructionConfig, UniADReconstruction
-    from stages.store.common import seed_everything
+    from stages.pipeline.runtime import seed_everything
 
     res = cli("train-base", "--run", full_run, *options(TINY_TRAIN, "--epochs", "0", "--standardize"), "-q")
     e = next(e for e in RunStore(full_run).entries() if e.stage == "train_base" and e.params["epochs"] == 0)

@@ -11,7 +11,7 @@ import torch
 from stages.errors import ConfigError
 from stages.models.unet import AttentionBlock, ConditionalUNet, UNetConfig, timestep_embedding
 from stages.pipeline.train_diff import TrainDiffParams
-from stages.store.presets import build
+from stages.config.presets import build
 
 # the networks the presets train: the paper's is UNetConfig's defaults, the cpu preset's comes from its params
 PRESETS = {"paper": UNetConfig(), "cpu": build(TrainDiffParams, "train_diff", "cpu").unet_config()}

@@ -27,8 +27,8 @@ from stages.pipeline.selection import (FuseParams, fused_steps, newest_init, nor
                                        variant_entries)
 from stages.pipeline.train_diff import TrainDiffParams
 from stages.store.cache import Entry, RunStore
-from stages.store.commands import command
-from stages.store.presets import PRESETS
+from stages.config.commands import command
+from stages.config.presets import PRESETS
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def _task(params: dict) -> str:
 
 def train_diff_command(store: RunStore, params: dict, model_condition: bool, task: str | None = None) -> str:
     """The `drdc train-diff` line that makes an entry with these params (every CLI-settable one spelled out,
-    stages.store.commands), with another --task when given."""
+    stages.config.commands), with another --task when given."""
     task = task or _task(params)
     q = {k: v for k, v in params.items() if k not in _TASK_FIELDS}
     q.update(model_condition=model_condition, task=task)
@@ -115,7 +115,7 @@ def _preset_maps(store: RunStore) -> tuple[tuple[int, ...], tuple[int, ...], tup
     """(t, c, l) that `drdc infer-diff` takes by default on this run (its preset's), so a printed command asks
     for grid sizes the run's UNet can inpaint."""
     from stages.pipeline.infer_diff import InferDiffParams
-    from stages.store.presets import DEFAULT_PRESET, build
+    from stages.config.presets import DEFAULT_PRESET, build
 
     p = build(InferDiffParams, "infer_diff", store.attr("preset") or DEFAULT_PRESET)
     return p.t, p.c, p.l

@@ -26,8 +26,8 @@ from stages.errors import CacheMissError, ConfigError, check
 from stages.pipeline.chunked import chunks
 from stages.pipeline.reading import category_maps, content
 from stages.store.cache import Entry, RunStore
-from stages.store.commands import quote, with_validation
-from stages.store.common import StageResult
+from stages.config.commands import quote, with_validation
+from stages.pipeline.runtime import StageResult
 
 STAGE = "calibrate"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stages.method.choices import FILTER, GAMMA, GATE
+from stages.method.choices import FILTER, GAMMA, GATE, POOL
 
 DOWN_MODES = ("nearest-exact", "nearest", "area")  # stages.apps.bound: how a mask is downscaled
 UP_MODES = ("bilinear", "nearest")  # ... and upsampled back
@@ -22,7 +22,7 @@ class Selection:
     l: tuple[int, ...] = ()  # noqa: E741
     n_s: int = 2
     seed: int = 0
-    pool: int = 16
+    pool: int = POOL
     norm: str = "none"  # stages.method.fusion.NORMS: every row is normalised the same way, with its own statistics
     init: str | None = None  # Table 5's rows: which infer-diff start (None: that of the newest cached maps, as
     distance: str = "pixel"  # fuse takes it) and distance; the OPTIONS rows set their own

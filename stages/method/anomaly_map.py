@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from stages.method.choices import POOL
+
 
 def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
     """(N, h, w) -> (N, size, size), bilinear (UniAD upsamples H_base to the image the same way)."""
@@ -36,7 +38,7 @@ def box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     return (box_sum(box_sum(x, k, -2), k, -1) / (k * k)).float()
 
 
-def image_score(maps: torch.Tensor, kernel: int = 16, valid: torch.Tensor | None = None) -> torch.Tensor:
+def image_score(maps: torch.Tensor, kernel: int = POOL, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Image score = max of the average-pooled map (UniAD: kernel 16, stride 1). (N, S, S) -> (N,).
 
     valid (N, S, S) bool, for images padded to the square (index --resize pad): the fill takes the lowest value

@@ -11,6 +11,7 @@ import math
 from stages.errors import ConfigError, check
 
 GAMMA, FILTER = 0.9, 41  # the paper's gamma and m (Sec 5): every default of every command comes from here
+POOL = 16  # the image score: max of the POOL x POOL average-pooled map (UniAD's, the paper's); score --pool
 # How each source map is put on a common scale before Eq 19 (stats from validation normals, never test images):
 # none: Eq 19 as printed (the paper); pixel: per-position mean/std (removes position bias, e.g. hot corners);
 # quantile: EfficientAD's (map - q_0.9) / (q_0.995 - q_0.9) over all normal pixels (anomalib map_norm_quantiles).

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from stages.errors import ConfigError, check
 from stages.method.anomaly_map import box_sum, upsample
+from stages.models.reconstruction import ReconstructionConfig
 from stages.method.choices import (FILTER, FUSIONS, GAMMA, GATE, NORMS, check_fusion,  # noqa: F401 (the vocabulary,
                                    check_norm, check_refinement)  # torch-free, lives in choices; re-exported)
 
@@ -92,7 +93,8 @@ def fuse(h_base: Tensor, h_sst: Tensor, gamma: float, c_feat: int, c_img: int = 
     return (1.0 - gamma) * h_base.float() / c_feat + gamma * h_sst.float() / c_img
 
 
-def drdc_map(h_base: Tensor, h_diff: Tensor, gamma: float = 0.9, m: int = 41, c_feat: int = 272, c_img: int = 3,
+def drdc_map(h_base: Tensor, h_diff: Tensor, gamma: float = GAMMA, m: int = FILTER,
+             c_feat: int = ReconstructionConfig.in_channels, c_img: int = 3,
              spatio_temporal_fusion: bool = True, last_index: int | Sequence[int] | None = None) -> Tensor:
     """Eq 17-19 from cached maps: h_base (B, H, W) at image resolution, h_diff (B, K, H, W) -> H_out (B, H, W).
 

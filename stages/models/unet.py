@@ -29,7 +29,7 @@ class UNetConfig(ModelConfig):
     """UNet sizes; the defaults are the paper's network (train-diff's defaults come from here): guided-diffusion's
     README, 256x256 unconditional ImageNet: num_channels 256, channel_mult (1,1,2,2,4,4), 2 res blocks, attention
     at 32,16,8 (= downsample 8,16,32 -> 28,14,7 at 224), 64 channels per head, resblock_updown, scale-shift norm,
-    dropout left at its default 0.0 (the LSUN models use 0.1). The cpu preset's network is in stages.store.presets.
+    dropout left at its default 0.0 (the LSUN models use 0.1). The cpu preset's network is in stages.config.presets.
     attention_resolutions are feature-map sides in pixels at image_size (guided-diffusion's flag convention); the
     network stores them as downsample rates, so it also runs at other sizes (see ``at_size``)."""
 

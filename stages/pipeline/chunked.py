@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from stages.store import dist
+from stages.pipeline import dist
 from stages.store.cache import Entry
 from stages.store.claims import claim_chunks
 

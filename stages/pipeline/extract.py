@@ -13,9 +13,9 @@ import torch
 from stages.errors import check
 from stages.models.backbone import load_backbone
 from stages.pipeline.chunked import chunks
-from stages.store import dist
+from stages.pipeline import dist
 from stages.store.cache import RunStore
-from stages.store.common import StageResult, resolve_device, settle_fields
+from stages.pipeline.runtime import StageResult, resolve_device, settle_fields
 
 STAGE = "extract"
 

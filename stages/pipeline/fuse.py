@@ -20,7 +20,7 @@ from stages.pipeline.chunked import chunks
 from stages.pipeline.heatmaps import fuse_maps, image_maps, read_diff
 from stages.pipeline.selection import FuseParams, normal_stats, resolve, row_folds
 from stages.store.cache import RunStore
-from stages.store.common import StageResult
+from stages.pipeline.runtime import StageResult
 
 STAGE = "fuse"
 

@@ -26,7 +26,7 @@ from stages.errors import check
 from stages.pipeline.chunked import chunks
 from stages.store.cache import RunStore
 from stages.store.claims import CHUNK
-from stages.store.common import ASCENDING, StageResult, settle_fields
+from stages.pipeline.runtime import ASCENDING, StageResult, settle_fields
 
 STAGE = "index"
 

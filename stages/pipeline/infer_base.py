@@ -25,10 +25,10 @@ from stages.method.residual import (RESIDUAL_NORMS, fit_gaussian, mahalanobis, o
 from stages.models.reconstruction import UniADReconstruction, residual
 from stages.pipeline.chunked import chunks
 from stages.pipeline.trained import load_model
-from stages.store import dist
+from stages.pipeline import dist
 from stages.store.cache import Entry, RunStore
 from stages.store.checkpoint import atomic_save, load_weights, save_tensors
-from stages.store.common import ASCENDING, StageResult, keyed, resolve_device, settle_fields
+from stages.pipeline.runtime import ASCENDING, StageResult, keyed, resolve_device, settle_fields
 
 STAGE = "infer_base"
 RESIDUAL_FILE = "residual.pt"  # the Gaussians of --residual-norm mahalanobis: mu (K, P, C'), prec (K, P, C', C')

@@ -29,9 +29,9 @@ from stages.models.backbone import load_matching
 from stages.models.unet import InferenceUNet
 from stages.pipeline.chunked import chunks
 from stages.pipeline.trained import check_maps, load_unet, schedule_of
-from stages.store import dist
+from stages.pipeline import dist
 from stages.store.cache import Entry, RunStore
-from stages.store.common import ASCENDING, StageResult, resolve_device, settle_fields
+from stages.pipeline.runtime import ASCENDING, StageResult, resolve_device, settle_fields
 
 STAGE = "infer_diff"
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stages.errors import check
-from stages.store.settle import ASCENDING, DESCENDING, settle_fields
-from stages.method.choices import (DISTANCES, FILTER, FUSIONS, GAMMA, GATE, NORMS, check_fusion, check_init,
+from stages.config.settle import ASCENDING, DESCENDING, settle_fields
+from stages.method.choices import (DISTANCES, FILTER, FUSIONS, GAMMA, GATE, NORMS, POOL, check_fusion, check_init,
                                    check_norm, check_refinement)
 
 SCHEDULES = ("step", "cosine")  # train-base's learning-rate schedule
@@ -62,7 +62,7 @@ class TuneParams:
     image_gammas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # the image score's own gamma (besides H_out's)
     rounds: int = 2
     eval_size: int = 112
-    pool: int = 16
+    pool: int = POOL
 
     def __post_init__(self) -> None:
         settle_fields(self, {"norms": NORMS, "gammas": ASCENDING, "filters": ASCENDING, "fusions": FUSIONS,

@@ -18,11 +18,12 @@ from tqdm import tqdm
 from stages.data.validation import kind_of
 from stages.errors import check
 from stages.method.anomaly_map import image_score, upsample
+from stages.method.choices import POOL
 from stages.method.metrics import compute_metrics, mean_over_categories
 from stages.pipeline.params import SOURCES
 from stages.pipeline.reading import category_maps, content
 from stages.store.cache import Entry, RunStore
-from stages.store.common import StageResult, settle_fields
+from stages.pipeline.runtime import StageResult, settle_fields
 from stages.store.faults import point
 
 STAGE = "score"
@@ -31,7 +32,7 @@ STAGE = "score"
 @dataclass(frozen=True)
 class ScoreParams:
     source: str = "base"
-    pool: int = 16
+    pool: int = POOL
 
     def __post_init__(self) -> None:
         settle_fields(self)  # equal settings, equal keys

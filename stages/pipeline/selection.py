@@ -16,7 +16,7 @@ from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, read_diff, s
 from stages.pipeline.params import FuseParams  # noqa: F401 (torch-free, re-exported: fuse's parameters)
 from stages.pipeline.trained import check_maps
 from stages.store.cache import Entry, RunStore
-from stages.store.commands import with_validation
+from stages.config.commands import with_validation
 
 
 def _command(store: RunStore, p: FuseParams, cs, ts, ls) -> str:
@@ -37,7 +37,7 @@ def _accepted(store: RunStore, unet: Entry, p: FuseParams, cs) -> None:
     """The ConfigError infer-diff would refuse the quoted line with (its preset fills what fuse did not ask for),
     raised here instead of quoting a command that does not run."""
     from stages.pipeline.infer_diff import InferDiffParams
-    from stages.store.presets import DEFAULT_PRESET, build
+    from stages.config.presets import DEFAULT_PRESET, build
 
     q = build(InferDiffParams, "infer_diff", store.attr("preset") or DEFAULT_PRESET, t=tuple(p.t) or None,
               c=tuple(cs) or None, l=tuple(p.l) or None, n_s=p.n_s, seed=p.seed,

@@ -26,9 +26,9 @@ from stages.errors import check
 from stages.models.reconstruction import ReconstructionConfig, UniADReconstruction
 from stages.pipeline.params import SCHEDULES
 from stages.pipeline.training import Training
-from stages.store import dist
+from stages.pipeline import dist
 from stages.store.cache import RunStore
-from stages.store.common import StageResult, keyed, resolve_device, seed_everything, settle_fields
+from stages.pipeline.runtime import StageResult, keyed, resolve_device, seed_everything, settle_fields
 
 STAGE = "train_base"
 

@@ -52,9 +52,9 @@ from stages.models.unet import ConditionalUNet, UNetConfig
 from stages.pipeline.params import TASKS
 from stages.pipeline.trained import SCHEDULE_DEFAULTS, schedule_of
 from stages.pipeline.training import StepBoundary, Training
-from stages.store import dist
+from stages.pipeline import dist
 from stages.store.cache import RunStore
-from stages.store.common import (ASCENDING, DESCENDING, StageResult, keyed, resolve_device, seed_everything,
+from stages.pipeline.runtime import (ASCENDING, DESCENDING, StageResult, keyed, resolve_device, seed_everything,
                                   settle_fields)
 
 STAGE = "train_diff"

@@ -17,10 +17,10 @@ from typing import Any, Callable
 
 import torch
 
-from stages.store import dist
+from stages.pipeline import dist
 from stages.store.cache import Entry, RunStore
 from stages.store.checkpoint import atomic_save, save_tensors
-from stages.store.common import StageResult
+from stages.pipeline.runtime import StageResult
 
 
 @dataclass

@@ -36,8 +36,8 @@ from stages.pipeline.params import OBJECTIVES, TuneParams  # noqa: F401 (torch-f
 from stages.pipeline.reading import content
 from stages.pipeline.selection import FuseParams, resolve
 from stages.store.cache import Entry, RunStore
-from stages.store.commands import with_validation
-from stages.store.common import StageResult
+from stages.config.commands import with_validation
+from stages.pipeline.runtime import StageResult
 
 STAGE = "tune"
 AXES = ("variant", "norm", "gamma", "fusion", "gate", "filter", "t", "c", "l", "image_gamma")

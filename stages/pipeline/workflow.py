@@ -12,8 +12,8 @@ from typing import Callable
 from stages.pipeline import extract, fuse, index, infer_base, infer_diff, score, train_base, train_diff, tune
 from stages.pipeline.selection import FuseParams
 from stages.store.cache import RunStore
-from stages.store.common import StageResult
-from stages.store.presets import build
+from stages.pipeline.runtime import StageResult
+from stages.config.presets import build
 
 Report = Callable[[StageResult], None]
 ShowTrials = Callable[[list[dict], StageResult, FuseParams], None]

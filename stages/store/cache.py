@@ -44,7 +44,7 @@ from stages.store import integrity, rollback
 from stages.store.claims import CHUNK
 from stages.store.faults import point
 from stages.store.locks import FileLock, describe
-from stages.store.registry import STAGES, hint
+from stages.config.registry import STAGES, hint
 
 SCHEMA_VERSION = 1
 log = logging.getLogger(__name__)  # DEBUG: the entries a command reuses, resumes, makes and completes
@@ -66,7 +66,7 @@ def settle(obj: Any) -> Any:
     """One spelling per value, for keys: a signed zero is zero, a tuple a list, a numpy scalar its Python number.
     (Floats spelled 1e-4 or 0.0001 are one float already; the order of a list whose order means nothing, and an
     int given for a float, are settled where the params are built, by the fields' declared types:
-    stages.store.settle.settle_fields.) Every value an ordinary option gives is unchanged, so existing keys stay."""
+    stages.config.settle.settle_fields.) Every value an ordinary option gives is unchanged, so existing keys stay."""
     if isinstance(obj, dict):
         return {k: settle(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -350,7 +350,7 @@ def is_key(key: Any) -> bool:
 
 def root_problem(attrs: dict) -> str | None:
     """What is wrong with a run store's own attributes (its zarr.json), or None."""
-    from stages.store.presets import PRESETS
+    from stages.config.presets import PRESETS
 
     schema = attrs.get("drdc_schema")
     if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
@@ -666,7 +666,7 @@ class RunStore:
 
 def remake(e: Entry) -> str:
     """The command that makes e again, with e's own params (on the current inputs)."""
-    from stages.store.commands import entry_command
+    from stages.config.commands import entry_command
 
     return entry_command(e)
 

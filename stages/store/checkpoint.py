@@ -71,7 +71,7 @@ def _remove_hint(path: Path) -> str:
     """What brings a complete entry with a damaged model.pt back: the entry is complete, so a plain rerun would
     say 'cached'; removing it first makes the rerun train again."""
     from stages.store.cache import RunStore, remake
-    from stages.store.registry import STAGES, hint
+    from stages.config.registry import STAGES, hint
 
     entry = path.parent.parent  # RUN/stage/key/files/model.pt
     run, stage = entry.parent.parent, entry.parent.name

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from stages.errors import DamageError
-from stages.store.registry import STAGES
+from stages.config.registry import STAGES
 
 if TYPE_CHECKING:
     from stages.store.cache import Entry
@@ -315,7 +315,7 @@ def _why(e: BaseException) -> str:
 # -- the message -----------------------------------------------------------------------------------------------
 def fix(run: str, stage: str, key: str, again: str | None) -> str:
     """The commands that bring a damaged entry's result back: remove it, then make it again."""
-    from stages.store.commands import quote
+    from stages.config.commands import quote
 
     gc = f"`drdc cache gc --run {quote(run)} --key {key}`"
     if again is None:
@@ -329,7 +329,7 @@ def damaged(entry_or_none: "Entry | None", run: str, stage: str, key: str, what:
     again = None
     if entry_or_none is not None:  # its attributes are sound: the command with the options it was made with
         try:
-            from stages.store.commands import entry_command
+            from stages.config.commands import entry_command
 
             again = entry_command(entry_or_none)
         except Exception:  # noqa: BLE001

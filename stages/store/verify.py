@@ -19,8 +19,8 @@ import torch
 from stages.store import integrity
 from stages.store.cache import Entry, RunStore
 from stages.store.discard import discard
-from stages.store.commands import command, entry_command
-from stages.store.registry import STAGES
+from stages.config.commands import command, entry_command
+from stages.config.registry import STAGES
 
 SCAN = 64  # images read at a time
 
@@ -165,7 +165,7 @@ def _mend_root(store: RunStore) -> None:
     entry of the store, else its newest complete one; the preset and data root when sound (the preset else
     unset: commands then use the default, and every rerun line spells its options out)."""
     from stages.store.cache import SCHEMA_VERSION, is_key, root_problem
-    from stages.store.presets import PRESETS
+    from stages.config.presets import PRESETS
 
     old = dict(store.root.attrs)
     cur = old.get("current") if isinstance(old.get("current"), dict) else {}

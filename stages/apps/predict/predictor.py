@@ -15,6 +15,7 @@ from stages.data.images import to_model_space
 from stages.data.validation import folds
 from stages.errors import CacheMissError
 from stages.method.anomaly_map import image_score
+from stages.method.choices import POOL
 from stages.method.diffusion import Schedule
 from stages.method.inpaint import Noise
 from stages.method.residual import residual_map
@@ -26,9 +27,9 @@ from stages.pipeline.infer_base import ResidualStats
 from stages.pipeline.infer_diff import InferDiffParams, drawn_heatmaps, sequence_draws
 from stages.pipeline.trained import load_model, load_unet, schedule_of
 from stages.store.cache import Entry, RunStore
-from stages.store.commands import command
-from stages.store.common import resolve_device
-from stages.store.presets import DEFAULT_PRESET
+from stages.config.commands import command
+from stages.pipeline.runtime import resolve_device
+from stages.config.presets import DEFAULT_PRESET
 
 
 @dataclass
@@ -204,11 +205,11 @@ def diffusion_maps(unet, s: FusionSettings, x: torch.Tensor, draws: list[tuple[t
 
 
 def score_pool(store: RunStore) -> int:
-    """The pooling kernel of the run's scores (16 unless `score --pool` said otherwise)."""
+    """The pooling kernel of the run's scores (POOL unless `score --pool` said otherwise)."""
     if "score" in store.current_keys:
         e = store.get("score", store.current_keys["score"])
         if e is not None:
-            return int(e.params.get("pool", 16))
+            return int(e.params.get("pool", POOL))
     return 16
 
 

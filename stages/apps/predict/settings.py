@@ -11,7 +11,7 @@ from stages.pipeline.heatmaps import FusionSettings, default_settings
 from stages.pipeline.infer_diff import InferDiffParams
 from stages.pipeline.selection import last_step_only
 from stages.store.cache import RunStore
-from stages.store.presets import build
+from stages.config.presets import build
 
 
 @dataclass(frozen=True)

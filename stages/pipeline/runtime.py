@@ -1,4 +1,4 @@
-"""Small pieces every stage uses: the result record, device choice, seeding, option checks."""
+"""Small pieces every stage run uses: the result record, device choice, seeding, keyed parameters."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from stages.errors import ConfigError
-from stages.store.settle import ASCENDING, DESCENDING, settle_fields  # noqa: F401 (torch-free; re-exported)
+from stages.config.settle import ASCENDING, DESCENDING, settle_fields  # noqa: F401 (torch-free; re-exported)
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class StageResult:
 
 def resolve_device(device: str) -> torch.device:
     """'auto' -> cuda when available, else cpu; an unavailable explicit device is a ConfigError."""
-    from stages.store.dist import local_device
+    from stages.pipeline.dist import local_device
 
     if device == "auto":
         d = local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))

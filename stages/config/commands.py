@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 from typing import Any, Iterable
 
-from stages.store.registry import STAGES
+from stages.config.registry import STAGES
 
 FLAGS: dict[str, dict[str, str]] = {  # entry param -> CLI flag, per stage
     "index": {"root": "--data", "layout": "--layout", "categories": "--categories", "image_size": "--image-size",
