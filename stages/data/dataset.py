@@ -23,6 +23,7 @@ import os
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -113,6 +114,27 @@ def _find_mask(masks: dict[str, list[Path]], image: Path) -> Path | None:
     return found[0] if found else None
 
 
+def _test_folder(category: str, d: Path, gt_root: Path | None, normal: bool, rel: Callable[[Path], str]
+                 ) -> list[Record]:
+    """The test records of one folder of images: good ones (normal), or defect ones each with its mask under
+    gt_root/<folder> when the layout has masks (gt_root None: image labels only)."""
+    files = _image_files(d)
+    if gt_root is not None:
+        _one_stem_each(files)
+        masks = _mask_files(gt_root / d.name)
+    out = []
+    for p in files:
+        mask = None
+        if gt_root is not None:
+            m = _find_mask(masks, p)
+            if m is None:
+                raise DataError(f"{p}: defect image has no mask (looked for {gt_root / d.name / p.stem}_mask.png "
+                                f"and {gt_root / d.name / p.stem}.png)")
+            mask = rel(m)
+        out.append(Record(category, "test", 0 if normal else 1, "good" if normal else d.name, rel(p), mask))
+    return out
+
+
 def _one_stem_each(files: list[Path]) -> None:
     """Images whose names differ only by extension would share one mask: an error naming both."""
     seen: dict[str, Path] = {}
@@ -157,18 +179,7 @@ def _scan_category(root: Path, cat_dir: Path, layout: str) -> tuple[list[Record]
     records = [Record(category, "train", 0, "good", rel(p), None) for p in train]
     for d in sorted(x for x in test_dir.iterdir() if x.is_dir() and not x.name.startswith(".")):
         normal = d.name == good
-        files = _image_files(d)
-        if not normal and has_gt:
-            _one_stem_each(files)
-            masks = _mask_files(gt_root / d.name)
-        for p in files:
-            mask = None
-            if not normal and has_gt:
-                m = _find_mask(masks, p)
-                if m is None:
-                    raise DataError(f"{p}: defect image has no mask (looked for {gt_root / d.name / p.stem}_mask.png)")
-                mask = rel(m)
-            records.append(Record(category, "test", 0 if normal else 1, "good" if normal else d.name, rel(p), mask))
+        records += _test_folder(category, d, None if normal or not has_gt else gt_root, normal, rel)
     n_test = sum(r.split == "test" for r in records)
     if n_test == 0:
         raise DataError(f"{test_dir}: category '{category}' has no test images")
@@ -204,19 +215,7 @@ def _scan_folder_category(root: Path, cat_dir: Path) -> tuple[list[Record], Path
     defects = sorted(d for d in cat_dir.iterdir() if d.is_dir() and not d.name.startswith(".")
                      and d.name not in _FOLDER_RESERVED)
     for d in defects:
-        files = _image_files(d)
-        if gt_root is not None:
-            _one_stem_each(files)
-            masks = _mask_files(gt_root / d.name)
-        for p in files:
-            mask = None
-            if gt_root is not None:
-                m = _find_mask(masks, p)
-                if m is None:
-                    raise DataError(f"{p}: defect image has no mask (looked for {gt_root / d.name / p.stem}_mask.png "
-                                    f"and {gt_root / d.name / p.stem}.png)")
-                mask = rel(m)
-            records.append(Record(category, "test", 1, d.name, rel(p), mask))
+        records += _test_folder(category, d, gt_root, False, rel)
     return records, gt_root
 
 
