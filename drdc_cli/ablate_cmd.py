@@ -11,7 +11,7 @@ import typer
 from stages.apps.choices import Selection  # the defaults, torch-free; stages.apps.ablate loads when the command runs
 
 from .app import app, guarded, out
-from .pipeline import NormOpt, OverwriteOpt, QuietOpt, RunOpt, _ints
+from .options import NormOpt, OverwriteOpt, QuietOpt, RunOpt, ints
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -129,8 +129,8 @@ def ablate(
     for path, option in ((csv_path, "csv"), (json_path, "json")):
         if path is not None:
             outs.claim(path, option)
-    sel = Selection(gamma=gamma, filter=filter_, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
-                        l=_ints(l, "--l") or (), n_s=ns, seed=seed, pool=pool, norm=norm, init=init,
+    sel = Selection(gamma=gamma, filter=filter_, t=ints(t, "--t") or (), c=ints(c, "--c") or (),
+                        l=ints(l, "--l") or (), n_s=ns, seed=seed, pool=pool, norm=norm, init=init,
                         distance=distance, fusion=fusion, gate=gate)
     from stages.apps import ablate as abl
     from stages.store.cache import RunStore

@@ -10,7 +10,7 @@ import typer
 from stages.errors import ConfigError
 
 from .app import app, guarded, out
-from .pipeline import OverwriteOpt, QuietOpt, _ints
+from .options import OverwriteOpt, QuietOpt, ints
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -65,7 +65,7 @@ def bound(
         if path is not None:
             outs.claim(path, option)
     cats = tuple(c.strip() for c in category.split(",") if c.strip()) if category else None
-    scale_list = _ints(scales, "--scales")
+    scale_list = ints(scales, "--scales")
     if run is not None:
         index = RunStore(run).current("index")
         size = index.params["image_size"]

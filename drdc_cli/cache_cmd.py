@@ -9,7 +9,7 @@ from rich.table import Table
 from stages.config.registry import STAGES
 
 from .app import cache_app, guarded, out
-from .pipeline import RunOpt
+from .options import RunOpt
 
 
 def _human(n: int) -> str:

@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app, err, guarded, out, report_stage
-from .pipeline import DeviceOpt, QuietOpt, RunOpt
-from .predict_cmd import BaseOnlyOpt, COpt, FilterOpt, GammaOpt, LOpt, TOpt, WeightsOpt, describe, overrides
+from .options import BaseOnlyOpt, COpt, DeviceOpt, FilterOpt, GammaOpt, LOpt, QuietOpt, RunOpt, TOpt, WeightsOpt
+from .predict_cmd import describe, overrides
 
 
 @app.command(rich_help_panel="Results")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from .app import app, err, guarded, out, report_stage
-from .pipeline import DeviceOpt, OverwriteOpt, QuietOpt
+from .options import DeviceOpt, OverwriteOpt, QuietOpt
 from .predict_cmd import run_predict
 from .workflow import run_and_print
 

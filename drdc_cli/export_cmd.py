@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app, guarded, out
-from .pipeline import OverwriteOpt, QuietOpt, RunOpt
+from .options import OverwriteOpt, QuietOpt, RunOpt
 
 
 @app.command("export", rich_help_panel="Results")

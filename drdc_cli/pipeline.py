@@ -10,24 +10,14 @@ import typer
 # What --help and the option checks need, torch-free; each command imports its stage (torch, numpy) when it runs.
 from stages.method.choices import POOL
 from stages.pipeline.params import FuseParams
-from stages.config.presets import DEFAULT_PRESET, PRESETS, build
+from stages.config.presets import DEFAULT_PRESET, build
 
 from .app import app, guarded, report_stage
+from .options import (MODEL_PANEL, TRAIN_PANEL, VAL_PANEL, DeviceOpt, InitOpt, NormOpt, PresetOpt, QuietOpt, RunOpt,
+                      ints)
 
 if TYPE_CHECKING:
     from stages.store.cache import RunStore
-
-RunOpt = Annotated[Path, typer.Option("--run", "-r", help="Run store: a .zarr directory holding every stage's results.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto (cuda if available), cpu, cuda or cuda:N.")]
-PresetOpt = Annotated[Optional[str], typer.Option(help=f"Defaults to fill: {', '.join(PRESETS)}. Default: the run's preset (set at index), else {DEFAULT_PRESET}.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace output files that exist (without it, drdc refuses to replace any file it did not write in this command).")]
-_MODEL = "Model"
-_TRAIN = "Training"
-_VAL = "Validation split"
-InitOpt = Annotated[Optional[str], typer.Option(help="Start of the reverse process: paper (q_sample of I_in), noise (known region q_sample(I_ori), masked region fresh noise) or ddad (q_sample of I_ori everywhere).")]
-NormOpt = Annotated[str, typer.Option(help="Scale of each map before Eq 19: none (the paper), pixel (per-position mean/std of the validation normals) or quantile ((map - q0.9) / (q0.995 - q0.9)).")]
-
 
 def preset_of(store: RunStore, preset: str | None) -> str:
     return preset or store.attr("preset") or DEFAULT_PRESET
@@ -42,11 +32,11 @@ def index(
     categories: Annotated[Optional[str], typer.Option(help="Comma-separated subset of categories.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Images are resized to this square size.")] = None,
     resize: Annotated[Optional[str], typer.Option(help="How an image of another aspect becomes the square: squash (the default), pad (keep the aspect, fill the rest; the fill is never scored) or center-crop (keep the aspect, lose the borders).")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of train/good per category held out from every trainer as validation normals (0: none).", rich_help_panel=_VAL)] = None,
-    val_min: Annotated[Optional[int], typer.Option(help="At least this many validation normals per category (at most half of train/good).", rich_help_panel=_VAL)] = None,
-    val_defects: Annotated[Optional[int], typer.Option(help="Copies of each validation normal with a synthetic defect (the --val-kinds in turn).", rich_help_panel=_VAL)] = None,
-    val_seed: Annotated[Optional[int], typer.Option(help="Seed of the validation split and its defects.", rich_help_panel=_VAL)] = None,
-    val_kinds: Annotated[Optional[str], typer.Option(help="Synthetic defect kinds, in turn: scratch, spot, perlin, cutpaste (clearly visible) and crack, stain, texture, dent (as faint as the surface's own grain allows).", rich_help_panel=_VAL)] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of train/good per category held out from every trainer as validation normals (0: none).", rich_help_panel=VAL_PANEL)] = None,
+    val_min: Annotated[Optional[int], typer.Option(help="At least this many validation normals per category (at most half of train/good).", rich_help_panel=VAL_PANEL)] = None,
+    val_defects: Annotated[Optional[int], typer.Option(help="Copies of each validation normal with a synthetic defect (the --val-kinds in turn).", rich_help_panel=VAL_PANEL)] = None,
+    val_seed: Annotated[Optional[int], typer.Option(help="Seed of the validation split and its defects.", rich_help_panel=VAL_PANEL)] = None,
+    val_kinds: Annotated[Optional[str], typer.Option(help="Synthetic defect kinds, in turn: scratch, spot, perlin, cutpaste (clearly visible) and crack, stain, texture, dent (as faint as the surface's own grain allows).", rich_help_panel=VAL_PANEL)] = None,
     preset: PresetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -89,25 +79,25 @@ def extract(
 @guarded
 def train_base(
     run: RunOpt,
-    epochs: Annotated[Optional[int], typer.Option(rich_help_panel=_TRAIN)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(rich_help_panel=_TRAIN)] = None,
-    lr: Annotated[Optional[float], typer.Option(rich_help_panel=_TRAIN)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(rich_help_panel=_TRAIN)] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="step (UniAD's StepLR) or cosine (with warmup).", rich_help_panel=_TRAIN)] = None,
-    lr_step: Annotated[Optional[int], typer.Option(help="StepLR step in epochs.", rich_help_panel=_TRAIN)] = None,
-    warmup_epochs: Annotated[Optional[int], typer.Option(rich_help_panel=_TRAIN)] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(help="Max gradient norm (0: off).", rich_help_panel=_TRAIN)] = None,
-    holdout: Annotated[Optional[float], typer.Option(help="Fraction of train images per category held out for a validation loss.", rich_help_panel=_TRAIN)] = None,
-    seed: Annotated[Optional[int], typer.Option(rich_help_panel=_TRAIN)] = None,
-    hidden_dim: Annotated[Optional[int], typer.Option(rich_help_panel=_MODEL)] = None,
-    ffn_dim: Annotated[Optional[int], typer.Option(rich_help_panel=_MODEL)] = None,
-    heads: Annotated[Optional[int], typer.Option(rich_help_panel=_MODEL)] = None,
-    encoder_layers: Annotated[Optional[int], typer.Option(rich_help_panel=_MODEL)] = None,
-    decoder_layers: Annotated[Optional[int], typer.Option(rich_help_panel=_MODEL)] = None,
-    dropout: Annotated[Optional[float], typer.Option(rich_help_panel=_MODEL)] = None,
-    neighbor_size: Annotated[Optional[int], typer.Option(help="Side of the neighbour attention mask (odd).", rich_help_panel=_MODEL)] = None,
-    jitter_scale: Annotated[Optional[float], typer.Option(help="Feature jitter scale (0: off).", rich_help_panel=_MODEL)] = None,
-    standardize: Annotated[Optional[bool], typer.Option("--standardize/--no-standardize", help="The model works on per-channel z-scores of the train features (drdc option; UniAD: off).", rich_help_panel=_MODEL)] = None,
+    epochs: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
+    lr: Annotated[Optional[float], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="step (UniAD's StepLR) or cosine (with warmup).", rich_help_panel=TRAIN_PANEL)] = None,
+    lr_step: Annotated[Optional[int], typer.Option(help="StepLR step in epochs.", rich_help_panel=TRAIN_PANEL)] = None,
+    warmup_epochs: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Max gradient norm (0: off).", rich_help_panel=TRAIN_PANEL)] = None,
+    holdout: Annotated[Optional[float], typer.Option(help="Fraction of train images per category held out for a validation loss.", rich_help_panel=TRAIN_PANEL)] = None,
+    seed: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
+    hidden_dim: Annotated[Optional[int], typer.Option(rich_help_panel=MODEL_PANEL)] = None,
+    ffn_dim: Annotated[Optional[int], typer.Option(rich_help_panel=MODEL_PANEL)] = None,
+    heads: Annotated[Optional[int], typer.Option(rich_help_panel=MODEL_PANEL)] = None,
+    encoder_layers: Annotated[Optional[int], typer.Option(rich_help_panel=MODEL_PANEL)] = None,
+    decoder_layers: Annotated[Optional[int], typer.Option(rich_help_panel=MODEL_PANEL)] = None,
+    dropout: Annotated[Optional[float], typer.Option(rich_help_panel=MODEL_PANEL)] = None,
+    neighbor_size: Annotated[Optional[int], typer.Option(help="Side of the neighbour attention mask (odd).", rich_help_panel=MODEL_PANEL)] = None,
+    jitter_scale: Annotated[Optional[float], typer.Option(help="Feature jitter scale (0: off).", rich_help_panel=MODEL_PANEL)] = None,
+    standardize: Annotated[Optional[bool], typer.Option("--standardize/--no-standardize", help="The model works on per-channel z-scores of the train features (drdc option; UniAD: off).", rich_help_panel=MODEL_PANEL)] = None,
     device: DeviceOpt = "auto",
     preset: PresetOpt = None,
     quiet: QuietOpt = False,
@@ -142,7 +132,7 @@ def infer_base(
 
     store = RunStore(run)
     p = build(infer_base_stage.InferBaseParams, "infer_base", preset_of(store, preset), residual_norm=residual_norm,
-              residual_stages=_ints(residual_stages, "--residual-stages"))
+              residual_stages=ints(residual_stages, "--residual-stages"))
     report_stage(infer_base_stage.run(store, p, device=device, progress=not quiet))
 
 
@@ -162,50 +152,32 @@ def score(
     report_stage(score_stage.run(RunStore(run), p, progress=not quiet))
 
 
-def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
-    """'250,200,150' -> (250, 200, 150); a malformed list is a one-line error naming the option."""
-    return _numbers(text, option, int)
-
-
-def _numbers(text: str | None, option: str, kind: type = float) -> tuple | None:
-    """'0.5,0.9' -> (0.5, 0.9) of `kind`; a malformed list is a one-line error naming the option."""
-    if text is None:
-        return None
-    try:
-        return tuple(kind(v) for v in text.replace(" ", "").split(",") if v != "")
-    except ValueError:
-        from stages.errors import ConfigError
-
-        what = "integers" if kind is int else "numbers"
-        raise ConfigError(f"{option}: expected comma-separated {what} (got {text!r})") from None
-
-
 @app.command("train-diff", rich_help_panel="Stages")
 @guarded
 def train_diff(
     run: RunOpt,
-    steps: Annotated[Optional[int], typer.Option(rich_help_panel=_TRAIN)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(rich_help_panel=_TRAIN)] = None,
-    lr: Annotated[Optional[float], typer.Option(rich_help_panel=_TRAIN)] = None,
-    ema: Annotated[Optional[float], typer.Option(help="EMA rate of the weights used at inference.", rich_help_panel=_TRAIN)] = None,
-    grid: Annotated[Optional[str], typer.Option(help="Grid sizes c of the training masks, e.g. 1,16,32.", rich_help_panel=_TRAIN)] = None,
-    ns: Annotated[Optional[int], typer.Option("--ns", help="Mask sets per grid size (n_s).", rich_help_panel=_TRAIN)] = None,
-    t_max: Annotated[Optional[int], typer.Option(help="Train timesteps in [0, t_max] (999: all).", rich_help_panel=_TRAIN)] = None,
-    ckpt_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.", rich_help_panel=_TRAIN)] = None,
-    seed: Annotated[Optional[int], typer.Option(rich_help_panel=_TRAIN)] = None,
-    size: Annotated[Optional[int], typer.Option(help="Diffusion resolution (images are resized to it).", rich_help_panel=_MODEL)] = None,
-    model_channels: Annotated[Optional[int], typer.Option(rich_help_panel=_MODEL)] = None,
-    channel_mult: Annotated[Optional[str], typer.Option(help="e.g. 1,1,2,2,4,4", rich_help_panel=_MODEL)] = None,
-    res_blocks: Annotated[Optional[int], typer.Option(rich_help_panel=_MODEL)] = None,
-    attention: Annotated[Optional[str], typer.Option(help="Feature-map sides with self-attention, e.g. 28,14,7.", rich_help_panel=_MODEL)] = None,
-    head_channels: Annotated[Optional[int], typer.Option(help="Channels per attention head.", rich_help_panel=_MODEL)] = None,
-    model_condition: Annotated[Optional[bool], typer.Option("--model-condition/--no-model-condition", help="UNet sees concat(x_t, I_in) (Eq 12); off: the ablation.", rich_help_panel=_MODEL)] = None,
-    task: Annotated[Optional[str], typer.Option(help="paper: Eq 12 as printed; inpaint: train on the reverse process's own states (--chain), x0 target I_ori on the masked region.", rich_help_panel=_TRAIN)] = None,
-    chain: Annotated[Optional[str], typer.Option(help="--task inpaint: the infer-diff t-list to train along, e.g. 250,150,50.", rich_help_panel=_TRAIN)] = None,
-    crop: Annotated[Optional[int], typer.Option(help="Train on random N x N crops of the --size images (0: whole image); infer-diff runs on the whole image.", rich_help_panel=_TRAIN)] = None,
-    diffusion_steps: Annotated[Optional[int], typer.Option(help="T of the linear noise schedule (Eq 3-4; the paper: 1000).", rich_help_panel=_TRAIN)] = None,
-    beta_start: Annotated[Optional[float], typer.Option(help="First beta of the linear schedule (the paper: 1e-4).", rich_help_panel=_TRAIN)] = None,
-    beta_end: Annotated[Optional[float], typer.Option(help="Last beta of the linear schedule (the paper: 0.02).", rich_help_panel=_TRAIN)] = None,
+    steps: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
+    lr: Annotated[Optional[float], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
+    ema: Annotated[Optional[float], typer.Option(help="EMA rate of the weights used at inference.", rich_help_panel=TRAIN_PANEL)] = None,
+    grid: Annotated[Optional[str], typer.Option(help="Grid sizes c of the training masks, e.g. 1,16,32.", rich_help_panel=TRAIN_PANEL)] = None,
+    ns: Annotated[Optional[int], typer.Option("--ns", help="Mask sets per grid size (n_s).", rich_help_panel=TRAIN_PANEL)] = None,
+    t_max: Annotated[Optional[int], typer.Option(help="Train timesteps in [0, t_max] (999: all).", rich_help_panel=TRAIN_PANEL)] = None,
+    ckpt_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.", rich_help_panel=TRAIN_PANEL)] = None,
+    seed: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN_PANEL)] = None,
+    size: Annotated[Optional[int], typer.Option(help="Diffusion resolution (images are resized to it).", rich_help_panel=MODEL_PANEL)] = None,
+    model_channels: Annotated[Optional[int], typer.Option(rich_help_panel=MODEL_PANEL)] = None,
+    channel_mult: Annotated[Optional[str], typer.Option(help="e.g. 1,1,2,2,4,4", rich_help_panel=MODEL_PANEL)] = None,
+    res_blocks: Annotated[Optional[int], typer.Option(rich_help_panel=MODEL_PANEL)] = None,
+    attention: Annotated[Optional[str], typer.Option(help="Feature-map sides with self-attention, e.g. 28,14,7.", rich_help_panel=MODEL_PANEL)] = None,
+    head_channels: Annotated[Optional[int], typer.Option(help="Channels per attention head.", rich_help_panel=MODEL_PANEL)] = None,
+    model_condition: Annotated[Optional[bool], typer.Option("--model-condition/--no-model-condition", help="UNet sees concat(x_t, I_in) (Eq 12); off: the ablation.", rich_help_panel=MODEL_PANEL)] = None,
+    task: Annotated[Optional[str], typer.Option(help="paper: Eq 12 as printed; inpaint: train on the reverse process's own states (--chain), x0 target I_ori on the masked region.", rich_help_panel=TRAIN_PANEL)] = None,
+    chain: Annotated[Optional[str], typer.Option(help="--task inpaint: the infer-diff t-list to train along, e.g. 250,150,50.", rich_help_panel=TRAIN_PANEL)] = None,
+    crop: Annotated[Optional[int], typer.Option(help="Train on random N x N crops of the --size images (0: whole image); infer-diff runs on the whole image.", rich_help_panel=TRAIN_PANEL)] = None,
+    diffusion_steps: Annotated[Optional[int], typer.Option(help="T of the linear noise schedule (Eq 3-4; the paper: 1000).", rich_help_panel=TRAIN_PANEL)] = None,
+    beta_start: Annotated[Optional[float], typer.Option(help="First beta of the linear schedule (the paper: 1e-4).", rich_help_panel=TRAIN_PANEL)] = None,
+    beta_end: Annotated[Optional[float], typer.Option(help="Last beta of the linear schedule (the paper: 0.02).", rich_help_panel=TRAIN_PANEL)] = None,
     device: DeviceOpt = "auto",
     preset: PresetOpt = None,
     quiet: QuietOpt = False,
@@ -216,11 +188,11 @@ def train_diff(
 
     store = RunStore(run)
     p = build(train_diff_stage.TrainDiffParams, "train_diff", preset_of(store, preset), steps=steps,
-              batch_size=batch_size, lr=lr, ema=ema, grid=_ints(grid, "--grid"), n_s=ns, t_max=t_max,
+              batch_size=batch_size, lr=lr, ema=ema, grid=ints(grid, "--grid"), n_s=ns, t_max=t_max,
               ckpt_every=ckpt_every, seed=seed, size=size, model_channels=model_channels,
-              channel_mult=_ints(channel_mult, "--channel-mult"), num_res_blocks=res_blocks,
-              attention_resolutions=_ints(attention, "--attention"), num_head_channels=head_channels,
-              model_condition=model_condition, task=task, chain=_ints(chain, "--chain"), crop=crop,
+              channel_mult=ints(channel_mult, "--channel-mult"), num_res_blocks=res_blocks,
+              attention_resolutions=ints(attention, "--attention"), num_head_channels=head_channels,
+              model_condition=model_condition, task=task, chain=ints(chain, "--chain"), crop=crop,
               diffusion_steps=diffusion_steps, beta_start=beta_start, beta_end=beta_end)
     report_stage(train_diff_stage.run(store, p, device=device, progress=not quiet))
 
@@ -249,8 +221,8 @@ def infer_diff(
     from stages.store.cache import RunStore
 
     store = RunStore(run)
-    p = build(infer_diff_stage.InferDiffParams, "infer_diff", preset_of(store, preset), t=_ints(t, "--t"),
-              c=_ints(c, "--c"), l=_ints(l, "--l"), n_s=ns, test_time_condition=test_time_condition, seed=seed,
+    p = build(infer_diff_stage.InferDiffParams, "infer_diff", preset_of(store, preset), t=ints(t, "--t"),
+              c=ints(c, "--c"), l=ints(l, "--l"), n_s=ns, test_time_condition=test_time_condition, seed=seed,
               bf16=bf16, init=init, distance=distance)
     report_stage(infer_diff_stage.run(store, p, device=device, progress=not quiet, compile=compile, weights=weights))
 
@@ -281,8 +253,8 @@ def fuse(
     from stages.pipeline import fuse as fuse_stage
     from stages.store.cache import RunStore
 
-    p = FuseParams(gamma=gamma, filter=filter, t=_ints(t, "--t") or (), c=_ints(c, "--c") or (),
-                   l=_ints(l, "--l") or (), spatio_temporal=spatio_temporal, multiscale_base=multiscale_base,
+    p = FuseParams(gamma=gamma, filter=filter, t=ints(t, "--t") or (), c=ints(c, "--c") or (),
+                   l=ints(l, "--l") or (), spatio_temporal=spatio_temporal, multiscale_base=multiscale_base,
                    n_s=ns, test_time_condition=test_time_condition, seed=seed, norm=norm, init=init, distance=distance,
                    fusion=fusion, gate=gate, image_gamma=image_gamma)
     report_stage(fuse_stage.run(RunStore(run), p, progress=not quiet))

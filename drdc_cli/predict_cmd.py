@@ -14,7 +14,8 @@ from rich.table import Table
 from stages.errors import ConfigError, DataError
 
 from .app import app, err, guarded, out
-from .pipeline import DeviceOpt, OverwriteOpt, QuietOpt, RunOpt, _ints
+from .options import (BaseOnlyOpt, COpt, DeviceOpt, FilterOpt, GammaOpt, LOpt, OverwriteOpt, QuietOpt, RunOpt, TOpt,
+                      WeightsOpt, ints)
 
 if TYPE_CHECKING:  # loaded when a command runs: they bring torch, and matplotlib only when pictures are drawn
     from stages.apps.predict.loop import Prediction
@@ -22,14 +23,6 @@ if TYPE_CHECKING:  # loaded when a command runs: they bring torch, and matplotli
     from stages.apps.predict.predictor import Predictor
     from stages.store.cache import RunStore
 
-_FUSION = "Fusion (default: the run's current fuse settings)"
-GammaOpt = Annotated[Optional[float], typer.Option(help="Weight of the diffusion heatmap (Eq 19).", rich_help_panel=_FUSION)]
-FilterOpt = Annotated[Optional[int], typer.Option("--filter", help="Mean filter size m (Eq 18), odd.", rich_help_panel=_FUSION)]
-TOpt = Annotated[Optional[str], typer.Option("--t", help="Timesteps to fuse, e.g. 250,200,150,100,50,0.", rich_help_panel=_FUSION)]
-COpt = Annotated[Optional[str], typer.Option("--c", help="Grid sizes, e.g. 1,16,32.", rich_help_panel=_FUSION)]
-LOpt = Annotated[Optional[str], typer.Option("--l", help="Heatmap scales, e.g. 1,2,4,8.", rich_help_panel=_FUSION)]
-BaseOnlyOpt = Annotated[bool, typer.Option("--base-only", help="Skip the diffusion branch: score H_base alone.", rich_help_panel=_FUSION)]
-WeightsOpt = Annotated[Optional[Path], typer.Option(help="Backbone weight file, if `drdc extract` was given one.")]
 MAX_ROWS = 40  # terminal rows; the CSV has all
 
 
@@ -40,8 +33,8 @@ def overrides(gamma, filter_, t, c, l, base_only: bool = False) -> FuseOverrides
         raise ConfigError(f"--base-only scores H_base alone, so {', '.join(given)} would have no effect; give one or the other")
     from stages.apps.predict.settings import FuseOverrides
 
-    return FuseOverrides(gamma=gamma, filter=filter_, t=_ints(t, "--t") or None, c=_ints(c, "--c") or None,
-                         l=_ints(l, "--l") or None)
+    return FuseOverrides(gamma=gamma, filter=filter_, t=ints(t, "--t") or None, c=ints(c, "--c") or None,
+                         l=ints(l, "--l") or None)
 
 
 def describe(pred: Predictor) -> str:

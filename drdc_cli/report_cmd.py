@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .app import app, guarded, out
-from .pipeline import OverwriteOpt, QuietOpt, RunOpt
+from .options import OverwriteOpt, QuietOpt, RunOpt
 
 if TYPE_CHECKING:
     from stages.store.cache import RunStore

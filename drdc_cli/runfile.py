@@ -35,7 +35,7 @@ from stages.config.registry import STAGES
 from .app import app, guarded, out
 from .domains import List, domains, flags
 from .flags import message
-from .pipeline import OverwriteOpt, RunOpt
+from .options import OverwriteOpt, RunOpt
 
 if TYPE_CHECKING:
     from stages.store.cache import RunStore

@@ -9,7 +9,7 @@ from rich.table import Table
 from stages.pipeline.params import TuneParams  # the defaults, torch-free; the stage loads when the command runs
 
 from .app import app, guarded, out, report_stage
-from .pipeline import QuietOpt, RunOpt, _ints, _numbers
+from .options import QuietOpt, RunOpt, floats, ints
 
 if TYPE_CHECKING:
     from stages.pipeline.params import FuseParams
@@ -95,8 +95,8 @@ def tune(
     defaults = TuneParams()
     p = TuneParams(
         objective=objective, norms=tuple(v.strip() for v in norms.split(",") if v.strip()) if norms else defaults.norms,
-        gammas=_numbers(gammas, "--gammas") or defaults.gammas, filters=_ints(filters, "--filters") or defaults.filters,
+        gammas=floats(gammas, "--gammas") or defaults.gammas, filters=ints(filters, "--filters") or defaults.filters,
         fusions=tuple(v.strip() for v in fusions.split(",") if v.strip()) if fusions else defaults.fusions,
-        image_gammas=_numbers(image_gammas, "--image-gammas") or defaults.image_gammas,
+        image_gammas=floats(image_gammas, "--image-gammas") or defaults.image_gammas,
         rounds=rounds, eval_size=eval_size, pool=pool)
     workflow.tune_and_apply(RunStore(run), p, not quiet, report_stage, show_ranking(objective, top))

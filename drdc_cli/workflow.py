@@ -9,7 +9,8 @@ import typer
 from stages.pipeline.params import TuneParams
 
 from .app import app, guarded, report_stage
-from .pipeline import DeviceOpt, PresetOpt, QuietOpt, preset_of
+from .options import DeviceOpt, PresetOpt, QuietOpt
+from .pipeline import preset_of
 from .report_cmd import print_report
 from .tune_cmd import show_ranking
 
