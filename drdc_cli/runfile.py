@@ -45,7 +45,8 @@ if sys.version_info >= (3, 11):
 else:  # the same parser, before it joined the standard library
     import tomli as tomllib
 
-ORDER = ("index", "extract", "train-base", "infer-base", "train-diff", "infer-diff", "fuse", "score")  # the tables, in run order
+ORDER = tuple(s.command for s in STAGES.values() if s.params)  # the tables, in run order
+PARAMS = {s.command: s.params for s in STAGES.values() if s.params}  # each table's parameters class
 DEVICE = {"extract", "train-base", "infer-base", "train-diff", "infer-diff"}  # commands with --device
 RUN_KEYS = {"data": str, "preset": str, "store": str}
 
@@ -147,13 +148,6 @@ def parse(path: Path) -> tuple[dict, list[tuple[str, list[str]]]]:
         _check_together(name, doc[name], head, fail)
         steps.append((name, args))
     return head, steps
-
-
-PARAMS = {"index": "stages.pipeline.index:IndexParams", "extract": "stages.pipeline.extract:ExtractParams",
-          "train-base": "stages.pipeline.train_base:TrainBaseParams", "infer-base": "stages.pipeline.infer_base:InferBaseParams",
-          "train-diff": "stages.pipeline.train_diff:TrainDiffParams",
-          "infer-diff": "stages.pipeline.infer_diff:InferDiffParams", "fuse": "stages.pipeline.selection:FuseParams",
-          "score": "stages.pipeline.score:ScoreParams"}
 
 
 def _check_together(name: str, values: dict, head: dict, fail) -> None:
