@@ -1,5 +1,5 @@
-"""The command-line options several commands share, declared once: their flag, type and help; and the parsing of
-comma-separated values (their domain, stages.errors-style one-line errors, is drdc_cli.domains')."""
+"""The command-line options several commands share, declared once (flag, type, help, help panel), and the parsing
+of their comma-separated values, which is drdc_cli.domains.numbers: the parser the domain check already ran."""
 from __future__ import annotations
 
 from pathlib import Path
