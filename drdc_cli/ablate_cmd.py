@@ -8,10 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from stages.apps.choices import Selection  # the defaults, torch-free; stages.apps.ablate loads when the command runs
+from stages.apps.choices import Selection  # its settings, torch-free; stages.apps.ablate loads when the command runs
 
 from .app import app, guarded, out
-from .options import NormOpt, OverwriteOpt, QuietOpt, RunOpt, ints
+from .generate import settings_options
+from .options import OverwriteOpt, QuietOpt, RunOpt
+
+SWITCHED = ("spatio_temporal", "multiscale_base", "test_time_condition", "image_gamma")  # Table 5's rows set these
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -90,21 +93,10 @@ def write_json(rows: list[abl.Row], path: Path, outs) -> None:
 
 @app.command(rich_help_panel="Results")
 @guarded
+@settings_options(Selection, exclude=SWITCHED, show_defaults=True, panels={"fusion": None})
 def ablate(
+    given: dict,
     run: RunOpt,
-    gamma: Annotated[float, typer.Option(help="Weight of the diffusion heatmap (Eq 19).")] = Selection.gamma,
-    filter_: Annotated[int, typer.Option("--filter", help="Mean filter size m (Eq 18), odd.")] = Selection.filter,
-    t: Annotated[Optional[str], typer.Option("--t", help="Subset of cached timesteps (default: all).")] = None,
-    c: Annotated[Optional[str], typer.Option("--c", help="Subset of cached grid sizes (default: all).")] = None,
-    l: Annotated[Optional[str], typer.Option("--l", help="Subset of cached scales (default: all).")] = None,  # noqa: E741
-    ns: Annotated[int, typer.Option("--ns", help="Which infer-diff variant: its n_s.")] = Selection.n_s,
-    seed: Annotated[int, typer.Option(help="Which infer-diff variant: its seed.")] = Selection.seed,
-    pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = Selection.pool,
-    norm: NormOpt = Selection.norm,
-    init: Annotated[Optional[str], typer.Option(help="Table 5's rows: which infer-diff --init (default: that of the newest cached maps).")] = None,
-    distance: Annotated[str, typer.Option(help="Table 5's rows: pixel or feature maps.")] = Selection.distance,
-    fusion: Annotated[str, typer.Option(help="How every row's diffusion term enters Eq 19 (add: as printed); the fusion rows set their own.")] = Selection.fusion,
-    gate: Annotated[float, typer.Option(help="The gated rows' gate (normalised H_base level).")] = Selection.gate,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Per-category metrics of every row as CSV.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Rows, switches, settings and commands as JSON.")] = None,
     overwrite: OverwriteOpt = False,
@@ -112,26 +104,13 @@ def ablate(
 ) -> None:
     """The paper's Table 5 (ablations) from cached heatmaps: fusion switches computed in memory, without the UNet;
     rows that need another diffusion model or other heatmaps name the commands that make them."""
-    from stages.errors import check
-    from stages.method.choices import DISTANCES, check_fusion, check_init, check_norm, check_refinement
-
-    check_fusion(gamma, filter_)
-    check_norm(norm)
-    check(ns >= 2, "--ns", "must be >= 2", ns)
-    check(1 <= pool <= 256, "--pool", "must be in [1, 256]", pool)
-    if init is not None:
-        check_init(init)
-    check(distance in DISTANCES, "--distance", f"must be one of {', '.join(DISTANCES)}", distance)
-    check_refinement(fusion, gate, norm)
+    sel = Selection(**given)
     from stages.apps.outputs import Outputs
 
     outs = Outputs(overwrite)  # claimed before any work (stages.apps.outputs)
     for path, option in ((csv_path, "csv"), (json_path, "json")):
         if path is not None:
             outs.claim(path, option)
-    sel = Selection(gamma=gamma, filter=filter_, t=ints(t, "--t") or (), c=ints(c, "--c") or (),
-                        l=ints(l, "--l") or (), n_s=ns, seed=seed, pool=pool, norm=norm, init=init,
-                        distance=distance, fusion=fusion, gate=gate)
     from stages.apps import ablate as abl
     from stages.store.cache import RunStore
 

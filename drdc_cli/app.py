@@ -41,12 +41,12 @@ def plain_switches(params: list) -> list:
     return params
 
 
-def complete_choices(params: list) -> list:
+def complete_choices(params: list, callback: Callable[..., Any] | None = None) -> list:
     """Shell completion of the values of every option whose domain is a choice (--norm, --layout, --preset ...),
-    from drdc_cli/domains.py (torch-free)."""
-    from .domains import Choice, domains
+    from the command's domains (drdc_cli/domains.py and its settings' own; torch-free)."""
+    from .domains import Choice, domain_table, domains
 
-    table = domains()
+    table = domain_table(callback) if callback is not None else domains()
     for p in params:
         dom = table.get(next((o for o in getattr(p, "opts", ()) if o.startswith("--")), ""))
         if isinstance(dom, Choice) and getattr(p, "_custom_shell_complete", False) is None:
@@ -59,7 +59,7 @@ class Command(TyperCommand):
     """A command as typer builds it, whose help shows switches as switches and whose choices complete."""
 
     def get_params(self, ctx: Any) -> list:
-        return complete_choices(plain_switches(super().get_params(ctx)))
+        return complete_choices(plain_switches(super().get_params(ctx)), self.callback)
 
 
 class StrictGroup(TyperGroup):

@@ -6,23 +6,23 @@ from typing import Annotated, Optional
 import typer
 
 from .app import app, err, guarded, out, report_stage
-from .options import BaseOnlyOpt, COpt, DeviceOpt, FilterOpt, GammaOpt, LOpt, QuietOpt, RunOpt, TOpt, WeightsOpt
-from .predict_cmd import describe, overrides
+from stages.pipeline.params import FuseParams
+
+from .generate import settings_options
+from .options import BaseOnlyOpt, DeviceOpt, QuietOpt, RunOpt, WeightsOpt
+from .predict_cmd import OVERRIDES, describe, overrides
 
 
 @app.command(rich_help_panel="Results")
 @guarded
+@settings_options(FuseParams, only=OVERRIDES)
 def calibrate(
+    given: dict,
     run: RunOpt,
     fpr: Annotated[Optional[float], typer.Option(help="Image threshold with this false-positive rate on held-out normal images (default 0.01).")] = None,
     percentile: Annotated[Optional[float], typer.Option(help="Instead of --fpr: this percentile of the normal scores.")] = None,
     pixel: Annotated[bool, typer.Option("--pixel", help="Also a pixel threshold (same rule over normal pixels) for binary defect masks.")] = False,
     on_test_labels: Annotated[bool, typer.Option("--on-test-labels", help="F1-max thresholds chosen on the TEST labels: only to report F1-max, never for deployment.")] = False,
-    gamma: GammaOpt = None,
-    filter_: FilterOpt = None,
-    t: TOpt = None,
-    c: COpt = None,
-    l: LOpt = None,  # noqa: E741
     base_only: BaseOnlyOpt = False,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
@@ -51,7 +51,7 @@ def calibrate(
                   soft_wrap=True)
     else:
         cal.quantile_of(fpr, percentile)  # option errors before any model loads
-    pred = Predictor(store, device, overrides(gamma, filter_, t, c, l, base_only), base_only=base_only, weights=weights)
+    pred = Predictor(store, device, overrides(given, base_only), base_only=base_only, weights=weights)
     for n in pred.notes:
         err.print(f"[yellow]note:[/] {n}", soft_wrap=True)
     if on_test_labels:

@@ -1,130 +1,24 @@
-"""The domain of every command-line option, declared once and checked before a command does any work or write.
+"""The domain of every command-line option, checked before a command does any work or write.
 
-`check_options` runs in `guarded` (every command): each given value is checked against DOMAINS[flag], so an
+`check_options` runs in `guarded` (every command): each given value is checked against its flag's domain, so an
 out-of-domain value is one ConfigError line naming the option, the rule and the value, whatever the command.
-A flag means the same thing in every command that has it (--seed, --gamma, --size ...), so one table serves
-all; `tests/test_option_domains.py` fails for an option that has no entry here. Rules that join two options
-(--hidden-dim % --heads, a schedule's own parameters, a grid against the image size) live in the stages'
-Params, which see the preset's values too.
+A stage's settings declare their domains once, on their Params fields (stages.config.settings); the options made
+from them carry those (drdc_cli.generate). The table here holds the rest: paths, outputs, the device, the
+all-in-one commands' own sizes. `tests/test_option_domains.py` fails for an option that has neither. Rules that
+join two options (--hidden-dim % --heads, a grid against the image size) live in the stages' Params, which see
+the preset's values too.
 """
 from __future__ import annotations
 
 import functools
 import inspect
-import math
 import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-from stages.errors import ConfigError
-
-SEEDS = 2**32  # numpy's seed range: every seed here reaches np.random.seed
-BIG = 10**6  # epochs, layers ...: beyond this a value is a typo, not a setting
-
-
-def _fail(option: str, rule: str, value: Any) -> None:
-    raise ConfigError(f"{option}: {rule} (got {value!r})")
-
-
-@dataclass(frozen=True)
-class Int:
-    lo: int
-    hi: int
-    odd: bool = False
-    multiple_of: int = 1
-
-    def check(self, option: str, v: Any) -> None:
-        if isinstance(v, bool) or not isinstance(v, int):
-            _fail(option, "must be an integer", v)
-        if not self.lo <= v <= self.hi:
-            _fail(option, f"must be in [{self.lo}, {self.hi}]", v)
-        if self.odd and v % 2 != 1:
-            _fail(option, "must be odd (a centred window)", v)
-        if v % self.multiple_of:
-            _fail(option, f"must be a multiple of {self.multiple_of}", v)
-
-
-@dataclass(frozen=True)
-class Real:
-    lo: float
-    hi: float
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def check(self, option: str, v: Any) -> None:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            _fail(option, "must be a finite number", v)
-        ok = (self.lo < v if self.lo_open else self.lo <= v) and (v < self.hi if self.hi_open else v <= self.hi)
-        if not ok:
-            _fail(option, f"must be in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
-                          f"{')' if self.hi_open else ']'}", v)
-
-
-@dataclass(frozen=True)
-class Choice:
-    values: Sequence[str]
-
-    def check(self, option: str, v: Any) -> None:
-        if v not in self.values:
-            _fail(option, f"must be one of {', '.join(self.values)}", v)
-
-
-def split(text: str, option: str) -> list[str]:
-    """'a, b,c' -> ['a', 'b', 'c']; an empty list or an empty item ('1,,2', '1,') is an error, not a default."""
-    items = [v.strip() for v in text.split(",")]
-    if not text.strip():
-        _fail(option, "needs at least one value", text)
-    if any(v == "" for v in items):
-        _fail(option, "has an empty item; separate values by single commas", text)
-    return items
-
-
-def numbers(text: str, option: str, kind: type = float) -> tuple:
-    """'0.5,0.9' -> (0.5, 0.9) of `kind`; malformed, empty or non-finite lists are one-line errors."""
-    items = split(text, option)
-    try:
-        out = tuple(kind(v) for v in items)
-    except ValueError:
-        what = "integers" if kind is int else "numbers"
-        raise ConfigError(f"{option}: expected comma-separated {what} (got {text!r})") from None
-    if kind is float and not all(math.isfinite(v) for v in out):
-        _fail(option, "must hold finite numbers", text)
-    return out
-
-
-@dataclass(frozen=True)
-class List:
-    """A comma-separated list; each item must lie in `item`'s domain; `distinct`: a repeated value is an error."""
-    item: Int | Real | Choice | None  # None: free names (categories)
-    distinct: bool = True
-
-    def check(self, option: str, v: Any) -> None:
-        if isinstance(self.item, Int):
-            values: Sequence[Any] = numbers(v, option, int)
-        elif isinstance(self.item, Real):
-            values = numbers(v, option, float)
-        else:
-            values = split(v, option)
-        for x in values:
-            if self.item is not None:
-                self.item.check(option, x)
-        if self.distinct:
-            seen = set()
-            for x in values:
-                if x in seen:
-                    _fail(option, f"duplicate value {x}", v)
-                seen.add(x)
-
-
-@dataclass(frozen=True)
-class Text:
-    """A non-empty name or key (a category, a cache key)."""
-
-    def check(self, option: str, v: Any) -> None:
-        if not isinstance(v, str) or not v.strip():
-            _fail(option, "must not be empty", v)
+from stages.config.domains import BIG, SEEDS, Choice, Int, List, Real, Text, _fail, numbers, split  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -204,59 +98,28 @@ class Device:
 
 
 def _domains() -> dict[str, Any]:
-    # choices come from the packages that own them, in their torch-free vocabulary modules (a new choice needs no
-    # second edit, and checking an option never loads torch: tests/test_startup.py)
+    """The options that are not a stage's setting (paths, outputs, the all-in-one commands' own sizes); a stage's
+    settings carry their domains on their Params fields (stages.config.settings, drdc_cli.generate)."""
+    # choices come from the packages that own them, in their torch-free vocabulary modules (checking an option
+    # never loads torch: tests/test_startup.py)
     from stages.apps.choices import DOWN_MODES, FORMATS, UP_MODES
-    from stages.data.choices import ALL_KINDS, LAYOUTS, RESIZES
-    from stages.method.choices import DISTANCES, FUSIONS, INITS, NORMS, RESIDUAL_NORMS
-    from stages.models.choices import SUPPORTED
-    from stages.pipeline.params import OBJECTIVES, SCHEDULES, SOURCES, TASKS
     from stages.config.presets import PRESETS
 
-    seed = Int(0, SEEDS - 1)
-    timesteps = List(Int(0, 999))
     return {
         # data and store
         "--run": Store(), "--data": Given("a dataset root"), "--out": Output("dir"), "DEST": Output("dir"),
-        "IMAGES": Given("an image or a folder of images"), "--weights": Existing("file"), "--layout": Choice(LAYOUTS),
-        "--categories": List(None), "--category": List(None), "--image-size": Int(32, 2048, multiple_of=16), "--resize": Choice(RESIZES),
-        "--size": Int(8, 2048), "--preset": Choice(tuple(PRESETS)), "--device": Device(),
-        "--backbone": Choice(SUPPORTED), "--feature-size": Int(2, 64),
-        # validation split
-        "--val-fraction": Real(0.0, 0.5, hi_open=True), "--val-min": Int(0, 10_000), "--val-defects": Int(0, 16),
-        "--val-seed": seed, "--val-kinds": List(Choice(ALL_KINDS), distinct=True),
-        # train-base
-        "--epochs": Int(0, BIG), "--batch-size": Int(1, 65_536), "--lr": Real(0.0, 10.0, lo_open=True),
-        "--weight-decay": Real(0.0, 1.0), "--schedule": Choice(SCHEDULES), "--lr-step": Int(1, BIG),
-        "--warmup-epochs": Int(0, BIG), "--grad-clip": Real(0.0, 1e6), "--holdout": Real(0.0, 0.5, hi_open=True),
-        "--seed": seed, "--hidden-dim": Int(1, 8192), "--ffn-dim": Int(1, 65_536), "--heads": Int(1, 256),
-        "--encoder-layers": Int(1, 64), "--decoder-layers": Int(1, 64), "--dropout": Real(0.0, 1.0, hi_open=True),
-        "--neighbor-size": Int(1, 63, odd=True), "--jitter-scale": Real(0.0, 1e3),
-        # infer-base
-        "--residual-norm": Choice(RESIDUAL_NORMS), "--residual-stages": List(Int(1, 16)),
-        # train-diff
-        "--steps": Int(1, 10**9), "--ema": Real(0.0, 1.0, hi_open=True), "--grid": List(Int(1, 2048)),
-        "--ns": Int(2, 4096), "--t-max": Int(0, 999), "--ckpt-every": Int(1, 10**9), "--model-channels": Int(1, 4096),
-        "--channel-mult": List(Int(1, 64), distinct=False), "--res-blocks": Int(1, 64),
-        "--attention": List(Int(1, 2048)), "--head-channels": Int(1, 4096), "--task": Choice(TASKS),
-        "--chain": timesteps, "--crop": Int(0, 2048), "--diffusion-steps": Int(1, 1000),
-        "--beta-start": Real(0.0, 1.0, lo_open=True, hi_open=True), "--beta-end": Real(0.0, 1.0, lo_open=True, hi_open=True),
-        # infer-diff, fuse and everything that fuses
-        "--t": timesteps, "--c": List(Int(1, 2048)), "--l": List(Int(1, 2048)), "--init": Choice(INITS),
-        "--distance": Choice(DISTANCES), "--gamma": Real(0.0, 1.0), "--filter": Int(1, 255, odd=True),
-        "--norm": Choice(NORMS), "--pool": Int(1, 256), "--fusion": Choice(FUSIONS), "--gate": Real(0.0, 1e3, lo_open=True),
-        "--image-gamma": Real(0.0, 1.0), "--fusions": List(Choice(FUSIONS)), "--image-gammas": List(Real(0.0, 1.0)),
+        "IMAGES": Given("an image or a folder of images"), "--weights": Existing("file"), "--category": List(None),
+        "--preset": Choice(tuple(PRESETS)), "--device": Device(),
+        # the all-in-one commands (run, make-data, demo)
+        "--image-size": Int(32, 2048, multiple_of=16), "--size": Int(8, 2048), "--epochs": Int(0, BIG),
+        "--seed": Int(0, SEEDS - 1), "--base-epochs": Int(0, BIG), "--diff-steps": Int(1, 10**9),
+        "--n-train": Int(2, 100_000), "--n-test-good": Int(1, 100_000), "--n-test-defect": Int(3, 100_000),
         # results
-        "--source": Choice(SOURCES), "--csv": Output(), "--json": Output(), "--toml": Output(), "--html": Output(), "--format": Choice(FORMATS), "--config": Existing("file"), "--per-image": Output(), "--plots": Output("dir"),
-        "--variant": Text(), "--worst": Int(0, 1000), "--fpr": Real(0.0, 1.0, lo_open=True, hi_open=True),
+        "--csv": Output(), "--json": Output(), "--toml": Output(), "--html": Output(), "--format": Choice(FORMATS),
+        "--config": Existing("file"), "--per-image": Output(), "--plots": Output("dir"), "--variant": Text(),
+        "--worst": Int(0, 1000), "--fpr": Real(0.0, 1.0, lo_open=True, hi_open=True),
         "--percentile": Real(0.0, 100.0, lo_open=True), "--scales": List(Int(1, 2048)),
-        "--down": Choice(DOWN_MODES), "--up": Choice(UP_MODES),
-        "--objective": Choice(OBJECTIVES), "--norms": List(Choice(NORMS)), "--gammas": List(Real(0.0, 1.0)),
-        "--filters": List(Int(1, 255, odd=True)), "--rounds": Int(1, 5), "--eval-size": Int(16, 1024),
-        "--top": Int(1, 10_000), "--check": Int(0, 10_000),
-        # run, make-data, demo
-        "--base-epochs": Int(0, BIG), "--diff-steps": Int(1, 10**9), "--n-train": Int(2, 100_000),
-        "--n-test-good": Int(1, 100_000), "--n-test-defect": Int(3, 100_000),
+        "--down": Choice(DOWN_MODES), "--up": Choice(UP_MODES), "--top": Int(1, 10_000), "--check": Int(0, 10_000),
         # cache
         "--key": Text(),
         # every command (drdc's own options, before the command)
@@ -306,9 +169,16 @@ def flags(fn: Callable[..., Any]) -> dict[str, tuple[str, bool]]:
     return out
 
 
+def domain_table(fn: Callable[..., Any]) -> dict[str, Any]:
+    """{flag: domain} for command `fn`: the options made from Params settings carry their own (drdc_cli.generate);
+    the rest come from this module's table."""
+    command = inspect.unwrap(fn)
+    return {**domains(), **_command_domains().get(command.__name__, {}), **getattr(command, "__domains__", {})}
+
+
 def check_options(fn: Callable[..., Any], values: dict[str, Any]) -> None:
     """Check every given value (not None, not a bool switch) of command `fn` against its flag's domain."""
-    table = {**domains(), **_command_domains().get(inspect.unwrap(fn).__name__, {})}
+    table = domain_table(fn)
     given = []
     for name, (flag, is_bool) in flags(fn).items():
         v = values.get(name)
@@ -320,5 +190,5 @@ def check_options(fn: Callable[..., Any], values: dict[str, Any]) -> None:
         given.append((flag, dom, v))
     # a device is checked last: asking torch whether cuda is present takes seconds, a typo elsewhere is found first
     for flag, dom, v in sorted(given, key=lambda g: isinstance(g[1], Device)):
-        for x in (v if isinstance(v, (list, tuple)) else [v]):
+        for x in (v if isinstance(v, (list, tuple)) and not isinstance(dom, List) else [v]):  # IMAGES: each path
             dom.check(flag, x)

@@ -18,7 +18,10 @@ def _table() -> dict[str, str]:
 
 
 def flag(param: str) -> str:
-    """The flag of one parameter, e.g. n_s -> --ns, dim_feedforward -> --ffn-dim, eval_size -> --eval-size."""
+    """The flag of one parameter, e.g. n_s -> --ns, dim_feedforward -> --ffn-dim, eval_size -> --eval-size (a name
+    that is already a flag or an argument, --gamma or IMAGES, stays as it is)."""
+    if param.startswith("-") or param.isupper():
+        return param
     return _table().get(param, "--" + param.replace("_", "-"))
 
 

@@ -19,15 +19,8 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace output 
 MODEL_PANEL = "Model"
 TRAIN_PANEL = "Training"
 VAL_PANEL = "Validation split"
-InitOpt = Annotated[Optional[str], typer.Option(help="Start of the reverse process: paper (q_sample of I_in), noise (known region q_sample(I_ori), masked region fresh noise) or ddad (q_sample of I_ori everywhere).")]
-NormOpt = Annotated[str, typer.Option(help="Scale of each map before Eq 19: none (the paper), pixel (per-position mean/std of the validation normals) or quantile ((map - q0.9) / (q0.995 - q0.9)).")]
 
 FUSION_PANEL = "Fusion (default: the run's current fuse settings)"
-GammaOpt = Annotated[Optional[float], typer.Option(help="Weight of the diffusion heatmap (Eq 19).", rich_help_panel=FUSION_PANEL)]
-FilterOpt = Annotated[Optional[int], typer.Option("--filter", help="Mean filter size m (Eq 18), odd.", rich_help_panel=FUSION_PANEL)]
-TOpt = Annotated[Optional[str], typer.Option("--t", help="Timesteps to fuse, e.g. 250,200,150,100,50,0.", rich_help_panel=FUSION_PANEL)]
-COpt = Annotated[Optional[str], typer.Option("--c", help="Grid sizes, e.g. 1,16,32.", rich_help_panel=FUSION_PANEL)]
-LOpt = Annotated[Optional[str], typer.Option("--l", help="Heatmap scales, e.g. 1,2,4,8.", rich_help_panel=FUSION_PANEL)]
 BaseOnlyOpt = Annotated[bool, typer.Option("--base-only", help="Skip the diffusion branch: score H_base alone.", rich_help_panel=FUSION_PANEL)]
 WeightsOpt = Annotated[Optional[Path], typer.Option(help="Backbone weight file, if `drdc extract` was given one.")]
 
@@ -38,6 +31,3 @@ def ints(text: str | None, option: str) -> tuple[int, ...] | None:
     return None if text is None else numbers(text, option, int)
 
 
-def floats(text: str | None, option: str) -> tuple[float, ...] | None:
-    """'0.5,0.9' -> (0.5, 0.9); None when the option was not given."""
-    return None if text is None else numbers(text, option, float)

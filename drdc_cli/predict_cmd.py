@@ -13,9 +13,12 @@ from rich.table import Table
 
 from stages.errors import ConfigError, DataError
 
+from stages.config.settings import flag_name, settings_of
+from stages.pipeline.params import FuseParams
+
 from .app import app, err, guarded, out
-from .options import (BaseOnlyOpt, COpt, DeviceOpt, FilterOpt, GammaOpt, LOpt, OverwriteOpt, QuietOpt, RunOpt, TOpt,
-                      WeightsOpt, ints)
+from .generate import settings_options
+from .options import BaseOnlyOpt, DeviceOpt, OverwriteOpt, QuietOpt, RunOpt, WeightsOpt
 
 if TYPE_CHECKING:  # loaded when a command runs: they bring torch, and matplotlib only when pictures are drawn
     from stages.apps.predict.loop import Prediction
@@ -24,17 +27,18 @@ if TYPE_CHECKING:  # loaded when a command runs: they bring torch, and matplotli
     from stages.store.cache import RunStore
 
 MAX_ROWS = 40  # terminal rows; the CSV has all
+OVERRIDES = ("gamma", "filter", "t", "c", "l")  # the fusion settings predict and calibrate may replace
 
 
-def overrides(gamma, filter_, t, c, l, base_only: bool = False) -> FuseOverrides:  # noqa: E741
-    """The fusion options given; with --base-only there is no fusion, so any of them would be silently dropped."""
-    given = [f for f, v in (("--gamma", gamma), ("--filter", filter_), ("--t", t), ("--c", c), ("--l", l)) if v is not None]
+def overrides(given: dict, base_only: bool = False) -> FuseOverrides:
+    """The fusion options given ({field: value}, settings_options(FuseParams, only=OVERRIDES)); with --base-only
+    there is no fusion, so any of them would be silently dropped."""
     if base_only and given:
-        raise ConfigError(f"--base-only scores H_base alone, so {', '.join(given)} would have no effect; give one or the other")
+        flags = ", ".join(f"--{flag_name(n, s)}" for n, (_, s) in settings_of(FuseParams).items() if n in given)
+        raise ConfigError(f"--base-only scores H_base alone, so {flags} would have no effect; give one or the other")
     from stages.apps.predict.settings import FuseOverrides
 
-    return FuseOverrides(gamma=gamma, filter=filter_, t=ints(t, "--t") or None, c=ints(c, "--c") or None,
-                         l=ints(l, "--l") or None)
+    return FuseOverrides(**given)
 
 
 def describe(pred: Predictor) -> str:
@@ -172,16 +176,13 @@ def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category
 
 @app.command("predict", rich_help_panel="Results")
 @guarded
+@settings_options(FuseParams, only=OVERRIDES)
 def predict_cmd(
+    given: dict,
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).", metavar="IMAGE_OR_FOLDER", show_default=False)],
     run: RunOpt,
     dest: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for predictions.csv/.json and pictures/.")] = None,
     category: Annotated[Optional[str], typer.Option(help="Category of every image (default: from an MVTec-like path <cat>/test/<defect>/x.png, else unknown).")] = None,
-    gamma: GammaOpt = None,
-    filter_: FilterOpt = None,
-    t: TOpt = None,
-    c: COpt = None,
-    l: LOpt = None,  # noqa: E741
     base_only: BaseOnlyOpt = False,
     pictures: Annotated[bool, typer.Option("--pictures/--no-pictures", help="One PNG per image: input | base | diffusion | fused overlay.")] = True,
     masks: Annotated[bool, typer.Option("--masks/--no-masks", help="Binary defect mask PNGs (needs `drdc calibrate --pixel`).")] = True,
@@ -198,5 +199,5 @@ def predict_cmd(
     from stages.store.cache import RunStore
 
     store = RunStore(run)
-    run_predict(store, images, dest, category, overrides(gamma, filter_, t, c, l, base_only), base_only, pictures, masks,
+    run_predict(store, images, dest, category, overrides(given, base_only), base_only, pictures, masks,
                 device, weights, progress=not quiet, full_size_masks=full_size_masks, overwrite=overwrite)

@@ -12,11 +12,12 @@ A run file has one table per stage command, keyed by that command's own flags (w
     ...
 
 A table's presence runs its stage (infer-base runs after train-base, with the preset's options when it has no
-table, and score after infer-base with
---source base and after fuse with --source fuse, with [score]'s pool). Before anything runs, every key is checked:
-an unknown table or key, a wrong type or an out-of-range value is one error line naming the file, the line and
-the key. `drdc config` writes every option an entry was made with (stages.config.commands), so feeding its output back
-on the same data makes the same keys.
+table, and score after infer-base with --source base and after fuse with --source fuse, with [score]'s other
+settings, e.g. pool). A table's keys are its stage's settings (stages.config.settings: the flag without dashes)
+and the command's own options (--weights). The file is parsed into parameter values, not command-line text:
+before anything runs, every key is checked, and an unknown table or key, a wrong type or an out-of-range value is
+one error line naming the file, the line and the key. `drdc config` writes every setting an entry was made with
+(stages.config.commands), so feeding its output back on the same data makes the same keys.
 """
 from __future__ import annotations
 
@@ -24,16 +25,17 @@ import inspect
 import sys
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
-from stages.errors import ConfigError
-from stages.config.commands import FLAGS, options
+from stages.config.commands import options, params_class
 from stages.config.registry import STAGES
+from stages.config.settings import settings_of
+from stages.errors import ConfigError
 
 from .app import app, guarded, out
-from .domains import List, domains, flags
+from .domains import List, domain_table, flags
 from .flags import message
 from .options import OverwriteOpt, RunOpt
 
@@ -46,13 +48,14 @@ else:  # the same parser, before it joined the standard library
     import tomli as tomllib
 
 ORDER = tuple(s.command for s in STAGES.values() if s.params)  # the tables, in run order
-PARAMS = {s.command: s.params for s in STAGES.values() if s.params}  # each table's parameters class
 DEVICE = {"extract", "train-base", "infer-base", "train-diff", "infer-diff"}  # commands with --device
+PRESET = DEVICE | {"index"}  # commands with --preset
 RUN_KEYS = {"data": str, "preset": str, "store": str}
+COMMON = {"run", "data", "device", "quiet", "preset"}  # set by [run] and `drdc run`'s own options, not a table
 
 
-def _command(name: str):
-    return typer.main.get_command(app).commands[name]
+def _callback(name: str):
+    return typer.main.get_command(app).commands[name].callback
 
 
 def _lines(text: str) -> dict[tuple[str, str], int]:
@@ -68,18 +71,56 @@ def _lines(text: str) -> dict[tuple[str, str], int]:
     return where
 
 
-def _kind(fn, name: str) -> type:
-    hint = typing.get_type_hints(inspect.unwrap(fn))[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+def _keys(name: str) -> dict[str, tuple[str, type, Any]]:
+    """{run-file key: (the command's parameter, its value's type, its domain)} of a table: the stage's settings
+    (stages.config.settings: key = flag without dashes) and the command's own options (--weights, --compile)."""
+    fn = _callback(name)
+    cls = params_class(name.replace("-", "_"))
+    hints = typing.get_type_hints(cls)
+    table = domain_table(fn)
+    out = {}
+    for param, (flag, is_bool) in flags(fn).items():
+        if param in COMMON or (name == "score" and param == "source"):  # the run scores base, then fuse
+            continue
+        declared = settings_of(cls).get(param)
+        hint = hints[param] if declared else typing.get_type_hints(inspect.unwrap(fn))[param]
+        args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is not tuple else []
+        kind = bool if is_bool else (args[0] if args else hint)
+        out[flag.lstrip("-")] = (param, tuple if typing.get_origin(kind) is tuple else kind, table.get(flag))
+    return out
 
 
-def _as_arg(v: Any) -> str:
-    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+def _value(v: Any, kind: type, dom: Any, fail: Callable[[str], None]) -> Any:
+    """A TOML value as the parameter's value, checked against its type and domain (fail: one error line)."""
+    if kind is bool:
+        if not isinstance(v, bool):
+            fail(f"must be true or false (got {v!r})")
+        return v
+    if isinstance(dom, List) or kind is tuple:
+        if not isinstance(v, list) or not v:
+            fail(f"must be a non-empty list (got {v!r})")
+        if any(isinstance(x, bool) or not isinstance(x, (int, float, str)) for x in v):
+            fail(f"must hold numbers or names (got {v!r})")
+        v = tuple(v)
+    elif kind is int and (isinstance(v, bool) or not isinstance(v, int)):
+        fail(f"must be an integer (got {v!r})")
+    elif kind is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            fail(f"must be a number (got {v!r})")
+        v = float(v)
+    elif kind in (str, Path) and not isinstance(v, str):
+        fail(f"must be a string (got {v!r})")
+    if dom is not None:
+        try:
+            dom.check("key", v)
+        except ConfigError as e:
+            fail(e.detail)
+    return Path(v) if kind is Path else v
 
 
-def parse(path: Path) -> tuple[dict, list[tuple[str, list[str]]]]:
-    """([run] table, [(command, its options as CLI args)] in run order), every key checked first."""
+def parse(path: Path) -> tuple[dict, list[tuple[str, dict[str, Any]]]]:
+    """([run] table, [(command, {its parameter: value})] in run order), every key checked first: its type and
+    domain, and the rules that join a table's keys."""
     try:
         text = path.read_text()
     except OSError as e:
@@ -107,64 +148,30 @@ def parse(path: Path) -> tuple[dict, list[tuple[str, list[str]]]]:
             fail("run", key, f"must be a non-empty string (got {v!r})")
     if "index" in doc and "data" not in head:
         fail("run", "data", "missing: the dataset root the [index] table reads")
-    table = domains()
     steps = []
     for name in ORDER:
         if name not in doc:
             continue
-        fn = _command(name).callback
-        known = {f.lstrip("-"): (p, is_bool) for p, (f, is_bool) in flags(fn).items()
-                 if f not in ("--run", "--data", "--device", "--quiet", "--preset")}
-        args: list[str] = []
+        known = _keys(name)
+        values: dict[str, Any] = {}
         for key, v in doc[name].items():
             if key not in known:
                 fail(name, key, f"unknown key; {name} takes {', '.join(sorted(known))}")
-            param, is_bool = known[key]
-            kind = _kind(fn, param)
-            dom = table.get(f"--{key}")
-            if is_bool:
-                if not isinstance(v, bool):
-                    fail(name, key, f"must be true or false (got {v!r})")
-                opt = next(o for o in _command(name).params if o.name == param)
-                if v or opt.secondary_opts:
-                    args.append(f"--{key}" if v else opt.secondary_opts[0])
-                continue
-            if isinstance(dom, List):
-                if not isinstance(v, list) or not v:
-                    fail(name, key, f"must be a non-empty list (got {v!r})")
-                if any(isinstance(x, bool) or not isinstance(x, (int, float, str)) for x in v):
-                    fail(name, key, f"must hold numbers or names (got {v!r})")
-            elif kind is int and (isinstance(v, bool) or not isinstance(v, int)):
-                fail(name, key, f"must be an integer (got {v!r})")
-            elif kind is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                fail(name, key, f"must be a number (got {v!r})")
-            elif kind in (str, Path) and not isinstance(v, str):
-                fail(name, key, f"must be a string (got {v!r})")
-            try:
-                dom.check(f"--{key}", _as_arg(v) if isinstance(dom, List) else (float(v) if kind is float else v))
-            except ConfigError as e:
-                fail(name, key, str(e).split(": ", 1)[-1])
-            args += [f"--{key}", _as_arg(v)]
-        _check_together(name, doc[name], head, fail)
-        steps.append((name, args))
+            param, kind, dom = known[key]
+            values[param] = _value(v, kind, dom, lambda why, key=key: fail(name, key, why))
+        _check_together(name, values, head, fail)
+        steps.append((name, values))
     return head, steps
 
 
 def _check_together(name: str, values: dict, head: dict, fail) -> None:
-    """The rules that join a table's options (--hidden-dim % --heads, a grid against the size ...), checked by
+    """The rules that join a table's keys (--hidden-dim % --heads, a grid against the size ...), checked by
     building the stage's parameters as the command will, before any stage runs."""
-    import importlib
-    from dataclasses import fields
-
     from stages.config.presets import DEFAULT_PRESET, build
 
     stage = name.replace("-", "_")
-    mod, cls_name = PARAMS[name].split(":")
-    cls = getattr(importlib.import_module(mod), cls_name)
-    to_param = {flag.lstrip("-"): p for p, flag in FLAGS.get(stage, {}).items()}
-    names = {f.name for f in fields(cls)}
-    kw = {to_param.get(k, k.replace("-", "_")): tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    kw = {k: v for k, v in kw.items() if k in names}
+    cls = params_class(stage)
+    kw = {k: v for k, v in values.items() if k in settings_of(cls)}
     if stage == "index":
         kw["root"] = head.get("data", ".")
     try:
@@ -173,10 +180,10 @@ def _check_together(name: str, values: dict, head: dict, fail) -> None:
         fail(name, "", message(e, dashes=False))
 
 
-def _invoke(args: list[str]) -> None:
-    code = typer.main.get_command(app).main(args, standalone_mode=False)
-    if code:
-        raise typer.Exit(code)
+def _invoke(name: str, **values: Any) -> None:
+    """Run one command with parameter values, through its callback: the same option checks, cache, resume, roll
+    back and output as typing it."""
+    _callback(name)(**values)
 
 
 def run_file(path: Path, run: Path | None, device: str, quiet: bool) -> None:
@@ -186,26 +193,25 @@ def run_file(path: Path, run: Path | None, device: str, quiet: bool) -> None:
     store = run or (Path(head["store"]) if "store" in head else None)
     if store is None:
         raise ConfigError(f"--run: give the run store (or store = \"...\" in [run] of {path})")
-    common = ["--run", str(store)] + (["-q"] if quiet else [])
     if any(n == "train-base" for n, _ in steps) and not any(n == "infer-base" for n, _ in steps):
         at = next(i for i, (n, _) in enumerate(steps) if n == "train-base")
-        steps = [*steps[:at + 1], ("infer-base", []), *steps[at + 1:]]  # the base map the preset makes
-    pool = next((a[a.index("--pool") + 1] for n, a in steps if n == "score" and "--pool" in a), None)
-    scored = [] if pool is None else ["--pool", pool]
-    for name, args in steps:
+        steps = [*steps[:at + 1], ("infer-base", {}), *steps[at + 1:]]  # the base map the preset makes
+    scored = next((dict(v) for n, v in steps if n == "score"), {})
+    for name, values in steps:
         if name == "score":
             continue
-        extra = (["--data", head["data"]] if name == "index" else []) + (
-            ["--preset", head["preset"]] if name in ("index", "extract", "train-base", "infer-base", "train-diff",
-                                                     "infer-diff") and "preset" in head else []) + (
-            ["--device", device] if name in DEVICE else [])
-        _invoke([name, *common, *extra, *args])
-        if name == "infer-base":
-            _invoke(["score", *common, "--source", "base", *scored])
-        if name == "fuse":
-            _invoke(["score", *common, "--source", "fuse", *scored])
+        common: dict[str, Any] = {"run": store, "quiet": quiet}
+        if name == "index":
+            common["data"] = Path(head["data"])
+        if name in PRESET and "preset" in head:
+            common["preset"] = head["preset"]
+        if name in DEVICE:
+            common["device"] = device
+        _invoke(name, **common, **values)
+        if name in ("infer-base", "fuse"):
+            _invoke("score", run=store, quiet=quiet, **{**scored, "source": "base" if name == "infer-base" else "fuse"})
     if any(n in ("train-base", "fuse") for n, _ in steps):
-        _invoke(["report", "--run", str(store)])
+        _invoke("report", run=store)
 
 
 def settings(store: RunStore) -> dict[str, dict]:
@@ -234,7 +240,7 @@ def settings(store: RunStore) -> dict[str, dict]:
     if fused is not None:
         doc["fuse"] = _table("fuse", fused.params)
     if "score" in cur:
-        doc["score"] = {"pool": store.current("score").params["pool"]}
+        doc["score"] = {k: v for k, v in _table("score", store.current("score").params).items() if k != "source"}
     doc.get("index", {}).pop("data", None)  # [run] data
     return doc
 

@@ -1,15 +1,16 @@
 """`drdc tune`: choose the fusion settings on the validation images (label-free), make the best one current."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Callable
 
 import typer
 from rich.table import Table
 
-from stages.pipeline.params import TuneParams  # the defaults, torch-free; the stage loads when the command runs
+from stages.pipeline.params import TuneParams  # its settings, torch-free; the stage loads when the command runs
 
 from .app import app, guarded, out, report_stage
-from .options import QuietOpt, RunOpt, floats, ints
+from .generate import settings_options
+from .options import QuietOpt, RunOpt
 
 if TYPE_CHECKING:
     from stages.pipeline.params import FuseParams
@@ -73,17 +74,10 @@ def why(trials: list[dict], objective: str) -> str:
 
 @app.command(rich_help_panel="Results")
 @guarded
+@settings_options(TuneParams, show_defaults=True)
 def tune(
+    given: dict,
     run: RunOpt,
-    objective: Annotated[str, typer.Option(help="What to maximise on validation: mean (of the three), p_auroc, p_aupro or i_auroc.")] = TuneParams.objective,
-    norms: Annotated[Optional[str], typer.Option(help="Normalisations to try, e.g. none,pixel,quantile.")] = None,
-    gammas: Annotated[Optional[str], typer.Option(help="gamma values to try (0: base only, 1: diffusion only).")] = None,
-    filters: Annotated[Optional[str], typer.Option(help="Mean filter sizes m to try (odd).")] = None,
-    fusions: Annotated[Optional[str], typer.Option(help="Fusion kinds to try: add (Eq 19), highpass, gated.")] = None,
-    image_gammas: Annotated[Optional[str], typer.Option(help="Image-score gammas to try besides scoring H_out itself.")] = None,
-    rounds: Annotated[int, typer.Option(help="Passes of the coordinate search.")] = TuneParams.rounds,
-    eval_size: Annotated[int, typer.Option(help="Trials are scored at this map size (the chosen one exactly).")] = TuneParams.eval_size,
-    pool: Annotated[int, typer.Option(help="Average-pooling kernel before the max (image score).")] = TuneParams.pool,
     top: Annotated[int, typer.Option(help="Trials shown in the ranking.")] = 10,
     quiet: QuietOpt = False,
 ) -> None:
@@ -92,11 +86,5 @@ def tune(
     from stages.pipeline import workflow
     from stages.store.cache import RunStore
 
-    defaults = TuneParams()
-    p = TuneParams(
-        objective=objective, norms=tuple(v.strip() for v in norms.split(",") if v.strip()) if norms else defaults.norms,
-        gammas=floats(gammas, "--gammas") or defaults.gammas, filters=ints(filters, "--filters") or defaults.filters,
-        fusions=tuple(v.strip() for v in fusions.split(",") if v.strip()) if fusions else defaults.fusions,
-        image_gammas=floats(image_gammas, "--image-gammas") or defaults.image_gammas,
-        rounds=rounds, eval_size=eval_size, pool=pool)
-    workflow.tune_and_apply(RunStore(run), p, not quiet, report_stage, show_ranking(objective, top))
+    p = TuneParams(**given)
+    workflow.tune_and_apply(RunStore(run), p, not quiet, report_stage, show_ranking(p.objective, top))

@@ -53,7 +53,7 @@ def test_gate_and_refine_by_hand():
 
 @pytest.mark.parametrize("kw, needle", [({"fusion": "blend"}, "fusion"), ({"fusion": "gated"}, "fusion"),
                                         ({"gate": 0.0, "norm": "pixel"}, "gate"),
-                                        ({"image_gamma": 1.5}, "gamma")])
+                                        ({"image_gamma": 1.5}, "image_gamma")])
 def test_bad_fusion_options(kw, needle):
     from stages.pipeline.selection import FuseParams
 

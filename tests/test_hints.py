@@ -158,7 +158,8 @@ def test_ablate_rows_are_filled_by_their_commands(run, tmp_path, cli):
 
 # -- the generated walk -----------------------------------------------------------------------------------------
 # Every error (or note) that quotes a command, for the option values that reach it: each command that selects
-# cached maps, walked over values of each of its options drawn from the option's own domain (drdc_cli/domains.py),
+# cached maps, walked over values of each of its options drawn from the option's own domain (its setting's or
+# drdc_cli/domains.py's),
 # on the tiny run and on the tiny run with one stage's current result removed. Every command a message quotes is
 # then run and must be accepted: it may start work (stopped at once, as tests/test_option_domains.py stops it) or
 # end, but not be refused by its option domains or parameter checks (exit 2), nor fail with a traceback.
@@ -166,7 +167,7 @@ def test_ablate_rows_are_filled_by_their_commands(run, tmp_path, cli):
 import os  # noqa: E402
 import random  # noqa: E402
 
-from drdc_cli.domains import Choice, Int, List, Real, domains, flags  # noqa: E402
+from drdc_cli.domains import Choice, Int, List, Real, domain_table, flags  # noqa: E402
 
 
 class WorkStarted(Exception):
@@ -193,9 +194,9 @@ def _walk_cases() -> list[tuple[str, tuple[str, ...], list[str]]]:
     from test_option_domains import COMMANDS
 
     selecting = sorted(p for p, cmd in COMMANDS.items() if "--c" in {f for f, _ in flags(cmd.callback).values()})
-    table = domains()
     cases = []
     for path in selecting:
+        table = domain_table(COMMANDS[path].callback)
         for name, (flag, is_bool) in flags(COMMANDS[path].callback).items():
             if flag in ("--run", "--device", "--weights", "--out", "--csv", "--json", "--category", "IMAGES",
                         "--quiet", "--worst", "--check"):

@@ -19,7 +19,7 @@ import torch
 import typer
 
 from drdc_cli.app import app, register_commands
-from drdc_cli.domains import Choice, Device, List, domains, flags
+from drdc_cli.domains import Choice, Device, List, domain_table, domains, flags
 from stages.store.cache import RunStore
 
 from conftest import copy_run
@@ -67,7 +67,7 @@ def _kind(fn, name: str) -> str:
     return t.__name__
 
 
-def hostile(flag: str, kind: str) -> list[str]:
+def hostile(flag: str, kind: str, table: dict) -> list[str]:
     """Values outside `flag`'s domain, by the kind of value it takes."""
     if kind == "int":
         return [v for v in ("0", "-1", HUGE_INT, "abc", "1.5", "") if v != "0" or flag not in ZERO_OK]
@@ -75,7 +75,7 @@ def hostile(flag: str, kind: str) -> list[str]:
         return [v for v in ("0", "-1", HUGE_REAL, "nan", "inf", "-inf", "abc", "") if v != "0" or flag not in ZERO_OK]
     if kind == "Path":
         return ["", "/proc/version/x"]  # nothing: and below a file, where no file can be read or made
-    dom = domains()[flag]
+    dom = table[flag]
     if isinstance(dom, List):
         out = ["", ",", "1,,2", "1,"]
         if dom.item is not None and not isinstance(dom.item, Choice):
@@ -133,9 +133,8 @@ def _refused(res, args) -> str:
 
 
 def test_every_option_has_a_domain():
-    table = domains()
     missing = [f"{' '.join(p)} {flag}" for p, cmd in COMMANDS.items()
-               for flag, is_bool in flags(cmd.callback).values() if not is_bool and flag not in table]
+               for flag, is_bool in flags(cmd.callback).values() if not is_bool and flag not in domain_table(cmd.callback)]
     assert not missing, f"options with no entry in drdc_cli/domains.py: {missing}"
 
 
@@ -148,7 +147,7 @@ def test_out_of_domain_values_are_refused(path, store, tiny_data, tmp_path, cli,
     for name, (flag, is_bool) in flags(cmd.callback).items():
         if is_bool or flag in ("--run", "--data", "IMAGES", "DEST") or (flag == "--out" and path in (("demo",), ("export",))):
             continue  # the base command line's own paths, walked by the rejected-dataset tests
-        for v in hostile(flag, _kind(cmd.callback, name)):
+        for v in hostile(flag, _kind(cmd.callback, name), domain_table(cmd.callback)):
             args = [*path, *_base(path, store, tiny_data, new), flag, v]
             line = _refused(cli(*args, code=None), args)
             assert flag in line or "Invalid value" in line, f"{args}: the line does not name {flag}: {line}"
@@ -223,6 +222,7 @@ def test_every_limit_a_message_names_is_the_one_enforced():
     from drdc_cli.domains import Int, Real, _command_domains
     from drdc_cli.flags import flag
     from stages.apps.bound import BoundParams
+    from stages.config.settings import settings_of
     from stages.data.synthetic import SyntheticSpec, _validate
     from stages.errors import ConfigError
     from stages.pipeline.extract import ExtractParams
@@ -253,7 +253,8 @@ def test_every_limit_a_message_names_is_the_one_enforced():
     for name, make, cls, own in makers:
         for f in fields(cls):
             fl = {"n_s": "--ns", "image_size": "--image-size"}.get(f.name, flag(f.name))
-            dom = own.get(fl, table.get(fl))
+            declared = settings_of(cls).get(f.name)
+            dom = own.get(fl, declared[1].domain if declared else table.get(fl))
             if not isinstance(dom, (Int, Real)) or isinstance(f.default, (tuple, bool)) or f.name == "seed":
                 continue
             ends = [dom.lo, dom.hi] if isinstance(dom, Int) else [

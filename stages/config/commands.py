@@ -6,45 +6,55 @@ same inputs), whatever the run's preset. tests/test_hints.py runs it for every e
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import shlex
-from typing import Any, Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from stages.config.registry import STAGES
+from stages.config.settings import absent_defaults, flag_name, settings_of
 
-FLAGS: dict[str, dict[str, str]] = {  # entry param -> CLI flag, per stage
-    "index": {"root": "--data", "layout": "--layout", "categories": "--categories", "image_size": "--image-size",
-              "resize": "--resize", "val_fraction": "--val-fraction", "val_min": "--val-min", "val_defects": "--val-defects",
-              "val_seed": "--val-seed", "val_kinds": "--val-kinds"},
-    "extract": {"backbone": "--backbone", "feature_size": "--feature-size"},
-    "train_base": {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weight_decay": "--weight-decay",
-                   "schedule": "--schedule", "lr_step": "--lr-step", "warmup_epochs": "--warmup-epochs",
-                   "grad_clip": "--grad-clip", "holdout": "--holdout", "seed": "--seed", "hidden_dim": "--hidden-dim",
-                   "dim_feedforward": "--ffn-dim", "nhead": "--heads", "num_encoder_layers": "--encoder-layers",
-                   "num_decoder_layers": "--decoder-layers", "dropout": "--dropout",
-                   "neighbor_size": "--neighbor-size", "jitter_scale": "--jitter-scale",
-                   "standardize": "--standardize"},
-    "infer_base": {"residual_norm": "--residual-norm", "residual_stages": "--residual-stages"},
-    "train_diff": {"size": "--size", "model_channels": "--model-channels", "channel_mult": "--channel-mult",
-                   "num_res_blocks": "--res-blocks", "attention_resolutions": "--attention",
-                   "num_head_channels": "--head-channels", "steps": "--steps", "batch_size": "--batch-size",
-                   "lr": "--lr", "ema": "--ema", "grid": "--grid", "n_s": "--ns", "t_max": "--t-max",
-                   "ckpt_every": "--ckpt-every", "seed": "--seed", "model_condition": "--model-condition",
-                   "task": "--task", "chain": "--chain", "crop": "--crop",
-                   "diffusion_steps": "--diffusion-steps", "beta_start": "--beta-start", "beta_end": "--beta-end"},
-    "infer_diff": {"t": "--t", "c": "--c", "l": "--l", "n_s": "--ns", "test_time_condition": "--test-time-condition",
-                   "seed": "--seed", "bf16": "--bf16", "init": "--init", "distance": "--distance"},
-    "fuse": {"gamma": "--gamma", "filter": "--filter", "t": "--t", "c": "--c", "l": "--l",
-             "spatio_temporal": "--spatio-temporal", "multiscale_base": "--multiscale-base", "n_s": "--ns",
-             "test_time_condition": "--test-time-condition", "seed": "--seed", "norm": "--norm", "init": "--init",
-             "distance": "--distance", "fusion": "--fusion", "gate": "--gate", "image_gamma": "--image-gamma"},
-    "score": {"source": "--source", "pool": "--pool"},
-}
-# Params a key leaves out while they hold the class default (keys made before the option existed stay valid):
-# the preset may set another value, so the line spells the default out.
-ABSENT = {"index": {"val_kinds": ["scratch", "spot", "perlin", "cutpaste"]},
-          "infer_diff": {"init": "paper", "distance": "pixel"}, "train_diff": {"task": "paper", "crop": 0},
-          "train_base": {"standardize": False}, "infer_base": {"residual_norm": "l2"}}
-SWITCH_ONLY = {"--bf16"}  # on/off flags without a --no- form
+
+
+class _Flags(Mapping[str, dict[str, str]]):
+    """stage -> {param: its flag}, read from the stage's Params settings (stages.config.settings: `n_s` is
+    --ns, `root` is --data) on first use, so a new setting is spelled in every command line without an edit here."""
+
+    @functools.cached_property
+    def _table(self) -> dict[str, dict[str, str]]:
+        return {stage: {name: "--" + flag_name(name, s) for name, (_, s) in settings_of(params_class(stage)).items()}
+                for stage, info in STAGES.items() if info.params}
+
+    def __getitem__(self, stage: str) -> dict[str, str]:
+        return self._table[stage]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+FLAGS = _Flags()
+
+
+def params_class(stage: str) -> Any:
+    """The parameters class the registry names for `stage` (torch-free: stages.pipeline.params)."""
+    module, name = STAGES[stage].params.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _switch_only() -> set[str]:
+    """On/off flags without a --no- form (--bf16)."""
+    return {"--" + flag_name(n, s) for stage in FLAGS for n, (_, s) in settings_of(params_class(stage)).items()
+            if s.switch}
+
+
+def _absent(stage: str) -> dict[str, Any]:
+    """Params a key leaves out while they hold the class default (the `added` settings: keys made before the
+    option existed stay valid); the preset may set another value, so a command line spells the default out."""
+    return absent_defaults(params_class(stage)) if stage in FLAGS else {}
 
 
 def quote(text: Any) -> str:
@@ -59,7 +69,7 @@ def _value(v: Any) -> str:
 def options(stage: str, params: dict) -> dict[str, Any]:
     """{flag: value} of every param of `params` this stage's CLI sets (ABSENT defaults spelled out; None and ()
     left out: they are the stage's "all" or "newest"), in the CLI's order."""
-    params = {**ABSENT.get(stage, {}), **params}
+    params = {**_absent(stage), **params}
     return {flag: params[key] for key, flag in FLAGS[stage].items()
             if params.get(key) is not None and not (isinstance(params[key], (list, tuple)) and not params[key])}
 
@@ -84,7 +94,7 @@ def command(stage: str, run: str, params: dict | None = None, merge_c: Iterable[
     parts = [f"drdc {info.command}", f"--run {shlex.quote(str(run))}"]
     for flag, v in options(stage, params).items():
         if isinstance(v, bool):
-            if flag in SWITCH_ONLY:
+            if flag in _switch_only():
                 parts += [flag] if v else []
             else:
                 parts.append(flag if v else f"--no-{flag[2:]}")

@@ -47,3 +47,9 @@ def _settled(v: Any, hint: Any) -> Any:
     if float in kinds and isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v) + 0.0  # + 0.0: -0.0 becomes 0.0
     return v
+
+
+def keyed(params: Any) -> dict:
+    """The params of a frozen dataclass as a JSON-able dict (tuples become lists), for cache keys and attrs."""
+    return {f.name: list(v) if isinstance(v, tuple) else v
+            for f in fields(params) for v in (getattr(params, f.name),)}

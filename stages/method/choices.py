@@ -7,6 +7,8 @@ import them from here. One definition of each.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from numbers import Integral
 
 from stages.errors import ConfigError, check
 
@@ -34,6 +36,8 @@ GATE = 2.0  # gated fusion: the base map's normalised value (in normal-image sta
 INITS = ("paper", "noise", "ddad")
 DISTANCES = ("pixel", "feature")  # pixel: Eq 16 (always stored); feature: also the feature-space maps
 RESIDUAL_NORMS = ("l2", "mahalanobis")  # Eq 2's norm of F_in - F_out (stages.method.residual)
+T_PAPER, BETA_START, BETA_END = 1000, 1e-4, 0.02  # the paper's schedule (DDPM's): T steps, betas from .. to
+SCHEDULE_DEFAULTS = {"diffusion_steps": T_PAPER, "beta_start": BETA_START, "beta_end": BETA_END}  # train-diff's
 
 
 def check_fusion(gamma: float, m: int) -> None:
@@ -60,3 +64,35 @@ def check_refinement(fusion: str, gate: float, norm: str) -> None:
 def check_init(init: str) -> None:
     if init not in INITS:
         raise ConfigError(f"unknown start {init!r} (choose from {', '.join(INITS)})", "init")
+
+
+def check_timesteps(ts: Sequence[int], T: int = T_PAPER, param: str = "t") -> tuple[int, ...]:  # noqa: N803
+    """Validate a list of timesteps (param: its name, t or chain): integers in [0, T-1], no duplicates, at least
+    one. Returns them descending, the order of the reverse process (Sec 5: t in {250, 200, 150, 100, 50, 0})."""
+    if len(ts) == 0:
+        raise ConfigError("no timestep given; pass at least one, e.g. 250,200,150,100,50,0", param)
+    seen: set[int] = set()
+    for v in ts:
+        if isinstance(v, bool) or not isinstance(v, Integral):
+            raise ConfigError(f"{v!r} is not an integer timestep", param)
+        if not 0 <= int(v) <= T - 1:
+            raise ConfigError(f"{v} is out of range [0, {T - 1}]", param)
+        if int(v) in seen:
+            raise ConfigError(f"duplicate value {v}", param)
+        seen.add(int(v))
+    return tuple(sorted(seen, reverse=True))
+
+
+def check_grid(size: int, c: int, n_s: int, param: str = "c") -> None:
+    """Raise ConfigError unless c divides size, n_s >= 2 and G = (size / c)^2 >= n_s (no set is empty).
+    param: what the caller calls the grid size (train-diff's list of them is `grid`)."""
+    if c < 1:
+        raise ConfigError(f"grid size must be a positive integer, got {c}", param)
+    if size % c != 0:
+        raise ConfigError(f"{c} does not divide the image size {size}", param)
+    if n_s < 2:
+        raise ConfigError(f"{n_s} is below 2; inpainting needs at least two disjoint sets", "n_s")
+    g = (size // c) ** 2
+    if g < n_s:
+        raise ConfigError(f"{n_s} sets need at least {n_s} grid cells, but grid size {c} at image size {size} "
+                          f"gives {g}; use a smaller grid size or fewer sets", "n_s")

@@ -14,14 +14,12 @@ _extract_into_tensor.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from numbers import Integral
 
 import torch
 from torch import Tensor
 
-from stages.errors import ConfigError
+from stages.method.choices import BETA_END, BETA_START, T_PAPER, check_timesteps  # noqa: F401 (torch-free home)
 
 Timestep = int | Tensor
 
@@ -39,7 +37,6 @@ class Schedule:
         return int(self.betas.shape[0])
 
 
-T_PAPER, BETA_START, BETA_END = 1000, 1e-4, 0.02  # the paper's schedule (DDPM's): T steps, betas from .. to
 
 
 def linear_schedule(T: int = T_PAPER, beta_start: float = BETA_START, beta_end: float = BETA_END  # noqa: N803
@@ -102,20 +99,3 @@ def ddim_step(x_t: Tensor, eps: Tensor, t: Timestep, t_prev: Timestep, s: Schedu
         eps = (x_t - sqrt_abar * x0) / sqrt_one_minus_abar
     return _extract(s.alphas_cumprod.sqrt(), t_prev, x_t) * x0 + _extract(
         (1.0 - s.alphas_cumprod).sqrt(), t_prev, x_t) * eps  # DDIM Eq 12, sigma = 0
-
-
-def check_timesteps(ts: Sequence[int], T: int = T_PAPER, param: str = "t") -> tuple[int, ...]:  # noqa: N803
-    """Validate a list of timesteps (param: its name, t or chain): integers in [0, T-1], no duplicates, at least
-    one. Returns them descending, the order of the reverse process (Sec 5: t in {250, 200, 150, 100, 50, 0})."""
-    if len(ts) == 0:
-        raise ConfigError("no timestep given; pass at least one, e.g. 250,200,150,100,50,0", param)
-    seen: set[int] = set()
-    for v in ts:
-        if isinstance(v, bool) or not isinstance(v, Integral):
-            raise ConfigError(f"{v!r} is not an integer timestep", param)
-        if not 0 <= int(v) <= T - 1:
-            raise ConfigError(f"{v} is out of range [0, {T - 1}]", param)
-        if int(v) in seen:
-            raise ConfigError(f"duplicate value {v}", param)
-        seen.add(int(v))
-    return tuple(sorted(seen, reverse=True))

@@ -12,22 +12,7 @@ import hashlib
 import torch
 from torch import Tensor
 
-from stages.errors import ConfigError
-
-
-def check_grid(size: int, c: int, n_s: int, param: str = "c") -> None:
-    """Raise ConfigError unless c divides size, n_s >= 2 and G = (size / c)^2 >= n_s (no set is empty).
-    param: what the caller calls the grid size (train-diff's list of them is `grid`)."""
-    if c < 1:
-        raise ConfigError(f"grid size must be a positive integer, got {c}", param)
-    if size % c != 0:
-        raise ConfigError(f"{c} does not divide the image size {size}", param)
-    if n_s < 2:
-        raise ConfigError(f"{n_s} is below 2; inpainting needs at least two disjoint sets", "n_s")
-    g = (size // c) ** 2
-    if g < n_s:
-        raise ConfigError(f"{n_s} sets need at least {n_s} grid cells, but grid size {c} at image size {size} "
-                          f"gives {g}; use a smaller grid size or fewer sets", "n_s")
+from stages.method.choices import check_grid  # noqa: F401 (torch-free home; re-exported)
 
 
 def grid_masks(size: int, c: int, n_s: int, generator: torch.Generator) -> Tensor:

@@ -13,60 +13,12 @@ which nn.MultiheadAttention treats identically.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stages.errors import ConfigError
-from stages.models.config import ModelConfig
-
-
-@dataclass(frozen=True)
-class ReconstructionConfig(ModelConfig):
-    """Sizes of the UniAD transformer; defaults are UniAD's MVTec-AD config with efficientnet_b4 (272 ch)."""
-
-    in_channels: int = 272
-    feature_size: int = 14
-    hidden_dim: int = 256
-    num_encoder_layers: int = 4
-    num_decoder_layers: int = 4
-    nhead: int = 8
-    dim_feedforward: int = 1024
-    dropout: float = 0.1
-    neighbor_size: int = 7  # odd, < feature_size so the mask does not block every token
-    neighbor_mask: bool = True
-    jitter_scale: float = 20.0
-    jitter_prob: float = 1.0
-    standardize: bool = False  # drdc option: model space is per-channel z-scores of the train features
-
-    def __post_init__(self) -> None:
-        self._check_types()
-        for name in ("in_channels", "feature_size", "hidden_dim", "num_encoder_layers", "num_decoder_layers",
-                     "nhead", "dim_feedforward", "neighbor_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.hidden_dim % 2 or self.hidden_dim % self.nhead:
-            raise ConfigError(
-                f"hidden_dim must be even (row/col position embeddings of hidden_dim/2) and divisible by "
-                f"nhead={self.nhead}, got {self.hidden_dim}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.neighbor_size % 2 == 0:
-            raise ConfigError(f"neighbor_size must be odd (a centred window), got {self.neighbor_size}")
-        if self.neighbor_mask and self.neighbor_size >= self.feature_size:
-            raise ConfigError(
-                f"neighbor_size={self.neighbor_size} must be < feature_size={self.feature_size}, "
-                f"else the mask blocks every token; lower neighbor_size or set neighbor_mask false"
-            )
-        if self.jitter_scale < 0:
-            raise ConfigError(f"jitter_scale must be >= 0, got {self.jitter_scale}")
-        if not 0.0 <= self.jitter_prob <= 1.0:
-            raise ConfigError(f"jitter_prob must be in [0, 1], got {self.jitter_prob}")
-
+from stages.models.config import ReconstructionConfig  # noqa: F401 (its home; re-exported)
 
 
 def neighbor_mask(feature_size: int, neighbor_size: int) -> Tensor:

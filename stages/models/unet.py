@@ -12,71 +12,14 @@ or gradient checkpointing (use autocast instead).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stages.errors import ConfigError
-from stages.models.config import ModelConfig
-
-
-@dataclass(frozen=True)
-class UNetConfig(ModelConfig):
-    """UNet sizes; the defaults are the paper's network (train-diff's defaults come from here): guided-diffusion's
-    README, 256x256 unconditional ImageNet: num_channels 256, channel_mult (1,1,2,2,4,4), 2 res blocks, attention
-    at 32,16,8 (= downsample 8,16,32 -> 28,14,7 at 224), 64 channels per head, resblock_updown, scale-shift norm,
-    dropout left at its default 0.0 (the LSUN models use 0.1). The cpu preset's network is in stages.config.presets.
-    attention_resolutions are feature-map sides in pixels at image_size (guided-diffusion's flag convention); the
-    network stores them as downsample rates, so it also runs at other sizes (see ``at_size``)."""
-
-    image_size: int = 224
-    in_channels: int = 3  # image channels; the network input has 2 * in_channels when model_condition
-    model_condition: bool = True
-    model_channels: int = 256
-    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (28, 14, 7)
-    num_head_channels: int = 64
-    dropout: float = 0.0
-    use_scale_shift_norm: bool = True
-    resblock_updown: bool = True
-
-    def __post_init__(self) -> None:
-        self._check_types()
-        for name in ("image_size", "in_channels", "model_channels", "num_res_blocks", "num_head_channels"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.channel_mult or min(self.channel_mult) < 1:
-            raise ConfigError(f"channel_mult must be a non-empty list of integers >= 1, got {self.channel_mult}")
-        factor = 2 ** (len(self.channel_mult) - 1)
-        if self.image_size % factor:
-            raise ConfigError(f"image_size={self.image_size} must be divisible by 2**(len(channel_mult)-1)={factor}")
-        sides = [self.image_size // 2**k for k in range(len(self.channel_mult))]
-        for res in self.attention_resolutions:
-            if res not in sides:
-                raise ConfigError(f"attention_resolutions entry {res} is not a feature-map side at image_size="
-                                  f"{self.image_size}; reachable sides: {sides}")
-        for level, mult in enumerate(self.channel_mult):  # the middle block always has attention
-            ch = mult * self.model_channels
-            if (sides[level] in self.attention_resolutions or level == len(sides) - 1) and ch % self.num_head_channels:
-                raise ConfigError(f"num_head_channels={self.num_head_channels} must divide the {ch} channels of "
-                                  f"the attention at side {sides[level]}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def attention_ds(self) -> tuple[int, ...]:
-        """Downsample rates with attention, as guided-diffusion's create_model computes them."""
-        return tuple(self.image_size // r for r in self.attention_resolutions)
-
-    def at_size(self, image_size: int) -> "UNetConfig":
-        """The same network (same attention downsample rates) described at another image size."""
-        return dataclasses.replace(self, image_size=image_size,
-                                   attention_resolutions=tuple(image_size // d for d in self.attention_ds))
+from stages.models.config import UNetConfig  # noqa: F401 (its home; re-exported)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: int = 10000) -> Tensor:

@@ -5,29 +5,19 @@ Training the base model then reads cached features instead of rerunning the back
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from stages.errors import check
 from stages.models.backbone import load_backbone
 from stages.pipeline.chunked import chunks
 from stages.pipeline import dist
 from stages.store.cache import RunStore
-from stages.pipeline.runtime import StageResult, resolve_device, settle_fields
+from stages.pipeline.runtime import StageResult, resolve_device
+from stages.config.settings import key_of
+from stages.pipeline.params import ExtractParams  # noqa: F401 (torch-free, re-exported)
 
 STAGE = "extract"
-
-
-@dataclass(frozen=True)
-class ExtractParams:
-    backbone: str = "tf_efficientnet_lite0"
-    feature_size: int = 14
-
-    def __post_init__(self) -> None:
-        settle_fields(self)  # equal settings, equal keys
-        check(2 <= self.feature_size <= 64, "feature_size", "must be in [2, 64]", self.feature_size)
 
 
 def images_to_tensor(batch, device: torch.device) -> torch.Tensor:
@@ -42,7 +32,7 @@ def run(store: RunStore, p: ExtractParams, weights: Path | None = None, device: 
     dev = resolve_device(device)
     net = load_backbone(p.backbone, weights, p.feature_size).to(dev).eval()
     # The weights' hash is part of the key: other weights under the same name never reuse these features.
-    params = {"backbone": p.backbone, "feature_size": p.feature_size, "weights_id": net.weights_id}
+    params = {**key_of(p), "weights_id": net.weights_id}
     entry, cached = store.begin(STAGE, params, {"index": index.key}, exclusive=False)
     images = index.array("images")
     n, fs = images.shape[0], p.feature_size

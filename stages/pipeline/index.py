@@ -11,52 +11,23 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from stages.data.dataset import LAYOUTS, discover, fingerprint, resolve_recorded
+from stages.data.dataset import discover, fingerprint, resolve_recorded
 from stages.data.defects import paint_defect
-from stages.data.geometry import RESIZES, valid
+from stages.data.geometry import valid
 from stages.data.images import load_mask, load_rgb
 from stages.data.validation import paint_seed, with_validation
-from stages.data.defects import ALL_KINDS, KINDS
-from stages.errors import check
 from stages.pipeline.chunked import chunks
 from stages.store.cache import RunStore
 from stages.store.claims import CHUNK
-from stages.pipeline.runtime import ASCENDING, StageResult, settle_fields
+from stages.pipeline.runtime import StageResult
+from stages.config.settings import key_of
+from stages.pipeline.params import IndexParams  # noqa: F401 (torch-free, re-exported)
 
 STAGE = "index"
-
-
-@dataclass(frozen=True)
-class IndexParams:
-    root: str
-    layout: str = "auto"
-    categories: tuple[str, ...] = ()  # empty: every category under root
-    image_size: int = 224
-    val_fraction: float = 0.1  # of train/good per category held out from every trainer (0: none)
-    val_min: int = 4  # at least this many validation normals per category (at most half of train/good)
-    val_defects: int = 2  # synthetic defective copies of each validation normal
-    val_seed: int = 0
-    resize: str = "squash"  # stages.data.geometry.RESIZES: how an image of another aspect becomes the square
-    val_kinds: tuple[str, ...] = KINDS  # synthetic defect kinds, in turn (stages.data.defects.ALL_KINDS)
-
-    def __post_init__(self) -> None:
-        settle_fields(self, {"categories": ASCENDING})  # equal settings, equal keys
-        check(self.resize in RESIZES, "resize", f"must be one of {', '.join(RESIZES)}", self.resize)
-        check(self.layout in LAYOUTS, "layout", f"must be one of {', '.join(LAYOUTS)}", self.layout)
-        check(0.0 <= self.val_fraction < 0.5, "val_fraction", "must be in [0, 0.5)", self.val_fraction)
-        check(self.val_min >= 0, "val_min", "must be >= 0", self.val_min)
-        check(0 <= self.val_defects <= 16, "val_defects", "must be in [0, 16]", self.val_defects)
-        check(0 <= self.val_seed < 2**32, "val_seed", "must be in [0, 2^32)", self.val_seed)
-        check(len(self.val_kinds) > 0 and set(self.val_kinds) <= set(ALL_KINDS)
-              and len(set(self.val_kinds)) == len(self.val_kinds), "val_kinds",
-              f"must be distinct kinds of {', '.join(ALL_KINDS)}", self.val_kinds)
-        check(32 <= self.image_size <= 2048 and self.image_size % 16 == 0, "image_size",
-              "must be a multiple of 16 in [32, 2048]", self.image_size)
 
 
 def _load(root: Path, rec: dict, size: int, resize: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
@@ -87,15 +58,9 @@ def run(store: RunStore, p: IndexParams, progress: bool = True, workers: int = 2
     ds = discover(Path(p.root), p.layout, p.categories or None)
     records = with_validation([r.to_dict() for r in ds.records], p.val_fraction, p.val_min, p.val_defects,
                               p.val_seed, p.val_kinds)
-    params = {
-        "root": str(ds.root), "layout": ds.layout, "categories": list(p.categories), "image_size": p.image_size,
-        "fingerprint": fingerprint(ds.root, ds.records, ds.sources), "val_fraction": p.val_fraction, "val_min": p.val_min,
-        "val_defects": p.val_defects, "val_seed": p.val_seed,
-    }
-    if p.resize != "squash":  # squash keys stay those of runs made before --resize
-        params["resize"] = p.resize
-    if p.val_kinds != KINDS:  # the classic kinds keep the keys of runs made before --val-kinds
-        params["val_kinds"] = list(p.val_kinds)
+    # the root and layout as found; squash and the classic kinds keep the keys of runs made before those options
+    params = {**key_of(p), "root": str(ds.root), "layout": ds.layout,
+              "fingerprint": fingerprint(ds.root, ds.records, ds.sources)}
     entry, cached = store.begin(STAGE, params, {})
     n, s = len(records), p.image_size
     count = lambda split, label=None: sum(r["split"] == split and label in (None, r["label"]) for r in records)  # noqa: E731

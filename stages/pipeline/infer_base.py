@@ -11,7 +11,6 @@ export score new images the same way.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,37 +18,19 @@ from torch import nn
 from tqdm import tqdm
 
 from stages.data.dataset import EVAL_SPLITS, split_indices, split_train
-from stages.errors import ConfigError, check
-from stages.method.residual import (RESIDUAL_NORMS, fit_gaussian, mahalanobis, outside_score, residual_map,
-                                    stage_channels)
+from stages.errors import ConfigError
+from stages.method.residual import (fit_gaussian, mahalanobis, outside_score, residual_map, stage_channels)
 from stages.models.reconstruction import UniADReconstruction, residual
 from stages.pipeline.chunked import chunks
 from stages.pipeline.trained import load_model
 from stages.pipeline import dist
 from stages.store.cache import Entry, RunStore
 from stages.store.checkpoint import atomic_save, load_weights, save_tensors
-from stages.pipeline.runtime import ASCENDING, StageResult, keyed, resolve_device, settle_fields
+from stages.pipeline.runtime import StageResult, resolve_device
+from stages.pipeline.params import InferBaseParams  # noqa: F401 (torch-free, re-exported)
 
 STAGE = "infer_base"
 RESIDUAL_FILE = "residual.pt"  # the Gaussians of --residual-norm mahalanobis: mu (K, P, C'), prec (K, P, C', C')
-
-
-@dataclass(frozen=True)
-class InferBaseParams:
-    residual_norm: str = "l2"  # Eq 2 as printed; mahalanobis: a drdc option (stages.method.residual)
-    residual_stages: tuple[int, ...] = ()  # backbone stages whose channels the Gaussian sees (): all
-
-    def __post_init__(self) -> None:
-        settle_fields(self, {"residual_stages": ASCENDING})  # equal settings, equal keys
-        check(self.residual_norm in RESIDUAL_NORMS, "residual_norm", f"must be one of {', '.join(RESIDUAL_NORMS)}",
-              self.residual_norm)
-        # only the mahalanobis norm reads the stages (a preset's stages must not refuse `--residual-norm l2`)
-        object.__setattr__(self, "residual_stages",
-                           tuple(sorted(self.residual_stages)) if self.residual_norm != "l2" else ())
-
-    def key_params(self) -> dict:
-        """Eq 2 as printed keeps the key it had before the option ({})."""
-        return {} if self.residual_norm == "l2" else keyed(self)
 
 
 class ResidualStats:

@@ -12,18 +12,16 @@ distance; with --distance feature also `feature` (n, n_t, S, S), the backbone-fe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from stages.data.dataset import EVAL_SPLITS, split_indices
 from stages.data.images import to_model_space
-from stages.errors import check
-from stages.method.diffusion import Schedule, check_timesteps, linear_schedule
-from stages.method.feature_distance import DISTANCES, feature_heatmap, features
+from stages.method.diffusion import Schedule, linear_schedule
+from stages.method.feature_distance import feature_heatmap, features
 from stages.method.fusion import diff_heatmap
-from stages.method.inpaint import Noise, assemble, check_init, inpaint
+from stages.method.inpaint import Noise, assemble, inpaint
 from stages.method.masks import grid_masks, image_generator
 from stages.models.backbone import load_matching
 from stages.models.unet import InferenceUNet
@@ -31,40 +29,10 @@ from stages.pipeline.chunked import chunks
 from stages.pipeline.trained import check_maps, load_unet, schedule_of
 from stages.pipeline import dist
 from stages.store.cache import Entry, RunStore
-from stages.pipeline.runtime import ASCENDING, StageResult, resolve_device, settle_fields
+from stages.pipeline.runtime import StageResult, resolve_device
+from stages.pipeline.params import InferDiffParams  # noqa: F401 (torch-free, re-exported)
 
 STAGE = "infer_diff"
-
-
-@dataclass(frozen=True)
-class InferDiffParams:
-    t: tuple[int, ...] = (250, 200, 150, 100, 50, 0)
-    c: tuple[int, ...] = (1, 16, 32)
-    l: tuple[int, ...] = (1, 2, 4, 8)  # noqa: E741  (paper notation)
-    n_s: int = 2
-    test_time_condition: bool = True
-    seed: int = 0
-    bf16: bool = False  # CUDA only: bfloat16 autocast changes the heatmaps beyond float16 storage, so it is keyed
-    init: str = "paper"  # stages.method.inpaint.INITS
-    distance: str = "pixel"  # DISTANCES
-
-    def __post_init__(self) -> None:
-        settle_fields(self, {"c": ASCENDING, "l": ASCENDING})  # equal settings, equal keys
-        object.__setattr__(self, "t", check_timesteps(self.t))
-        check_init(self.init)
-        check(self.distance in DISTANCES, "distance", f"must be one of {', '.join(DISTANCES)}", self.distance)
-        check(len(self.c) >= 1 and len(set(self.c)) == len(self.c), "c", "needs distinct grid sizes", self.c)
-        check(len(self.l) >= 1 and len(set(self.l)) == len(self.l) and min(self.l) >= 1, "l",
-              "needs distinct scales >= 1", self.l)
-        check(self.n_s >= 2, "n_s", "must be >= 2", self.n_s)
-
-    def entry_params(self, c: int, size: int) -> dict:
-        extra = {"precision": "bf16"} if self.bf16 else {}  # fp32 keys stay as they always were
-        extra.update({"init": self.init} if self.init != "paper" else {})
-        extra.update({"distance": self.distance} if self.distance != "pixel" else {})
-        return {"t": list(self.t), "c": c, "l": list(self.l), "n_s": self.n_s,
-                "test_time_condition": self.test_time_condition, "seed": self.seed, "size": size, **extra}
-
 
 
 def sequence_draws(p: InferDiffParams, rec: np.ndarray, cs: list[int], size: int

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from stages.errors import ConfigError
-from stages.config.settle import ASCENDING, DESCENDING, settle_fields  # noqa: F401 (torch-free; re-exported)
+from stages.config.settle import ASCENDING, DESCENDING, keyed, settle_fields  # noqa: F401 (torch-free; re-exported)
 
 
 @dataclass(frozen=True)
@@ -44,12 +43,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def keyed(params: Any) -> dict:
-    """The params of a frozen dataclass as a JSON-able dict (tuples become lists), for cache keys and attrs."""
-    out = {}
-    for f in fields(params):
-        v = getattr(params, f.name)
-        out[f.name] = list(v) if isinstance(v, tuple) else v
-    return out

@@ -9,35 +9,23 @@ copies, every category has masks there; `val_by_kind`: the same per defect kind)
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from stages.data.validation import kind_of
-from stages.errors import check
 from stages.method.anomaly_map import image_score, upsample
-from stages.method.choices import POOL
 from stages.method.metrics import compute_metrics, mean_over_categories
+from stages.config.settings import key_of
 from stages.pipeline.params import SOURCES
 from stages.pipeline.reading import category_maps, content
 from stages.store.cache import Entry, RunStore
-from stages.pipeline.runtime import StageResult, settle_fields
+from stages.pipeline.runtime import StageResult
 from stages.store.faults import point
+from stages.pipeline.params import ScoreParams  # noqa: F401 (torch-free, re-exported)
 
 STAGE = "score"
-
-
-@dataclass(frozen=True)
-class ScoreParams:
-    source: str = "base"
-    pool: int = POOL
-
-    def __post_init__(self) -> None:
-        settle_fields(self)  # equal settings, equal keys
-        check(self.source in SOURCES, "source", f"must be one of {', '.join(SOURCES)}", self.source)
-        check(1 <= self.pool <= 256, "pool", "must be in [1, 256]", self.pool)
 
 
 def run(store: RunStore, p: ScoreParams, progress: bool = True) -> StageResult:
@@ -45,7 +33,7 @@ def run(store: RunStore, p: ScoreParams, progress: bool = True) -> StageResult:
     src_stage, array = SOURCES[p.source]
     src = store.current(src_stage)  # checked fresh, so its chain ends at the current index
     index = store.current("index")
-    entry, cached = store.begin(STAGE, {"source": p.source, "pool": p.pool}, {"index": index.key, src_stage: src.key})
+    entry, cached = store.begin(STAGE, key_of(p), {"index": index.key, src_stage: src.key})
     if cached:
         if "test_by_kind" not in entry.attrs and store.writable:  # scored before the per-kind rows: add them
             entry.update(test_by_kind=measure(index, src, array, p, progress)[1]["test_by_kind"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -22,77 +21,17 @@ from tqdm import tqdm
 
 from stages.data.dataset import split_train
 from stages.data.validation import validation_normals
-from stages.errors import check
 from stages.models.reconstruction import ReconstructionConfig, UniADReconstruction
-from stages.pipeline.params import SCHEDULES
 from stages.pipeline.training import Training
 from stages.pipeline import dist
 from stages.store.cache import RunStore
-from stages.pipeline.runtime import StageResult, keyed, resolve_device, seed_everything, settle_fields
+from stages.pipeline.runtime import StageResult, resolve_device, seed_everything
+from stages.pipeline.params import TrainBaseParams  # noqa: F401 (torch-free, re-exported)
 
 STAGE = "train_base"
 
 
 R = ReconstructionConfig  # the model's own defaults (UniAD's), declared once there
-
-
-@dataclass(frozen=True)
-class TrainBaseParams:
-    hidden_dim: int = R.hidden_dim
-    num_encoder_layers: int = R.num_encoder_layers
-    num_decoder_layers: int = R.num_decoder_layers
-    nhead: int = R.nhead
-    dim_feedforward: int = R.dim_feedforward
-    dropout: float = R.dropout
-    neighbor_size: int = R.neighbor_size
-    jitter_scale: float = R.jitter_scale
-    jitter_prob: float = R.jitter_prob
-    standardize: bool = R.standardize  # drdc option: the model works on per-channel z-scores of the train features
-    epochs: int = 1000
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    schedule: str = "step"  # step: StepLR(lr_step, lr_gamma) per epoch (UniAD); cosine: warmup then cosine to 0
-    lr_step: int = 800
-    lr_gamma: float = 0.1
-    warmup_epochs: int = 0
-    grad_clip: float = 0.1
-    holdout: float = 0.0  # fraction of split "train" per category kept out of training too (the index's "val" always is)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        settle_fields(self)  # equal settings, equal keys
-        # 0 epochs: the seeded initialisation (with --standardize, the fit images' statistics): with the residual's
-        # Mahalanobis norm it scores as the trained model does (examples/RESULTS_MTD.md, the base curve)
-        check(self.epochs >= 0, "epochs", "must be >= 0", self.epochs)
-        check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
-        check(self.lr > 0, "lr", "must be > 0", self.lr)
-        check(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}", self.schedule)
-        check(0.0 <= self.holdout < 0.5, "holdout", "must be in [0, 0.5)", self.holdout)
-        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)", self.dropout)
-        check(self.nhead >= 1, "nhead", "must be >= 1", self.nhead)
-        check(self.hidden_dim % self.nhead == 0, "hidden_dim", f"must be divisible by nhead={self.nhead}",
-              self.hidden_dim)
-        check(self.neighbor_size >= 1 and self.neighbor_size % 2 == 1, "neighbor_size", "must be odd (a centred window)",
-              self.neighbor_size)
-        check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0", self.warmup_epochs)
-        # StepLR(lr_step): a step of 0 epochs divides by zero at the end of the first epoch. (A cosine warmup
-        # longer than the run is allowed: the preset's warmup must not refuse a short `--epochs`.)
-        if self.schedule == "step":
-            check(self.lr_step >= 1, "lr_step", "must be >= 1 with the step schedule", self.lr_step)
-
-    def model_config(self, in_channels: int, feature_size: int) -> ReconstructionConfig:
-        """The model's config: every field the params share with ReconstructionConfig, plus the features' shape."""
-        shared = {f.name for f in fields(ReconstructionConfig)} & {f.name for f in fields(self)}
-        return ReconstructionConfig(in_channels=in_channels, feature_size=feature_size,
-                                    **{k: getattr(self, k) for k in shared})
-
-    def key_params(self) -> dict:
-        """The params that key the entry: without --standardize they keep the keys they had before it."""
-        d = keyed(self)
-        if not self.standardize:
-            d.pop("standardize")
-        return d
 
 
 def _scheduler(opt: torch.optim.Optimizer, p: TrainBaseParams) -> torch.optim.lr_scheduler.LRScheduler:

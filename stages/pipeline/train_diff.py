@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -44,18 +43,15 @@ from tqdm import tqdm
 
 from stages.data.dataset import split_indices
 from stages.data.images import to_model_space
-from stages.errors import check
-from stages.method.diffusion import Schedule, check_timesteps, predict_x0, q_sample
+from stages.method.diffusion import Schedule, predict_x0, q_sample
 from stages.method.inpaint import make_input, reverse_process, t_batch
-from stages.method.masks import check_grid, grid_masks, image_generator
+from stages.method.masks import grid_masks, image_generator
 from stages.models.unet import ConditionalUNet, UNetConfig
-from stages.pipeline.params import TASKS
-from stages.pipeline.trained import SCHEDULE_DEFAULTS, schedule_of
 from stages.pipeline.training import StepBoundary, Training
 from stages.pipeline import dist
 from stages.store.cache import RunStore
-from stages.pipeline.runtime import (ASCENDING, DESCENDING, StageResult, keyed, resolve_device, seed_everything,
-                                  settle_fields)
+from stages.pipeline.runtime import (StageResult, resolve_device, seed_everything)
+from stages.pipeline.params import TrainDiffParams  # noqa: F401 (torch-free, re-exported)
 
 STAGE = "train_diff"
 STREAM = 7  # training draws, apart from inference's streams
@@ -63,81 +59,6 @@ RANK_STRIDE = 1000  # rank r of a DDP run draws from stream STREAM + r * RANK_ST
 
 
 U = UNetConfig  # the network's own defaults (guided-diffusion's 256 px UNet at 224), declared once there
-
-
-@dataclass(frozen=True)
-class TrainDiffParams:
-    size: int = U.image_size  # diffusion resolution (the image is resized to it; heatmaps are upsampled back)
-    model_channels: int = U.model_channels
-    channel_mult: tuple[int, ...] = U.channel_mult
-    num_res_blocks: int = U.num_res_blocks
-    attention_resolutions: tuple[int, ...] = U.attention_resolutions
-    num_head_channels: int = U.num_head_channels
-    dropout: float = U.dropout
-    model_condition: bool = U.model_condition
-    steps: int = 100_000
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    ema: float = 0.9999
-    grid: tuple[int, ...] = (1, 16, 32)  # grid sizes c of the training masks (as at inference)
-    n_s: int = 2
-    t_max: int = 999  # train timesteps in [0, min(t_max, diffusion_steps - 1)]; the inference range (250) is an option
-    seed: int = 0
-    ckpt_every: int = 500
-    task: str = "paper"  # TASKS; inpaint trains along the inference t-list `chain` (t_max is then unused)
-    chain: tuple[int, ...] = (250, 200, 150, 100, 50, 0)
-    crop: int = 0  # train on random crop x crop windows of the size x size images; 0: the whole image
-    # the noise schedule (Eq 3-4): DDPM's linear betas over T steps; the paper's T = 1000, 1e-4 .. 0.02
-    diffusion_steps: int = SCHEDULE_DEFAULTS["diffusion_steps"]
-    beta_start: float = SCHEDULE_DEFAULTS["beta_start"]
-    beta_end: float = SCHEDULE_DEFAULTS["beta_end"]
-
-    def __post_init__(self) -> None:
-        settle_fields(self, {"grid": ASCENDING, "attention_resolutions": DESCENDING})  # equal settings, equal keys
-        check(self.steps >= 1, "steps", "must be >= 1", self.steps)
-        check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
-        check(self.lr > 0, "lr", "must be > 0", self.lr)
-        check(0.0 <= self.ema < 1.0, "ema", "must be in [0, 1)", self.ema)
-        check(self.diffusion_steps >= 1, "diffusion_steps", "must be >= 1", self.diffusion_steps)
-        check(0.0 < self.beta_start <= self.beta_end < 1.0, "beta_start/beta_end",
-              "need 0 < beta_start <= beta_end < 1", (self.beta_start, self.beta_end))
-        check(0 <= self.t_max <= 999, "t_max", "must be in [0, 999]", self.t_max)  # used up to diffusion_steps - 1
-        check(self.ckpt_every >= 1, "ckpt_every", "must be >= 1", self.ckpt_every)
-        check(len(self.grid) >= 1, "grid", "needs at least one grid size", self.grid)
-        check(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}", self.task)
-        # only the inpaint task runs along the chain: the paper task's (unused) chain keeps the paper's range
-        chain_t = self.diffusion_steps if self.task == "inpaint" else SCHEDULE_DEFAULTS["diffusion_steps"]
-        object.__setattr__(self, "chain", check_timesteps(self.chain, chain_t, param="chain"))
-        factor = 2 ** (len(self.channel_mult) - 1)
-        check(self.crop == 0 or (0 < self.crop <= self.size and self.crop % factor == 0), "crop",
-              f"must be 0 (whole image) or a multiple of {factor} (the UNet's downsampling) up to size "
-              f"{self.size}", self.crop)
-        for c in self.grid:
-            check_grid(self.size, c, self.n_s, "grid")  # infer-diff's rule for c, on the training grid sizes
-
-    def key_params(self) -> dict:
-        """The params that key the entry: those of the paper's task keep the keys they had before --task."""
-        d = keyed(self)
-        for name, default in SCHEDULE_DEFAULTS.items():  # the paper's schedule: keys as before the options
-            if d[name] == default:
-                d.pop(name)
-        if self.crop == 0:
-            d.pop("crop")
-        if self.task == "paper":
-            d.pop("task"), d.pop("chain")
-        else:
-            d.pop("t_max")
-        return d
-
-    def schedule(self) -> Schedule:
-        """The noise schedule the UNet is trained (and run) with (Eq 3-4), read as every reader of the entry does."""
-        return schedule_of(self.key_params())
-
-    def unet_config(self) -> UNetConfig:
-        """The network's config: every field the params share with UNetConfig (--size is its image_size)."""
-        shared = {f.name for f in fields(UNetConfig)} & {f.name for f in fields(self)}
-        return UNetConfig(image_size=self.size, **{k: getattr(self, k) for k in shared})
 
 
 def _images_and_masks(p: TrainDiffParams, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:

@@ -9,7 +9,8 @@ import json
 
 import torch
 
-from stages.method.diffusion import BETA_END, BETA_START, T_PAPER, Schedule, linear_schedule
+from stages.method.choices import SCHEDULE_DEFAULTS
+from stages.method.diffusion import Schedule, linear_schedule
 from stages.models.reconstruction import ReconstructionConfig, UniADReconstruction
 from stages.models.unet import ConditionalUNet, UNetConfig
 from stages.store.cache import Entry
@@ -42,7 +43,6 @@ def load_unet(entry: Entry, device: torch.device) -> ConditionalUNet:
 
 
 # A train-diff entry's noise schedule (Eq 3-4) by param name: DDPM's linear betas, by default the paper's.
-SCHEDULE_DEFAULTS = {"diffusion_steps": T_PAPER, "beta_start": BETA_START, "beta_end": BETA_END}
 
 
 def check_maps(unet_params: dict, t=(), c=(), l=(), n_s: int = 2) -> None:  # noqa: E741
