@@ -3,7 +3,7 @@ Each stage's options are made from its Params' settings (drdc_cli.generate); opt
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -21,6 +21,17 @@ if TYPE_CHECKING:
 
 def preset_of(store: RunStore, preset: str | None) -> str:
     return preset or store.attr("preset") or DEFAULT_PRESET
+
+
+def _run(stage: str, cls: type, given: dict, run: Path, preset: str | None, quiet: bool, **kwargs: Any) -> None:
+    """Build the stage's parameters (the run's preset, updated by the options given) and run the stage."""
+    import importlib
+
+    from stages.store.cache import RunStore
+
+    store = RunStore(run)
+    p = build(cls, stage, preset_of(store, preset), **given)
+    report_stage(importlib.import_module(f"stages.pipeline.{stage}").run(store, p, progress=not quiet, **kwargs))
 
 
 @app.command(rich_help_panel="Stages")
@@ -56,40 +67,24 @@ def extract(
     quiet: QuietOpt = False,
 ) -> None:
     """Frozen backbone features F_in of every indexed image (stages 1-4 resized and concatenated)."""
-    from stages.pipeline import extract as extract_stage
-    from stages.store.cache import RunStore
-
-    store = RunStore(run)
-    p = build(ExtractParams, "extract", preset_of(store, preset), **given)
-    report_stage(extract_stage.run(store, p, weights=weights, device=device, progress=not quiet))
+    _run("extract", ExtractParams, given, run, preset, quiet, weights=weights, device=device)
 
 
-@app.command("train-base", rich_help_panel="Stages")
-@guarded
-@settings_options(TrainBaseParams)
-def train_base(given: dict, run: RunOpt, device: DeviceOpt = "auto", preset: PresetOpt = None,
-               quiet: QuietOpt = False) -> None:
-    """Train the UniAD reconstruction transformer on cached train features; resumes after a kill."""
-    from stages.pipeline import train_base as train_base_stage
-    from stages.store.cache import RunStore
+def _trainer_like(command: str, stage: str, cls: type, doc: str) -> None:
+    """Register a stage whose command has only its settings, --run, --device, --preset and -q."""
+    def run_stage(given: dict, run: RunOpt, device: DeviceOpt = "auto", preset: PresetOpt = None,
+                  quiet: QuietOpt = False) -> None:
+        _run(stage, cls, given, run, preset, quiet, device=device)
 
-    store = RunStore(run)
-    p = build(TrainBaseParams, "train_base", preset_of(store, preset), **given)
-    report_stage(train_base_stage.run(store, p, device=device, progress=not quiet))
+    run_stage.__name__ = run_stage.__qualname__ = stage
+    run_stage.__doc__ = doc
+    app.command(command, rich_help_panel="Stages")(guarded(settings_options(cls)(run_stage)))
 
 
-@app.command("infer-base", rich_help_panel="Stages")
-@guarded
-@settings_options(InferBaseParams)
-def infer_base(given: dict, run: RunOpt, device: DeviceOpt = "auto", preset: PresetOpt = None,
-               quiet: QuietOpt = False) -> None:
-    """Base heatmaps H_base (Eq 2) of every validation and test image."""
-    from stages.pipeline import infer_base as infer_base_stage
-    from stages.store.cache import RunStore
-
-    store = RunStore(run)
-    p = build(InferBaseParams, "infer_base", preset_of(store, preset), **given)
-    report_stage(infer_base_stage.run(store, p, device=device, progress=not quiet))
+_trainer_like("train-base", "train_base", TrainBaseParams,
+              "Train the UniAD reconstruction transformer on cached train features; resumes after a kill.")
+_trainer_like("infer-base", "infer_base", InferBaseParams,
+              "Base heatmaps H_base (Eq 2) of every validation and test image.")
 
 
 @app.command(rich_help_panel="Stages")
@@ -103,18 +98,8 @@ def score(given: dict, run: RunOpt, quiet: QuietOpt = False) -> None:
     report_stage(score_stage.run(RunStore(run), ScoreParams(**given), progress=not quiet))
 
 
-@app.command("train-diff", rich_help_panel="Stages")
-@guarded
-@settings_options(TrainDiffParams)
-def train_diff(given: dict, run: RunOpt, device: DeviceOpt = "auto", preset: PresetOpt = None,
-               quiet: QuietOpt = False) -> None:
-    """Train the conditional diffusion UNet (Eq 12) on train images; resumes after a kill."""
-    from stages.pipeline import train_diff as train_diff_stage
-    from stages.store.cache import RunStore
-
-    store = RunStore(run)
-    p = build(TrainDiffParams, "train_diff", preset_of(store, preset), **given)
-    report_stage(train_diff_stage.run(store, p, device=device, progress=not quiet))
+_trainer_like("train-diff", "train_diff", TrainDiffParams,
+              "Train the conditional diffusion UNet (Eq 12) on train images; resumes after a kill.")
 
 
 @app.command("infer-diff", rich_help_panel="Stages")
@@ -130,12 +115,7 @@ def infer_diff(
     quiet: QuietOpt = False,
 ) -> None:
     """Diffusion heatmaps per (t, c, l) of every test image; cached (t-list, c) are not recomputed."""
-    from stages.pipeline import infer_diff as infer_diff_stage
-    from stages.store.cache import RunStore
-
-    store = RunStore(run)
-    p = build(InferDiffParams, "infer_diff", preset_of(store, preset), **given)
-    report_stage(infer_diff_stage.run(store, p, device=device, progress=not quiet, compile=compile, weights=weights))
+    _run("infer_diff", InferDiffParams, given, run, preset, quiet, device=device, compile=compile, weights=weights)
 
 
 @app.command(rich_help_panel="Stages")
