@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic dataset and a CLI runner that reports output on failure."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -8,6 +9,12 @@ import pytest
 from typer.testing import CliRunner
 
 from stages.data.synthetic import SyntheticSpec, make_dataset
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two test processes share the cores: one torch thread each, children too
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 MTD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mtd"
@@ -20,9 +27,31 @@ TINY_TRAIN = ["--epochs", "2", "--batch-size", "4", "--hidden-dim", "32", "--ffn
               "--encoder-layers", "1", "--decoder-layers", "1", "--neighbor-size", "3", "--holdout", "0.25"]
 
 
+def shared(tmp_path_factory: pytest.TempPathFactory, name: str, make) -> Path:
+    """A session artefact made once for the whole run, however many pytest-xdist workers share it: the first to
+    take the lock makes it (make(folder)) in the base folder every worker shares, the others wait and reuse it."""
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' base folders are popen-gw0, popen-gw1 ... under one parent
+    folder = root / f"shared-{name}"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / ".made").exists():
+            if folder.exists():  # an earlier maker was killed half-way
+                import shutil
+
+                shutil.rmtree(folder)
+            folder.mkdir()
+            make(folder)
+            (folder / ".made").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("synthetic") / "data", TINY)
+    return shared(tmp_path_factory, "synthetic", lambda d: make_dataset(d / "data", TINY)) / "data"
 
 
 # A 32 px diffusion branch: 2 levels, attention at 16 px, 3 training steps. Enough to exercise every path.
@@ -73,12 +102,13 @@ def _invoke_all(run: Path, steps: list[list]) -> None:
 def full_run_pristine(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every stage once on TINY data (base and diffusion trained, c=1,8 heatmaps, fused, scored base and fuse).
     Shared by the whole session: never write to it; copy it (`copy_run`) first."""
-    run = tmp_path_factory.mktemp("full") / "r.zarr"
-    _invoke_all(run, [["index", "--data", tiny_data, *TINY_INDEX], ["extract", *TINY_EXTRACT],
-                      ["train-base", *TINY_TRAIN], ["infer-base"], ["score", "--source", "base"],
-                      ["train-diff", *TINY_DIFF], ["infer-diff", *TINY_INFER, "--c", "1,8"],
-                      ["fuse", "--c", "1,8"], ["score", "--source", "fuse"]])
-    return run
+    def make(folder: Path) -> None:
+        _invoke_all(folder / "r.zarr", [
+            ["index", "--data", tiny_data, *TINY_INDEX], ["extract", *TINY_EXTRACT], ["train-base", *TINY_TRAIN],
+            ["infer-base"], ["score", "--source", "base"], ["train-diff", *TINY_DIFF],
+            ["infer-diff", *TINY_INFER, "--c", "1,8"], ["fuse", "--c", "1,8"], ["score", "--source", "fuse"]])
+
+    return shared(tmp_path_factory, "full", make) / "r.zarr"
 
 
 def copy_run(src: Path, dst: Path) -> Path:
@@ -95,10 +125,11 @@ def exported(full_run_pristine: Path, tmp_path_factory: pytest.TempPathFactory):
     from stages.apps.export.folder import export
     from stages.store.cache import RunStore
 
-    root = tmp_path_factory.mktemp("export")
-    run = copy_run(full_run_pristine, root / "r.zarr")
-    manifest = export(RunStore(run), root / "onnx", "onnx")
-    return run, root / "onnx", manifest
+    def make(folder: Path) -> None:
+        export(RunStore(copy_run(full_run_pristine, folder / "r.zarr")), folder / "onnx", "onnx")
+
+    folder = shared(tmp_path_factory, "export", make)  # the manifest as export returned it is what it wrote
+    return folder / "r.zarr", folder / "onnx", json.loads((folder / "onnx" / "manifest.json").read_text())
 
 
 @pytest.fixture()
