@@ -5,12 +5,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import app, err, guarded, out, report_stage
+from stages.apps.choices import OVERRIDES
 from stages.pipeline.params import FuseParams
 
+from .app import app, err, guarded, out, report_stage
 from .generate import settings_options
 from .options import BaseOnlyOpt, DeviceOpt, QuietOpt, RunOpt, WeightsOpt
-from .predict_cmd import OVERRIDES, describe, overrides
+from .predict_cmd import describe, overrides
 
 
 @app.command(rich_help_panel="Results")

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from stages.errors import ConfigError, DataError
 
+from stages.apps.choices import OVERRIDES
 from stages.config.settings import flag_name, settings_of
 from stages.pipeline.params import FuseParams
 
@@ -22,23 +23,19 @@ from .options import BaseOnlyOpt, DeviceOpt, OverwriteOpt, QuietOpt, RunOpt, Wei
 
 if TYPE_CHECKING:  # loaded when a command runs: they bring torch, and matplotlib only when pictures are drawn
     from stages.apps.predict.loop import Prediction
-    from stages.apps.predict.settings import FuseOverrides
     from stages.apps.predict.predictor import Predictor
     from stages.store.cache import RunStore
 
 MAX_ROWS = 40  # terminal rows; the CSV has all
-OVERRIDES = ("gamma", "filter", "t", "c", "l")  # the fusion settings predict and calibrate may replace
 
 
-def overrides(given: dict, base_only: bool = False) -> FuseOverrides:
+def overrides(given: dict, base_only: bool = False) -> dict:
     """The fusion options given ({field: value}, settings_options(FuseParams, only=OVERRIDES)); with --base-only
     there is no fusion, so any of them would be silently dropped."""
     if base_only and given:
         flags = ", ".join(f"--{flag_name(n, s)}" for n, (_, s) in settings_of(FuseParams).items() if n in given)
         raise ConfigError(f"--base-only scores H_base alone, so {flags} would have no effect; give one or the other")
-    from stages.apps.predict.settings import FuseOverrides
-
-    return FuseOverrides(**given)
+    return given
 
 
 def describe(pred: Predictor) -> str:
@@ -80,7 +77,7 @@ def outside_note(rows: list[Prediction]) -> str | None:
 
 
 def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category: str | None = None,
-                fuse: FuseOverrides | None = None, base_only: bool = False, pictures: bool = True,
+                fuse: dict | None = None, base_only: bool = False, pictures: bool = True,
                 masks: bool = True, device: str = "auto", weights: Path | None = None,
                 progress: bool = True, show: int = MAX_ROWS, pred: Predictor | None = None,
                 full_size_masks: bool = False, overwrite: bool = False) -> list[Prediction]:
@@ -92,10 +89,9 @@ def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category
     from stages.apps.predict.loop import predict
     from stages.apps.predict.inputs import check_category, collect_images, display_names, picture_stems
     from stages.apps.predict.outputs import MASK, PICTURE, RESULTS, picture_writer, write_results
-    from stages.apps.predict.settings import FuseOverrides
     from stages.apps.predict.predictor import Predictor
 
-    fuse = FuseOverrides() if fuse is None else fuse
+    fuse = fuse or {}
     refused: list[str] = []
 
     def refuse(path: Path, e: Exception) -> None:

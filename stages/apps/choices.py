@@ -12,6 +12,7 @@ from stages.pipeline.params.fusion import POOL_HELP, POOLS
 DOWN_MODES = ("nearest-exact", "nearest", "area")  # stages.apps.bound: how a mask is downscaled
 UP_MODES = ("bilinear", "nearest")  # ... and upsampled back
 FORMATS = ("onnx", "torchscript")  # stages.apps.export
+OVERRIDES = ("gamma", "filter", "t", "c", "l")  # the fuse settings predict and calibrate may replace (apps.predict)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ scores, through the functions the stages use (see stages.apps.predict.loop)."""
 from __future__ import annotations
 
 import shlex
+from typing import Any, Mapping
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.apps.predict.settings import FuseOverrides, apply_overrides, fuse_settings, validate
+from stages.apps.predict.settings import apply_overrides, fuse_settings, validate
 from stages.data.images import to_model_space
 from stages.data.validation import folds
 from stages.errors import CacheMissError
@@ -49,17 +50,18 @@ class Predictor:
 
     Raises CacheMissError naming the command when the run has no trained base model."""
 
-    def __init__(self, store: RunStore, device: str = "auto", overrides: FuseOverrides = FuseOverrides(),
+    def __init__(self, store: RunStore, device: str = "auto", overrides: Mapping[str, Any] | None = None,
                  base_only: bool = False, weights: Path | None = None, preset: str | None = None,
                  show_diffusion: bool = False) -> None:
-        """show_diffusion: when the fusion reads no diffusion map (tune chose gamma 0), still compute the run's
-        cached diffusion maps' H^ST for the pictures (`shown_only`: it does not enter H_out or the score)."""
+        """overrides: {FuseParams setting: value} replacing the run's fuse settings (stages.apps.predict.settings:
+        OVERRIDES). show_diffusion: when the fusion reads no diffusion map (tune chose gamma 0), still compute the
+        run's cached diffusion maps' H^ST for the pictures (`shown_only`: it does not enter H_out or the score)."""
+        overrides = dict(overrides or {})
         self.store = store
         # the options that give these settings, as calibrate and predict spell them (a hint quotes them)
         self.options: list[str] = ["--base-only"] if base_only else [
-            part for flag, v in (("--gamma", overrides.gamma), ("--filter", overrides.filter), ("--t", overrides.t),
-                                 ("--c", overrides.c), ("--l", overrides.l)) if v is not None
-            for part in (flag, ",".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v))]
+            part for name, v in overrides.items()
+            for part in ("--" + name, ",".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v))]
         if weights is not None:
             self.options += ["--weights", shlex.quote(str(weights))]
         require_trained(store)

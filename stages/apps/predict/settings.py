@@ -1,9 +1,12 @@
 """Which fusion `drdc predict` applies: the run's current fuse settings (or the preset's when the run has no
-fuse result), replaced by the command's options and checked against the diffusion resolution."""
+fuse result), with some of fuse's settings replaced (OVERRIDES: `drdc predict --gamma ...`) and checked against
+the diffusion resolution."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import Any, Mapping
 
+from stages.apps.choices import OVERRIDES
 from stages.errors import CacheMissError, ConfigError, check
 from stages.method.fusion import GATE, check_fusion
 from stages.method.masks import check_grid
@@ -14,15 +17,6 @@ from stages.store.cache import RunStore
 from stages.config.presets import build
 
 
-@dataclass(frozen=True)
-class FuseOverrides:
-    """Options that replace the run's fuse settings (None: keep)."""
-
-    gamma: float | None = None
-    filter: int | None = None
-    t: tuple[int, ...] | None = None
-    c: tuple[int, ...] | None = None
-    l: tuple[int, ...] | None = None  # noqa: E741
 
 
 def fuse_settings(store: RunStore, preset: str) -> FusionSettings:
@@ -52,26 +46,28 @@ def fuse_settings(store: RunStore, preset: str) -> FusionSettings:
     return replace(s, init=d.init)  # the preset's pixel maps, started as its infer-diff starts
 
 
-def apply_overrides(s: FusionSettings, o: FuseOverrides) -> FusionSettings:
+def apply_overrides(s: FusionSettings, o: Mapping[str, Any]) -> FusionSettings:
     """Replace what the options give, then resolve like `fuse` (spatio-temporal fusion off: last t, l = 1).
     A c keeps its infer-diff t-list as its chain unless --t is given (then every chain runs over --t)."""
-    if o == FuseOverrides():
+    unknown = set(o) - set(OVERRIDES)
+    if unknown:  # a caller's bug, not a user's setting
+        raise ValueError(f"not replaceable here: {sorted(unknown)}")
+    if not o:
         return s
     if s.norm != "none":
         raise ConfigError(f"the run fuses normalised maps (norm {s.norm}) whose "
                           "statistics belong to its fuse settings; run `drdc fuse` (or `drdc tune`) with these "
                           "options first, then predict without them", "gamma/filter/t/c/l")
     known = dict(s.chains)
-    t = tuple(sorted(set(o.t), reverse=True)) if o.t else s.t
-    c = tuple(sorted(set(o.c))) if o.c else s.c
-    ls = tuple(sorted(set(o.l))) if o.l else s.l
+    t = tuple(sorted(set(o["t"]), reverse=True)) if o.get("t") else s.t
+    c = tuple(sorted(set(o["c"]))) if o.get("c") else s.c
+    ls = tuple(sorted(set(o["l"]))) if o.get("l") else s.l
     default_chain = s.chains[0][1] if s.chains else t
-    chains = tuple((v, t if o.t else known.get(v, default_chain)) for v in c)
+    chains = tuple((v, t if o.get("t") else known.get(v, default_chain)) for v in c)
     if not s.spatio_temporal:
         t, ls = last_step_only(t)
-    return replace(s, gamma=o.gamma if o.gamma is not None else s.gamma,
-                   filter=o.filter if o.filter is not None else s.filter, t=t, c=c, l=ls, chains=chains,
-                   source=s.source + " + options")
+    return replace(s, gamma=o.get("gamma", s.gamma), filter=o.get("filter", s.filter), t=t, c=c, l=ls,
+                   chains=chains, source=s.source + " + options")
 
 
 def validate(s: FusionSettings, size: int) -> None:
