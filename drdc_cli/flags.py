@@ -1,7 +1,8 @@
 """The one place where a library parameter name becomes the command-line flag a user typed.
 
-The library names parameters (`n_s`, `grid`, Params fields: stages.errors); stages.config.commands.FLAGS maps each
-stage's params to its flags, and every other parameter is its flag with dashes (`eval_size` -> `--eval-size`).
+The library names parameters (`n_s`, `grid`, Params fields: stages.errors); stages.config.commands.FLAGS (read from
+the settings' declarations, stages.config.settings) maps each stage's params to its flags, and every other
+parameter is its flag with dashes (`eval_size` -> `--eval-size`).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The method's option vocabulary and defaults, and their checks: plain Python, importable without torch.
 
-The command line reads these at parse time (option defaults, the domains of drdc_cli/domains.py), so `drdc
+The command line reads these at parse time (option defaults, the settings' domains), so `drdc
 --help` and an option error never load torch; the tensor modules (fusion, inpaint, feature_distance, residual)
 import them from here. One definition of each.
 """
