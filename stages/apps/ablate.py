@@ -11,7 +11,7 @@ them. Nothing is written to the store.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from stages.method.anomaly_map import image_score, upsample
 from stages.method.metrics import compute_metrics, mean_over_categories
 from stages.pipeline.heatmaps import FusionSettings, fuse_maps, image_maps, read_diff
 from stages.pipeline.reading import content
-from stages.pipeline.selection import (FuseParams, fused_steps, newest_init, normal_stats, row_folds,
+from stages.pipeline.selection import (FuseParams, base_only, newest_init, normal_stats, row_folds, settings_over,
                                        variant_entries)
 from stages.pipeline.train_diff import TrainDiffParams
 from stages.store.cache import Entry, RunStore
@@ -144,18 +144,17 @@ def _entries_of(store: RunStore, unet_key: str, sel: Selection, ttc: bool, init:
 
 def _resolve(diffs: dict[int, Entry], sel: Selection, v: Variant, init: str, distance: str
              ) -> FusionSettings | None:
-    """fuse's settings for this row (selection.fused_steps: given or common t and l, the variant's switches);
-    None when its maps cannot give them."""
-    try:
-        ts, ls = fused_steps(diffs, sel.t, sel.l, distance, v.spatio_temporal)
-    except DrdcError:
-        return None
-    chains = tuple((c, tuple(e.params["t"])) for c, e in diffs.items())
+    """fuse's settings for this row: the selection with the variant's switches, resolved as fuse resolves them
+    (selection.settings_over); None when its maps cannot give them."""
     fusion = v.fusion or sel.fusion
     norm = "pixel" if fusion == "gated" and sel.norm == "none" else sel.norm  # the gate reads normalised maps
-    return FusionSettings(sel.gamma, sel.filter, ts, tuple(diffs), ls, v.spatio_temporal,
-                          v.multiscale_base, sel.n_s, v.test_time_condition, sel.seed, chains, norm, init,
-                          distance, fusion, sel.gate, v.image_gamma)
+    row = replace(sel, spatio_temporal=v.spatio_temporal, multiscale_base=v.multiscale_base,
+                  test_time_condition=v.test_time_condition, norm=norm, init=init, distance=distance, fusion=fusion,
+                  image_gamma=v.image_gamma)
+    try:
+        return settings_over(row, diffs)
+    except DrdcError:
+        return None
 
 
 def _category_metrics(index: Entry, base: Entry, c_feat: int, sel: Selection, fusion: FusionSettings | None,
@@ -167,7 +166,7 @@ def _category_metrics(index: Entry, base: Entry, c_feat: int, sel: Selection, fu
     rec = base.array("record")[:]
     size = int(index.params["image_size"])
     if fusion is None and sel.norm != "none":  # the base row, normalised like the others
-        fusion = FusionSettings(0.0, sel.filter, (), (), (), True, False, sel.n_s, True, sel.seed, (), sel.norm)
+        fusion = base_only(replace(sel, gamma=0.0, spatio_temporal=True, multiscale_base=False, test_time_condition=True))
     stats = normal_stats(index, base, diffs, fusion) if fusion is not None and fusion.norm != "none" else None
     fold = row_folds(index, rec)
     metrics: dict[str, dict] = {}

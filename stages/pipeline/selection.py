@@ -101,18 +101,29 @@ def resolve(store: RunStore, p: FuseParams) -> tuple[FusionSettings, dict[int, E
     """The settings fuse applies (given or common t and l; spatio-temporal fusion off keeps the last t at l = 1)
     and the infer-diff entries {c: entry} they read. gamma = 0 is base only and needs no diffusion maps."""
     if p.gamma == 0 and not p.image_gamma:
-        p = replace(p, init="paper", distance="pixel")  # no diffusion maps: no variant
-        ls = tuple(sorted(p.l or (1, 2, 4, 8))) if p.multiscale_base else ()
-        return FusionSettings(0.0, p.filter, (), (), ls, p.spatio_temporal, p.multiscale_base, p.n_s,
-                              p.test_time_condition, p.seed, (), p.norm), {}
+        return base_only(p), {}
     check_scales(p.distance, p.l)  # before the cache is read: the option is at fault, not the cache
     p = replace(p, init=newest_init(store, p))
     diffs = diff_entries(store, p)
+    return settings_over(p, diffs), diffs
+
+
+def base_only(p: FuseParams) -> FusionSettings:
+    """The settings of a fusion without diffusion maps (gamma 0): H_base, normalised or multi-scale as p says."""
+    ls = tuple(sorted(p.l or (1, 2, 4, 8))) if p.multiscale_base else ()
+    return FusionSettings(0.0, p.filter, (), (), ls, p.spatio_temporal, p.multiscale_base, p.n_s,
+                          p.test_time_condition, p.seed, (), p.norm)
+
+
+def settings_over(p: FuseParams, diffs: dict[int, Entry]) -> FusionSettings:
+    """The settings of fusion p over the infer-diff entries diffs ({c: entry}): the given or common t and l
+    (fused_steps), and each c's chain (the t-list its reverse process ran over). fuse, tune and each of ablate's
+    rows resolve through here. A CacheMissError or ConfigError when the entries cannot give them."""
     ts, ls = fused_steps(diffs, p.t, p.l, p.distance, p.spatio_temporal)
     chains = tuple((c, tuple(e.params["t"])) for c, e in diffs.items())
-    return FusionSettings(p.gamma, p.filter, ts, tuple(diffs), ls, p.spatio_temporal,
-                          p.multiscale_base, p.n_s, p.test_time_condition, p.seed, chains, p.norm, p.init,
-                          p.distance, p.fusion, p.gate, p.image_gamma), diffs
+    return FusionSettings(p.gamma, p.filter, ts, tuple(diffs), ls, p.spatio_temporal, p.multiscale_base, p.n_s,
+                          p.test_time_condition, p.seed, chains, p.norm, p.init, p.distance, p.fusion, p.gate,
+                          p.image_gamma)
 
 
 def fused_steps(diffs: dict[int, Entry], t=(), l=(), distance: str = "pixel", spatio_temporal: bool = True  # noqa: E741
