@@ -19,7 +19,7 @@ from typing import Annotated, Any, Callable, Iterable, Optional
 import typer
 
 from stages.config.domains import List
-from stages.config.settings import default_of, flag_name, settings_of
+from stages.config.settings import Setting, default_of, flag_name, settings_of
 
 from .options import FUSION_PANEL, MODEL_PANEL, TRAIN_PANEL, VAL_PANEL
 
@@ -31,6 +31,16 @@ def _kind(hint: Any) -> Any:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return tuple if typing.get_origin(hint) is tuple else hint
+
+
+def _help(s: Setting) -> str | None:
+    """The setting's help text, followed by its numeric range (from the same domain the check uses)."""
+    many = isinstance(s.domain, List)
+    dom = s.domain.item if many else s.domain
+    rule = dom.describe(many) if hasattr(dom, "describe") else ""
+    if rule:
+        rule = f"Comma-separated {rule}." if many else f"{rule[0].upper()}{rule[1:]}."
+    return " ".join(x for x in (s.help, rule) if x) or None
 
 
 def settings_options(cls: Any, *, only: Iterable[str] | None = None, exclude: Iterable[str] = (),
@@ -55,7 +65,7 @@ def settings_options(cls: Any, *, only: Iterable[str] | None = None, exclude: It
         made, parsers, domains = [], {}, {}
         for name, f, s in chosen:
             flag, kind = "--" + flag_name(name, s), _kind(hints[name])
-            info = dict(help=s.help or None, rich_help_panel=titles.get(s.panel) if s.panel else None)
+            info = dict(help=_help(s), rich_help_panel=titles.get(s.panel) if s.panel else None)
             # a command without a preset shows (and passes) the class default; a list's default is "every cached"
             shown = default_of(f) if show_defaults and kind is not tuple else None
             if kind is bool and s.switch:

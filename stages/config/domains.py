@@ -28,6 +28,12 @@ class Int:
     odd: bool = False
     multiple_of: int = 1
 
+    def describe(self, many: bool = False) -> str:
+        """The rule in a few words, for the help text: "an integer in [1, 64]", "odd integers in [1, 255]"."""
+        kind = ("odd integer" if self.odd else "integer") + ("s" if many else "")
+        extra = f", {'multiples' if many else 'a multiple'} of {self.multiple_of}" if self.multiple_of > 1 else ""
+        return f"{'' if many else 'an '}{kind} in [{self.lo}, {self.hi}]{extra}"
+
     def check(self, option: str, v: Any) -> None:
         if isinstance(v, bool) or not isinstance(v, int):
             _fail(option, "must be an integer", v)
@@ -45,6 +51,10 @@ class Real:
     hi: float
     lo_open: bool = False
     hi_open: bool = False
+
+    def describe(self, many: bool = False) -> str:
+        return (f"{'numbers' if many else 'a number'} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
+                f"{')' if self.hi_open else ']'}")
 
     def check(self, option: str, v: Any) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
