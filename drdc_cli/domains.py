@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from stages.config.domains import BIG, SEEDS, Choice, Int, List, Real, Text, _fail, numbers, split  # noqa: F401 (re-exported)
+from stages.config.domains import SEEDS, Choice, Int, List, Real, Text, _fail, numbers, split  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -104,16 +104,23 @@ def _domains() -> dict[str, Any]:
     # never loads torch: tests/test_startup.py)
     from stages.apps.choices import DOWN_MODES, FORMATS, UP_MODES
     from stages.config.presets import PRESETS
+    from stages.config.settings import settings_of
+    from stages.pipeline.params import IndexParams, TrainBaseParams, TrainDiffParams
+
+    def setting(cls: type, name: str) -> Any:
+        return settings_of(cls)[name][1].domain
 
     return {
         # data and store
         "--run": Store(), "--data": Given("a dataset root"), "--out": Output("dir"), "DEST": Output("dir"),
         "IMAGES": Given("an image or a folder of images"), "--weights": Existing("file"), "--category": List(None),
         "--preset": Choice(tuple(PRESETS)), "--device": Device(),
-        # the all-in-one commands (run, make-data, demo)
-        "--image-size": Int(32, 2048, multiple_of=16), "--size": Int(8, 2048), "--epochs": Int(0, BIG),
-        "--seed": Int(0, SEEDS - 1), "--base-epochs": Int(0, BIG), "--diff-steps": Int(1, 10**9),
-        "--n-train": Int(2, 100_000), "--n-test-good": Int(1, 100_000), "--n-test-defect": Int(3, 100_000),
+        # the all-in-one commands' shortcuts to a stage's setting take that setting's domain (run, demo, bound)
+        "--image-size": setting(IndexParams, "image_size"), "--epochs": setting(TrainBaseParams, "epochs"),
+        "--base-epochs": setting(TrainBaseParams, "epochs"), "--diff-steps": setting(TrainDiffParams, "steps"),
+        # the synthetic data's own (make-data, demo)
+        "--seed": Int(0, SEEDS - 1), "--n-train": Int(2, 100_000), "--n-test-good": Int(1, 100_000),
+        "--n-test-defect": Int(3, 100_000),
         # results
         "--csv": Output(), "--json": Output(), "--toml": Output(), "--html": Output(), "--format": Choice(FORMATS),
         "--config": Existing("file"), "--per-image": Output(), "--plots": Output("dir"), "--variant": Text(),
