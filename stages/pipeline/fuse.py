@@ -32,15 +32,7 @@ def run(store: RunStore, p: FuseParams, progress: bool = True) -> StageResult:
     index = store.get("index", extract.inputs["index"])
     s, diffs = resolve(store, p)
     size_img = index.params["image_size"]
-    resolved = {"gamma": p.gamma, "filter": p.filter, "t": list(s.t), "c": list(s.c), "l": list(s.l),
-                "spatio_temporal": p.spatio_temporal, "multiscale_base": p.multiscale_base, "n_s": p.n_s,
-                "test_time_condition": p.test_time_condition, "seed": p.seed,
-                **({"norm": p.norm} if p.norm != "none" else {}),  # keys made before --norm stay valid
-                **({"init": s.init} if s.init != "paper" else {}),
-                **({"distance": s.distance} if s.distance != "pixel" else {}),
-                **({"fusion": s.fusion} if s.fusion != "add" else {}),
-                **({"gate": s.gate} if s.fusion == "gated" else {}),
-                **({"image_gamma": s.image_gamma} if s.scores_own_map else {})}
+    resolved = {k: v for k, v in s.as_dict().items() if k != "chains"}  # the chains are the inputs' own
     inputs = {"infer_base": base.key, **{f"infer_diff@c={c}": e.key for c, e in diffs.items()}}
     entry, cached = store.begin(STAGE, resolved, inputs)
     k_maps = len(s.t) * len(s.c) * len(s.l)

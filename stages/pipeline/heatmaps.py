@@ -7,52 +7,44 @@ diffusion resolution, S the image size, (h, w) the feature resolution of H_base.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from stages.method.anomaly_map import upsample
-from stages.method.fusion import (FILTER, GAMMA, GATE, drdc_map, fuse_normalised, mean_filter, multiscale_base,
-                                  normalise, norm_stats, refine, spatio_temporal)
+from stages.config.domains import Choice
+from stages.config.settings import key_of, setting
+from stages.method.choices import INITS
+from stages.pipeline.params import FuseParams
+from stages.method.fusion import (drdc_map, fuse_normalised, mean_filter, multiscale_base, normalise, norm_stats, refine,
+                                  spatio_temporal)
 
 
 @dataclass(frozen=True)
-class FusionSettings:
-    """What the diffusion branch and Eq 17-19 use. chains: (c, t-list its reverse process runs over); every x0_t
-    depends on the whole t-list (the chain starts at its max), so it is the infer-diff entry's, not the fused t.
-    gamma = 0 with no c is base only (a normalised H_base when norm is not none)."""
+class FusionSettings(FuseParams):
+    """fuse's settings resolved against the store (stages.pipeline.selection.resolve), what the diffusion branch
+    and Eq 17-19 use: t, c and l are the maps read (t descending, c and l ascending), init is the variant's start,
+    and chains: (c, t-list its reverse process runs over); every x0_t depends on the whole t-list (the chain
+    starts at its max), so it is the infer-diff entry's, not the fused t. gamma = 0 with no c is base only (a
+    normalised H_base when norm is not none). Every setting is FuseParams' (declared once there)."""
 
-    gamma: float
-    filter: int
-    t: tuple[int, ...]  # fused timesteps, descending
-    c: tuple[int, ...]  # ascending
-    l: tuple[int, ...]  # noqa: E741  ascending
-    spatio_temporal: bool
-    multiscale_base: bool
-    n_s: int
-    test_time_condition: bool
-    seed: int
-    chains: tuple[tuple[int, tuple[int, ...]], ...]
-    norm: str = "none"
-    init: str = "paper"  # which infer-diff variant: how its reverse process starts (stages.method.inpaint.INITS)
-    distance: str = "pixel"  # which of its maps: Eq 16's pixel distance or the feature distance (l = 1 only)
-    fusion: str = "add"  # how the diffusion term enters Eq 19 (stages.method.fusion.FUSIONS; add: as printed)
-    gate: float = GATE  # fusion gated: the normalised base level that fully opens the gate
-    image_gamma: float | None = None  # the image score's own gamma (None: scored on H_out itself)
+    init: str = setting("paper", Choice(INITS), "The variant's start (stages.method.inpaint.INITS).", added=True)
+    chains: tuple[tuple[int, tuple[int, ...]], ...] = ()
     source: str = field(default="", compare=False)  # where the settings came from (shown to the user)
 
     def as_dict(self) -> dict:
-        d = asdict(self)
+        """The settings as fuse keys them and the store's JSON attrs give them back: FuseParams' added settings
+        at their defaults left out (settings recorded before an option existed compare equal), the gate only for
+        the gated fusion, the image score's own gamma only when it scores a map of its own."""
+        d = key_of(self)
         d.pop("source")
-        for name, default in (("norm", "none"), ("init", "paper"), ("distance", "pixel"), ("fusion", "add"),
-                              ("image_gamma", None)):
-            if d[name] == default:  # settings recorded before the option existed compare equal
-                d.pop(name)
         if self.fusion != "gated":
             d.pop("gate")
-        return json.loads(json.dumps(d))  # tuples -> lists: equal to what the store's JSON attrs give back
+        if not self.scores_own_map:
+            d.pop("image_gamma", None)
+        return json.loads(json.dumps(d))  # tuples -> lists
 
     @property
     def scores_own_map(self) -> bool:
@@ -72,9 +64,8 @@ class FusionSettings:
 def default_settings(t, c, l, n_s: int, test_time_condition: bool, seed: int, norm: str = "none",  # noqa: E741
                      source: str = "") -> FusionSettings:
     """The paper's fusion (gamma 0.9, m 41, spatio-temporal on) over these maps."""
-    return FusionSettings(GAMMA, FILTER, tuple(sorted(t, reverse=True)), tuple(sorted(c)), tuple(sorted(l)), True,
-                          False, n_s, test_time_condition, seed, tuple((v, tuple(t)) for v in sorted(c)), norm,
-                          source=source)
+    return FusionSettings(t=tuple(t), c=tuple(c), l=tuple(l), n_s=n_s, test_time_condition=test_time_condition,
+                          seed=seed, chains=tuple((v, tuple(t)) for v in sorted(c)), norm=norm, source=source)
 
 
 def array_name(s: FusionSettings) -> str:

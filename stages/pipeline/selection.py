@@ -5,7 +5,7 @@ Shared by the fuse and tune stages, ablate and predict (the stage `fuse` itself 
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ import torch
 from stages.data.validation import folds, is_validation_normal
 from stages.errors import CacheMissError, ConfigError, check
 from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, read_diff, source_maps
-from stages.pipeline.params import FuseParams  # noqa: F401 (torch-free, re-exported: fuse's parameters)
+from stages.pipeline.params import FuseParams
 from stages.pipeline.trained import check_maps
 from stages.store.cache import Entry, RunStore
 from stages.config.commands import with_validation
@@ -111,8 +111,9 @@ def resolve(store: RunStore, p: FuseParams) -> tuple[FusionSettings, dict[int, E
 def base_only(p: FuseParams) -> FusionSettings:
     """The settings of a fusion without diffusion maps (gamma 0): H_base, normalised or multi-scale as p says."""
     ls = tuple(sorted(p.l or (1, 2, 4, 8))) if p.multiscale_base else ()
-    return FusionSettings(0.0, p.filter, (), (), ls, p.spatio_temporal, p.multiscale_base, p.n_s,
-                          p.test_time_condition, p.seed, (), p.norm)
+    return FusionSettings(gamma=0.0, filter=p.filter, l=ls, spatio_temporal=p.spatio_temporal,
+                          multiscale_base=p.multiscale_base, n_s=p.n_s, test_time_condition=p.test_time_condition,
+                          seed=p.seed, norm=p.norm)
 
 
 def settings_over(p: FuseParams, diffs: dict[int, Entry]) -> FusionSettings:
@@ -121,9 +122,8 @@ def settings_over(p: FuseParams, diffs: dict[int, Entry]) -> FusionSettings:
     rows resolve through here. A CacheMissError or ConfigError when the entries cannot give them."""
     ts, ls = fused_steps(diffs, p.t, p.l, p.distance, p.spatio_temporal)
     chains = tuple((c, tuple(e.params["t"])) for c, e in diffs.items())
-    return FusionSettings(p.gamma, p.filter, ts, tuple(diffs), ls, p.spatio_temporal, p.multiscale_base, p.n_s,
-                          p.test_time_condition, p.seed, chains, p.norm, p.init, p.distance, p.fusion, p.gate,
-                          p.image_gamma)
+    own = {f.name: getattr(p, f.name) for f in fields(FuseParams)}  # (ablate's selection also holds its pool)
+    return FusionSettings(**{**own, "t": tuple(ts), "c": tuple(diffs), "l": tuple(ls), "chains": chains})
 
 
 def fused_steps(diffs: dict[int, Entry], t=(), l=(), distance: str = "pixel", spatio_temporal: bool = True  # noqa: E741

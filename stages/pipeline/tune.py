@@ -187,8 +187,9 @@ def _label(s: FusionSettings) -> dict:
 
 
 def _valid(s: FusionSettings) -> bool:
-    """Settings fuse accepts: the gated fusion reads normalised maps; an image gamma is its own only with maps."""
-    return not (s.fusion == "gated" and s.norm == "none") and (s.image_gamma is None or s.scores_own_map)
+    """Settings fuse accepts (None: refused when made, e.g. the gated fusion on raw maps); an image gamma is its
+    own only with maps."""
+    return s is not None and (s.image_gamma is None or s.scores_own_map)
 
 
 def _fixed(vs: ValidationSet, p: TuneParams) -> dict[str, list]:
@@ -262,7 +263,7 @@ def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict
                 cands = [c for v in values if _valid(c := _with(best, axis, v, vs))]
                 if axis == "fusion":  # each fusion kind with its own best normalisation (the gate reads one)
                     cands = [c for v in values for n in fixed["norm"]
-                             if _valid(c := replace(_with(best, axis, v, vs), norm=n))]
+                             if _valid(c := _with(best, axis, v, vs, norm=n))]
                 if cands:
                     best = max(cands, key=score)  # ties: the first, i.e. the order given (paper's values first)
             if best == before:
@@ -272,18 +273,26 @@ def search(vs: ValidationSet, p: TuneParams, progress: bool = True) -> list[dict
     return list(trials.values())
 
 
-def _with(s: FusionSettings, axis: str, v, vs: ValidationSet) -> FusionSettings:
+def _with(s: FusionSettings, axis: str, v, vs: ValidationSet, **also) -> FusionSettings | None:
+    """s with one axis moved to v (and the settings in `also`); None when FusionSettings refuses the result."""
+    try:
+        return _moved(s, axis, v, vs, also)
+    except ConfigError:
+        return None
+
+
+def _moved(s: FusionSettings, axis: str, v, vs: ValidationSet, also: dict) -> FusionSettings:
     if axis == "variant":  # that variant's maps, with this trial's norm, gamma, m and (where cached) t / c / l
         own = vs.variants[v][0]
         keep = lambda mine, theirs: mine if mine and set(mine) <= set(theirs) else theirs  # noqa: E731
         c = keep(s.c, own.c)
-        return replace(own, norm=s.norm, gamma=s.gamma, filter=s.filter, fusion=s.fusion, gate=s.gate,
-                       image_gamma=s.image_gamma, t=keep(s.t, own.t), c=c,
-                       l=own.l if own.distance == "feature" else keep(s.l, own.l),
-                       chains=tuple(ch for ch in own.chains if ch[0] in c))
+        return replace(own, **{"norm": s.norm, "gamma": s.gamma, "filter": s.filter, "fusion": s.fusion,
+                               "gate": s.gate, "image_gamma": s.image_gamma, "t": keep(s.t, own.t), "c": c,
+                               "l": own.l if own.distance == "feature" else keep(s.l, own.l),
+                               "chains": tuple(ch for ch in own.chains if ch[0] in c), **also})
     if axis == "c":
-        return replace(s, c=tuple(v), chains=tuple(ch for ch in s.chains if ch[0] in v))
-    return replace(s, **{axis: tuple(v) if isinstance(v, (list, tuple)) else v})
+        return replace(s, c=tuple(v), chains=tuple(ch for ch in s.chains if ch[0] in v), **also)
+    return replace(s, **{axis: tuple(v) if isinstance(v, (list, tuple)) else v, **also})
 
 
 def best_trial(trials: list[dict], objective: str) -> dict:

@@ -7,8 +7,9 @@ from dataclasses import replace
 from typing import Any, Mapping
 
 from stages.apps.choices import OVERRIDES
+from stages.config.settings import settings_of
 from stages.errors import CacheMissError, ConfigError, check
-from stages.method.fusion import GATE, check_fusion
+from stages.method.fusion import check_fusion
 from stages.method.masks import check_grid
 from stages.pipeline.heatmaps import FusionSettings, default_settings
 from stages.pipeline.infer_diff import InferDiffParams
@@ -35,11 +36,8 @@ def fuse_settings(store: RunStore, preset: str) -> FusionSettings:
             if name.startswith("infer_diff@"):
                 d = store.get("infer_diff", key)  # gone: the chain runs over the fused steps
                 chains.append((int(name.split("=")[1]), tuple(d.params["t"]) if d is not None else tuple(q["t"])))
-        return FusionSettings(q["gamma"], q["filter"], tuple(q["t"]), tuple(sorted(q["c"])), tuple(q["l"]),
-                              q["spatio_temporal"], q["multiscale_base"], q["n_s"], q["test_time_condition"],
-                              q["seed"], tuple(sorted(chains)), q.get("norm", "none"), q.get("init", "paper"),
-                              q.get("distance", "pixel"), q.get("fusion", "add"), q.get("gate", GATE),
-                              q.get("image_gamma"), source=f"fuse {e.key}{stale}")
+        known = {k: tuple(v) if isinstance(v, list) else v for k, v in q.items() if k in settings_of(FusionSettings)}
+        return FusionSettings(**known, chains=tuple(sorted(chains)), source=f"fuse {e.key}{stale}")
     d = build(InferDiffParams, "infer_diff", preset)
     s = default_settings(d.t, d.c, d.l, d.n_s, d.test_time_condition, d.seed,
                          source=f"preset {preset} (no fuse result in the run)")

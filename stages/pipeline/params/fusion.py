@@ -34,18 +34,20 @@ class FuseParams:
     test_time_condition: bool = setting(True, None, "Which infer-diff variant: its test-time condition.", panel=_F)
     seed: int = setting(0, Int(0, SEEDS - 1), "Which infer-diff variant: its seed.", panel=_F)
     norm: str = setting("none", Choice(NORMS), "Scale of each map before Eq 19: none (the paper), pixel (per-position "
-                        "mean/std of the validation normals) or quantile ((map - q0.9) / (q0.995 - q0.9)).", panel=_F)
+                        "mean/std of the validation normals) or quantile ((map - q0.9) / (q0.995 - q0.9)).", panel=_F,
+                        added=True)
     init: str | None = setting(None, Choice(INITS), "Which infer-diff variant: its --init (default: the newest "
-                               "cached).", panel=_F)
+                               "cached).", panel=_F, added=True)
     distance: str = setting("pixel", Choice(DISTANCES), "Which maps: pixel (Eq 16) or feature (infer-diff --distance "
-                            "feature).", panel=_F)
+                            "feature).", panel=_F, added=True)
     fusion: str = setting("add", Choice(FUSIONS), "How the diffusion term enters Eq 19: add (as printed), highpass "
                           "(only its detail finer than H_base's grid), gated (only where H_base is raised; needs "
-                          "--norm).", panel=_F)
+                          "--norm).", panel=_F, added=True)
     gate: float = setting(GATE, GATES, "--fusion gated: the normalised H_base level (in normal standard deviations) "
                           "that fully opens the gate.", panel=_F)
     image_gamma: float | None = setting(None, GAMMAS, "Image scores from a fusion at this gamma (default: from H_out "
-                                        "itself); the pixel map keeps --gamma.", panel=_F)
+                                        "itself); the pixel map keeps --gamma.", panel=_F,
+                                        added=True)
 
     def __post_init__(self) -> None:
         settle_fields(self, {"t": DESCENDING, "c": ASCENDING, "l": ASCENDING})  # equal settings, equal keys
