@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 
@@ -124,6 +123,18 @@ def test_every_setting_has_one_flag_one_domain_and_is_checked_by_its_params(stag
                     assert not any(r in str(e) for r in ("must be in", "must be odd")), f"{stage}.{name}={inside}: {e}"
                 with pytest.raises(ConfigError, match=f"^{name}: must"):
                     cls(**made, **{name: (float if isinstance(dom, Real) else int)(outside)})
+
+
+def test_a_preset_overrides_declared_settings_only() -> None:
+    """A preset is a set of overrides of the stages' settings: every key is a setting of that stage, and every
+    value lies in the setting's domain (the Params check it when built)."""
+    from stages.config.presets import PRESETS, build
+
+    for preset, stages in PRESETS.items():
+        for stage, values in stages.items():
+            cls = params_class(stage)
+            assert set(values) <= set(settings_of(cls)), f"{preset} {stage}: {set(values) - set(settings_of(cls))}"
+            build(cls, stage, preset, **({"root": "x"} if stage == "index" else {}))
 
 
 def test_the_commands_check_a_setting_with_its_declared_domain() -> None:

@@ -9,7 +9,6 @@ from typing import Any, Mapping
 from stages.apps.choices import OVERRIDES
 from stages.config.settings import settings_of
 from stages.errors import CacheMissError, ConfigError, check
-from stages.method.fusion import check_fusion
 from stages.method.masks import check_grid
 from stages.pipeline.heatmaps import FusionSettings, default_settings
 from stages.pipeline.infer_diff import InferDiffParams
@@ -69,8 +68,8 @@ def apply_overrides(s: FusionSettings, o: Mapping[str, Any]) -> FusionSettings:
 
 
 def validate(s: FusionSettings, size: int) -> None:
-    """ConfigError naming the option for settings the diffusion resolution cannot take."""
-    check_fusion(s.gamma, s.filter)
+    """ConfigError naming the option for settings the diffusion resolution cannot take (the settings' own
+    domains FusionSettings checked when it was made)."""
     for c, chain in s.chains:
         check_grid(size, c, s.n_s)
         check(set(s.t) <= set(chain), "t", f"every fused step must be in the t-list of c={c} {list(chain)}", s.t)
