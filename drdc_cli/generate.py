@@ -47,9 +47,9 @@ def settings_options(cls: Any, *, only: Iterable[str] | None = None, exclude: It
                      show_defaults: bool = False, panels: dict[str, str | None] | None = None
                      ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: the command `fn(given, ...)` with one option per setting of `cls` (those in `only`, none in
-    `exclude`). Every option defaults to "not given" (the preset's or the class's value then applies);
-    show_defaults: the option's default is the class default, shown in the help (for commands without a preset). panels: a setting panel's
-    title in this command (None: the main panel)."""
+    `exclude`). Every option defaults to "not given" (the preset's or the class's value then applies).
+    show_defaults: the option's default is the class default, shown in the help (for commands without a preset).
+    panels: a setting panel's title in this command (None: the main panel)."""
     hints = typing.get_type_hints(cls)
     titles = {**PANEL_TITLES, **(panels or {})}
     chosen = [(n, f, s) for n, (f, s) in settings_of(cls).items()
