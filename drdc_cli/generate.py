@@ -52,8 +52,9 @@ def settings_options(cls: Any, *, only: Iterable[str] | None = None, exclude: It
     panels: a setting panel's title in this command (None: the main panel)."""
     hints = typing.get_type_hints(cls)
     titles = {**PANEL_TITLES, **(panels or {})}
+    skip, keep = set(exclude), None if only is None else set(only)
     chosen = [(n, f, s) for n, (f, s) in settings_of(cls).items()
-              if s.option and n not in set(exclude) and (only is None or n in set(only))]
+              if s.option and n not in skip and (keep is None or n in keep)]
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         own_hints = typing.get_type_hints(fn, include_extras=True)

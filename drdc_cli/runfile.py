@@ -76,14 +76,13 @@ def _keys(name: str) -> dict[str, tuple[str, type, Any]]:
     (stages.config.settings: key = flag without dashes) and the command's own options (--weights, --compile)."""
     fn = _callback(name)
     cls = params_class(name.replace("-", "_"))
-    hints = typing.get_type_hints(cls)
+    hints = {**typing.get_type_hints(inspect.unwrap(fn)), **typing.get_type_hints(cls)}  # a setting: its field's
     table = domain_table(fn)
     out = {}
     for param, (flag, is_bool) in flags(fn).items():
         if param in COMMON or (name == "score" and param == "source"):  # the run scores base, then fuse
             continue
-        declared = settings_of(cls).get(param)
-        hint = hints[param] if declared else typing.get_type_hints(inspect.unwrap(fn))[param]
+        hint = hints[param]
         args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) is not tuple else []
         kind = bool if is_bool else (args[0] if args else hint)
         out[flag.lstrip("-")] = (param, tuple if typing.get_origin(kind) is tuple else kind, table.get(flag))

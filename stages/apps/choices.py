@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stages.config.settings import setting
-from stages.method.choices import POOL
 from stages.pipeline.params import FuseParams
-from stages.pipeline.params.fusion import POOL_HELP, POOLS
+from stages.pipeline.params.fusion import pool_setting
 
 DOWN_MODES = ("nearest-exact", "nearest", "area")  # stages.apps.bound: how a mask is downscaled
 UP_MODES = ("bilinear", "nearest")  # ... and upsampled back
@@ -20,4 +18,4 @@ class Selection(FuseParams):
     """Which cached maps the full method fuses: fuse's settings (empty = all cached; the Table 5 rows set their own
     switches, norm, init, distance and fusion kind), plus the image score's pool."""
 
-    pool: int = setting(POOL, POOLS, POOL_HELP)
+    pool: int = pool_setting()

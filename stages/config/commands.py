@@ -16,7 +16,6 @@ from stages.config.registry import STAGES
 from stages.config.settings import absent_defaults, flag_name, settings_of
 
 
-
 class _Flags(Mapping[str, dict[str, str]]):
     """stage -> {param: its flag}, read from the stage's Params settings (stages.config.settings: `n_s` is
     --ns, `root` is --data) on first use, so a new setting is spelled in every command line without an edit here."""
@@ -45,10 +44,9 @@ def params_class(stage: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def _switch_only() -> set[str]:
-    """On/off flags without a --no- form (--bf16)."""
-    return {"--" + flag_name(n, s) for stage in FLAGS for n, (_, s) in settings_of(params_class(stage)).items()
-            if s.switch}
+def _switch_only(stage: str) -> set[str]:
+    """The stage's on/off flags without a --no- form (--bf16)."""
+    return {"--" + flag_name(n, s) for n, (_, s) in settings_of(params_class(stage)).items() if s.switch}
 
 
 def _absent(stage: str) -> dict[str, Any]:
@@ -92,9 +90,10 @@ def command(stage: str, run: str, params: dict | None = None, merge_c: Iterable[
     if merge_c is not None:
         params = {**params, "c": sorted(merge_c)}
     parts = [f"drdc {info.command}", f"--run {shlex.quote(str(run))}"]
+    switches = _switch_only(stage)
     for flag, v in options(stage, params).items():
         if isinstance(v, bool):
-            if flag in _switch_only():
+            if flag in switches:
                 parts += [flag] if v else []
             else:
                 parts.append(flag if v else f"--no-{flag[2:]}")

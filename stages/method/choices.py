@@ -52,11 +52,9 @@ def check_norm(norm: str) -> None:
     check(norm in NORMS, "norm", f"must be one of {', '.join(NORMS)}", norm)
 
 
-def check_refinement(fusion: str, gate: float, norm: str) -> None:
-    """The fusion kind is one of FUSIONS; the gate is a positive level, on normalised maps (a raw base map has
-    no scale that says "raised")."""
-    check(fusion in FUSIONS, "fusion", f"must be one of {', '.join(FUSIONS)}", fusion)
-    check(isinstance(gate, (int, float)) and math.isfinite(gate) and gate > 0, "gate", "must be > 0", gate)
+def check_refinement(fusion: str, norm: str) -> None:
+    """The gated fusion reads normalised maps (a raw base map has no scale that says "raised"). The fusion kind's
+    and the gate's own domains are their settings' (stages.pipeline.params.FuseParams)."""
     check(fusion != "gated" or norm != "none", "fusion",
           "gated needs normalised maps (norm pixel or quantile): a raw base map has no scale that says raised", fusion)
 

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from stages.method.anomaly_map import upsample
 from stages.config.domains import Choice
 from stages.config.settings import key_of, setting
+from stages.method.anomaly_map import upsample
 from stages.method.choices import INITS
-from stages.pipeline.params import FuseParams
 from stages.method.fusion import (drdc_map, fuse_normalised, mean_filter, multiscale_base, normalise, norm_stats, refine,
                                   spatio_temporal)
+from stages.pipeline.params import FuseParams
 
 
 @dataclass(frozen=True)

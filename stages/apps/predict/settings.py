@@ -17,8 +17,6 @@ from stages.store.cache import RunStore
 from stages.config.presets import build
 
 
-
-
 def fuse_settings(store: RunStore, preset: str) -> FusionSettings:
     """The current fuse entry's resolved params (with its infer-diff entries' t-lists), or, when the run has a
     diffusion model but no fuse result, the preset's infer-diff defaults with fuse's default gamma and filter."""
@@ -35,7 +33,8 @@ def fuse_settings(store: RunStore, preset: str) -> FusionSettings:
             if name.startswith("infer_diff@"):
                 d = store.get("infer_diff", key)  # gone: the chain runs over the fused steps
                 chains.append((int(name.split("=")[1]), tuple(d.params["t"]) if d is not None else tuple(q["t"])))
-        known = {k: tuple(v) if isinstance(v, list) else v for k, v in q.items() if k in settings_of(FusionSettings)}
+        names = settings_of(FusionSettings)
+        known = {k: tuple(v) if isinstance(v, list) else v for k, v in q.items() if k in names}
         return FusionSettings(**known, chains=tuple(sorted(chains)), source=f"fuse {e.key}{stale}")
     d = build(InferDiffParams, "infer_diff", preset)
     s = default_settings(d.t, d.c, d.l, d.n_s, d.test_time_condition, d.seed,

@@ -10,15 +10,13 @@ from stages.config.settle import ASCENDING, DESCENDING, settle_fields
 from stages.errors import check
 from stages.method.choices import DISTANCES, INITS, SCHEDULE_DEFAULTS, check_grid, check_timesteps
 from stages.models.config import UNetConfig
-from stages.pipeline.params.vocab import TASKS
+from stages.pipeline.params.vocab import GRIDS, TASKS, TIMESTEPS
 
 if TYPE_CHECKING:
     from stages.method.diffusion import Schedule
 
 U = UNetConfig()  # the network's defaults (the paper's) are the stage's
 _M, _T = "model", "training"
-TIMESTEPS = List(Int(0, 999))
-GRIDS = List(Int(1, 2048))
 
 
 @dataclass(frozen=True)

@@ -2,30 +2,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from stages.config.domains import SEEDS, Choice, Int, List, Real
 from stages.config.settings import check_settings, setting
 from stages.config.settle import ASCENDING, DESCENDING, settle_fields
 from stages.method.choices import (DISTANCES, FILTER, FUSIONS, GAMMA, GATE, INITS, NORMS, POOL, check_refinement)
-from stages.pipeline.params.vocab import OBJECTIVES, SOURCES
+from stages.pipeline.params.vocab import GRIDS, OBJECTIVES, SOURCES, TIMESTEPS
 
 _F = "fusion"
 GAMMAS = Real(0.0, 1.0)
 FILTERS = Int(1, 255, odd=True)
 GATES = Real(0.0, 1e3, lo_open=True)
-POOLS = Int(1, 256)
-POOL_HELP = "Average-pooling kernel before the max (image score)."
+
+
+def pool_setting() -> Any:
+    """The image score's pooling kernel: one declaration for score, tune and ablate, which each have it."""
+    return setting(POOL, Int(1, 256), "Average-pooling kernel before the max (image score).")
 
 
 @dataclass(frozen=True)
 class FuseParams:
     gamma: float = setting(GAMMA, GAMMAS, "Weight of the diffusion heatmap (Eq 19); 0: base only.", panel=_F)
     filter: int = setting(FILTER, FILTERS, "Mean filter size m (Eq 18), odd.", panel=_F)
-    t: tuple[int, ...] = setting((), List(Int(0, 999)), "Timesteps to fuse, e.g. 250,200,150 (default: every cached "
+    t: tuple[int, ...] = setting((), TIMESTEPS, "Timesteps to fuse, e.g. 250,200,150 (default: every cached "
                                  "one).", panel=_F)
-    c: tuple[int, ...] = setting((), List(Int(1, 2048)), "Grid sizes to fuse, e.g. 1,16,32 (default: every cached "
+    c: tuple[int, ...] = setting((), GRIDS, "Grid sizes to fuse, e.g. 1,16,32 (default: every cached "
                                  "one).", panel=_F)
-    l: tuple[int, ...] = setting((), List(Int(1, 2048)), "Scales to fuse, e.g. 1,2,4,8 (default: every cached "  # noqa: E741
+    l: tuple[int, ...] = setting((), GRIDS, "Scales to fuse, e.g. 1,2,4,8 (default: every cached "  # noqa: E741
                                  "one).", panel=_F)
     spatio_temporal: bool = setting(True, None, "Off: only the last step at l = 1 (Table 5).", panel=_F)
     multiscale_base: bool = setting(False, None, "Multi-scale base heatmap (Table 5).", panel=_F)
@@ -52,7 +56,7 @@ class FuseParams:
     def __post_init__(self) -> None:
         settle_fields(self, {"t": DESCENDING, "c": ASCENDING, "l": ASCENDING})  # equal settings, equal keys
         check_settings(self)
-        check_refinement(self.fusion, self.gate, self.norm)
+        check_refinement(self.fusion, self.norm)
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class TuneParams:
                                               "besides scoring H_out itself.")
     rounds: int = setting(2, Int(1, 5), "Passes of the coordinate search.")
     eval_size: int = setting(112, Int(16, 1024), "Trials are scored at this map size (the chosen one exactly).")
-    pool: int = setting(POOL, POOLS, POOL_HELP)
+    pool: int = pool_setting()
 
     def __post_init__(self) -> None:
         settle_fields(self, {"norms": NORMS, "gammas": ASCENDING, "filters": ASCENDING, "fusions": FUSIONS,
@@ -82,7 +86,7 @@ class TuneParams:
 class ScoreParams:
     source: str = setting("base", Choice(tuple(SOURCES)), "Which heatmaps to score: base (H_base) or fuse (DRDC's "
                           "H_out).")
-    pool: int = setting(POOL, POOLS, POOL_HELP)
+    pool: int = pool_setting()
 
     def __post_init__(self) -> None:
         settle_fields(self)  # equal settings, equal keys
