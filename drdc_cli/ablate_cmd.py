@@ -11,6 +11,7 @@ import typer
 from stages.apps.choices import Selection  # its settings, torch-free; stages.apps.ablate loads when the command runs
 
 from .app import app, guarded, out
+from .commands import shown
 from .generate import settings_options
 from .options import OverwriteOpt, QuietOpt, RunOpt
 
@@ -87,7 +88,8 @@ def write_json(rows: list[abl.Row], path: Path, outs) -> None:
         k: getattr(r.variant, k) for k in ("multiscale_base", "spatio_temporal", "model_condition",
                                            "test_time_condition", "task", "init", "distance", "fusion",
                                            "image_gamma")},
-            "metrics": r.metrics, "validation_metrics": r.val_metrics, "fusion": r.fusion, "entries": r.entries, "commands": r.commands} for r in rows]
+            "metrics": r.metrics, "validation_metrics": r.val_metrics, "fusion": r.fusion, "entries": r.entries,
+            "commands": [shown(c) for c in r.commands]} for r in rows]
     outs.write_text(path, json.dumps(doc, indent=1))
 
 
@@ -127,8 +129,8 @@ def ablate(
     missing = [r for r in rows if r.metrics is None]
     for r in missing:
         out.print(f"[yellow]{r.name}[/] needs:", soft_wrap=True)
-        for cmd in r.commands:
-            out.print(f"  {cmd}", soft_wrap=True)
+        for step in r.commands:
+            out.print(f"  {shown(step)}", soft_wrap=True)
     if csv_path:
         write_csv(rows, csv_path, outs)
         out.print(f"wrote {csv_path}")

@@ -82,8 +82,11 @@ def verify_cmd(
     inputs exist); every fault is one row; exit 1 if anything is wrong (unless --repair mended it)."""
     from stages.errors import StoreError
     from stages.store.cache import RunStore
+    from stages.store.integrity import repair_step
     from stages.store.verify import repair as repair_store
     from stages.store.verify import verify
+
+    from .commands import line
 
     store = RunStore(run, mend=True)  # a damaged zarr.json is a finding (and --repair rewrites it)
     t = Table(title=f"verify {store.name}", title_justify="left", header_style="bold")
@@ -97,12 +100,12 @@ def verify_cmd(
     if bad and repair:
         commands = repair_store(store, findings)
         out.print(f"removed {bad} damaged entries" + ("; recompute the current results with:" if commands else ""))
-        for cmd in commands:
-            out.print(f"  {cmd}", soft_wrap=True)
+        for step in commands:
+            out.print(f"  {line(step)}", soft_wrap=True)
         return
     if bad:
-        raise StoreError(f"{bad} entries of {store.name} failed verification; `drdc cache verify --run {store.name} "
-                         "--repair` removes them and prints the commands that recompute them")
+        raise StoreError(f"{bad} entries of {store.name} failed verification; ", repair_step(store.name),
+                         " removes them and prints the commands that recompute them")
     out.print("[green]✓[/] every complete entry verified")
 
 

@@ -9,6 +9,7 @@ from stages.apps.choices import OVERRIDES
 from stages.pipeline.params import FuseParams
 
 from .app import app, err, guarded, out, report_stage
+from .commands import text
 from .generate import settings_options
 from .options import BaseOnlyOpt, DeviceOpt, QuietOpt, RunOpt, WeightsOpt
 from .predict_cmd import describe, overrides
@@ -54,7 +55,7 @@ def calibrate(
         cal.quantile_of(fpr, percentile)  # option errors before any model loads
     pred = Predictor(store, device, overrides(given, base_only), base_only=base_only, weights=weights)
     for n in pred.notes:
-        err.print(f"[yellow]note:[/] {n}", soft_wrap=True)
+        err.print(f"[yellow]note:[/] {text(n)}", soft_wrap=True)
     if on_test_labels:
         result, th = cal.run_on_test_labels(store, pred, pixel)
     else:

@@ -1,8 +1,9 @@
 """The one place where a library parameter name becomes the command-line flag a user typed.
 
-The library names parameters (`n_s`, `grid`, Params fields: stages.errors); stages.config.commands.FLAGS (read from
+The library names parameters (`n_s`, `grid`, Params fields: stages.errors); drdc_cli.commands.FLAGS (read from
 the settings' declarations, stages.config.settings) maps each stage's params to its flags, and every other
-parameter is its flag with dashes (`eval_size` -> `--eval-size`).
+parameter is its flag with dashes (`eval_size` -> `--eval-size`). An error's message renders here: the steps it
+names as `drdc ...` lines, the options as flags (drdc_cli.commands.text).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from stages.errors import ConfigError, DrdcError
 
 @lru_cache(maxsize=1)
 def _table() -> dict[str, str]:
-    from stages.config.commands import FLAGS
+    from .commands import FLAGS
 
     return {param: flag for stage in FLAGS.values() for param, flag in stage.items()}
 
@@ -29,7 +30,14 @@ def flag(param: str) -> str:
 def message(e: DrdcError, dashes: bool = True) -> str:
     """The error's one line as the command line says it: a ConfigError's parameters as flags ("fpr/percentile" ->
     "--fpr/--percentile"); dashes=False: as a run file's keys ("fpr/percentile" -> "fpr/percentile")."""
+    from stages.errors import render
+
+    from .commands import line, option
+
+    def said(parts) -> str:  # a run file's keys are the flags without dashes
+        return render(parts, line, option if dashes else lambda o: option(o).replace("--", ""))
+
     if isinstance(e, ConfigError) and e.param:
         names = (flag(p) if dashes else flag(p).removeprefix("--") for p in e.param.split("/"))
-        return f"{'/'.join(names)}: {e.detail}"
-    return str(e)
+        return f"{'/'.join(names)}: {said(e.detail_parts)}"
+    return said(e.parts)

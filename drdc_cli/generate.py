@@ -12,6 +12,7 @@ its own signature as usual. A new setting on a Params class is a new option of e
 from __future__ import annotations
 
 import inspect
+import re
 import types
 import typing
 from typing import Annotated, Any, Callable, Iterable, Optional
@@ -40,7 +41,16 @@ def _help(s: Setting) -> str | None:
     rule = dom.describe(many) if hasattr(dom, "describe") else ""
     if rule:
         rule = f"Comma-separated {rule}." if many else f"{rule[0].upper()}{rule[1:]}."
-    return " ".join(x for x in (s.help, rule) if x) or None
+    return " ".join(x for x in (_flags_in(s.help), rule) if x) or None
+
+
+def _flags_in(help_text: str) -> str:
+    """A help text's `{name}` and `{stage.name}` (another setting) as their flags: `--norm`, `train-diff --grid`."""
+    from stages.errors import Option
+
+    from .commands import option
+
+    return re.sub(r"\{(?:(\w+)\.)?(\w+)\}", lambda m: option(Option(m[2], m[1])), help_text)
 
 
 def settings_options(cls: Any, *, only: Iterable[str] | None = None, exclude: Iterable[str] = (),

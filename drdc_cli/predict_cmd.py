@@ -11,12 +11,14 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from stages.errors import ConfigError, DataError
+from stages.errors import ConfigError, DataError, DrdcError
 
 from stages.apps.choices import OVERRIDES
 from stages.config.settings import flag_name, settings_of
 from stages.pipeline.params import FuseParams
 
+from . import flags
+from .commands import text
 from .app import app, err, guarded, out
 from .generate import settings_options
 from .options import BaseOnlyOpt, DeviceOpt, OverwriteOpt, QuietOpt, RunOpt, WeightsOpt
@@ -101,7 +103,8 @@ def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category
 
         refused.append(str(path))
         with tqdm.external_write_mode(file=sys.stderr):  # its own line, not inside the progress bar's
-            err.print(f"[bold red]error:[/] {escape(str(e))}; skipped", soft_wrap=True)
+            said = flags.message(e) if isinstance(e, DrdcError) else str(e)
+            err.print(f"[bold red]error:[/] {escape(said)}; skipped", soft_wrap=True)
 
     early: list[tuple[Path, Exception]] = []
     paths = collect_images(inputs, on_refused=lambda p, e: early.append((p, e)))  # before any model loads
@@ -124,7 +127,9 @@ def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category
         pred = Predictor(store, device, fuse, base_only=base_only, weights=weights)
         loaded = f"; models loaded in {time.perf_counter() - t0:.1f} s"
     thresholds, note = cal.current(store, pred)
-    for n in pred.notes:
+    notes = [text(n) for n in pred.notes]  # the library's notes name options and steps: as the command line says them
+    note = text(note) if note else None
+    for n in notes:
         err.print(f"[yellow]note:[/] {n}", soft_wrap=True)
     if note:
         err.print(f"[bold red]{note}[/]" if thresholds is not None else f"[yellow]note:[/] {note}", soft_wrap=True)
@@ -158,7 +163,7 @@ def run_predict(store: RunStore, inputs: list[Path], dest: Path | None, category
         meta = {"run": str(store.path), "settings": pred.settings(), "describe": describe(pred),
                 "thresholds": None if thresholds is None else {"key": thresholds.key, "rule": thresholds.rule,
                                                                "on_test_labels": thresholds.on_test_labels},
-                "notes": pred.notes + ([note] if note else []), "seconds_per_image": per_image,
+                "notes": notes + ([note] if note else []), "seconds_per_image": per_image,
                 "refused": refused}
         c, j = write_results(rows, dest, meta, outs)
         where = f"; pictures in {dest / 'pictures'}" if pictures else ""

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .app import app, guarded, out
+from .commands import text
 from .options import OverwriteOpt, QuietOpt, RunOpt
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def print_report(store: RunStore, variants: list[str] | None = None) -> list[dic
                   soft_wrap=True)
     note = rep.base_only_note(store, entries)
     if note:
-        out.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+        out.print(f"[yellow]note:[/] {escape(text(note))}", soft_wrap=True)
     return table
 
 

@@ -17,7 +17,7 @@ settings, e.g. pool). A table's keys are its stage's settings (stages.config.set
 and the command's own options (--weights). The file is parsed into parameter values, not command-line text:
 before anything runs, every key is checked, and an unknown table or key, a wrong type or an out-of-range value is
 one error line naming the file, the line and the key. `drdc config` writes every setting an entry was made with
-(stages.config.commands), so feeding its output back on the same data makes the same keys.
+(drdc_cli.commands), so feeding its output back on the same data makes the same keys.
 """
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
-from stages.config.commands import options, params_class
-from stages.config.registry import STAGES
+from stages.config.registry import STAGES, params_class
 from stages.config.settings import settings_of
 from stages.errors import ConfigError
 
 from .app import app, guarded, out
+from .commands import command_name, options
 from .domains import List, domain_table, flags
 from .flags import message
 from .options import OverwriteOpt, RunOpt
@@ -47,7 +47,7 @@ if sys.version_info >= (3, 11):
 else:  # the same parser, before it joined the standard library
     import tomli as tomllib
 
-ORDER = tuple(s.command for s in STAGES.values() if s.params)  # the tables, in run order
+ORDER = tuple(command_name(s.name) for s in STAGES.values() if s.params)  # the tables, in run order
 DEVICE = {"extract", "train-base", "infer-base", "train-diff", "infer-diff"}  # commands with --device
 PRESET = DEVICE | {"index"}  # commands with --preset
 RUN_KEYS = {"data": str, "preset": str, "store": str}
@@ -227,7 +227,7 @@ def settings(store: RunStore) -> dict[str, dict]:
     entries = {s: get(s) for s in ("index", "extract", "train_base", "infer_base", "train_diff")}
     for stage, e in entries.items():
         if e is not None:
-            doc[STAGES[stage].command] = _table(stage, e.params)
+            doc[command_name(stage)] = _table(stage, e.params)
     if entries["extract"] is not None and entries["extract"].attrs.get("weights_file"):
         doc["extract"]["weights"] = entries["extract"].attrs["weights_file"]
     diffs = [store.get("infer_diff", k) for n, k in (fused.inputs.items() if fused else []) if n.startswith("infer_diff@")]

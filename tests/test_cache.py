@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from stages.store.cache import SCHEMA_VERSION, RunStore, make_key
-from stages.errors import CacheMissError, StoreError
+from drdc_cli.flags import message
+from stages.errors import CacheMissError, Step, StoreError
 
 
 def _complete(store: RunStore, stage: str, params: dict, inputs: dict) -> str:
@@ -54,14 +56,19 @@ def test_stale_upstream_is_refused_with_the_command(tmp_path):
     _complete(s, "extract", {"b": 1}, {"index": i1})
     assert s.current("extract").inputs == {"index": i1}
     _complete(s, "index", {"root": "changed"}, {})
-    with pytest.raises(CacheMissError, match=r"rerun `drdc extract --run"):
+    with pytest.raises(CacheMissError) as info:
         s.current("extract")
+    assert info.value.steps == [Step("extract", s.name, {"b": 1})]  # the fix, as data: stage, run, parameters
+    assert "drdc" not in str(info.value)  # the library speaks no command line ...
+    assert "rerun `drdc extract --run" in message(info.value)  # ... the CLI renders it
 
 
 def test_missing_and_incomplete_entries(tmp_path):
     s = RunStore(tmp_path / "r.zarr", create=True)
-    with pytest.raises(CacheMissError, match=r"no extract result .* run `drdc extract --run"):
+    with pytest.raises(CacheMissError) as info:
         s.current("extract")
+    assert re.search(r"no extract result .* run `drdc extract --run", message(info.value))
+    assert info.value.steps == [Step("extract", s.name)]  # the bare step: the preset's defaults
     e, _ = s.begin("index", {}, {})
     s.set_current(e)  # current but still running (a killed run)
     with pytest.raises(CacheMissError, match="not complete"):

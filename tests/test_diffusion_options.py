@@ -195,7 +195,7 @@ def test_a_unet_trained_on_crops_makes_maps_of_the_whole_image(full_run_pristine
     e = next(e for e in s.entries() if e.stage == "infer_diff" and e.inputs["train_diff"] == unet.key)
     h = e.array("heatmaps")[:].astype(np.float32)
     assert h.shape[-2:] == (32, 32) and np.isfinite(h).all() and h.std() > 0
-    from stages.config.commands import entry_command
+    from drdc_cli.commands import entry_line as entry_command
     assert "--crop 16" in entry_command(unet)  # hints and run files remake the same key
 
 

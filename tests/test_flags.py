@@ -7,7 +7,7 @@ from drdc_cli.flags import flag, message
 from stages.errors import ConfigError, DataError, check
 from stages.method.masks import check_grid
 from stages.pipeline.train_diff import TrainDiffParams
-from stages.config.commands import FLAGS
+from drdc_cli.commands import FLAGS
 
 
 def test_every_stage_param_has_one_flag() -> None:

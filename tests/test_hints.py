@@ -3,7 +3,7 @@
 Each case puts a run into a state a user meets (no store, maps not cached, a stale or incomplete result, a
 damaged checkpoint, an uncalibrated run, a bad --key), runs the command that fails, takes the commands the error
 line quotes in `backticks`, runs them (following their own hints in turn) and checks that the first command
-then does its job. And `stages.config.commands.command`, the line every "rerun" hint prints, makes the very entry it
+then does its job. And `drdc_cli.commands.line`, the line every "rerun" hint prints (a Step the library names), makes the very entry it
 names again: on every entry of a run it answers "cached" with the same key.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from stages.store.cache import RunStore
-from stages.config.commands import entry_command
+from drdc_cli.commands import entry_line as entry_command
 
 from conftest import (TINY_DIFF, TINY_EXTRACT, TINY_INDEX, TINY_INFER, TINY_TRAIN, copy_run, options)
 

@@ -27,7 +27,7 @@ from stages.pipeline.train_base import TrainBaseParams
 from stages.pipeline.train_diff import TrainDiffParams
 from stages.pipeline.tune import TuneParams
 from stages.store.cache import RunStore, make_key
-from stages.config.commands import entry_command
+from drdc_cli.commands import entry_line as entry_command
 from stages.pipeline.runtime import keyed
 from stages.config.presets import PRESETS, build
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from stages.store.cache import RunStore
-from stages.config.commands import entry_command
+from drdc_cli.commands import entry_line as entry_command
 
 from conftest import copy_run
 

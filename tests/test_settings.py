@@ -19,7 +19,8 @@ import pytest
 
 from conftest import copy_run
 from drdc_cli.domains import domain_table
-from stages.config.commands import FLAGS, params_class
+from drdc_cli.commands import FLAGS
+from stages.config.registry import params_class
 from stages.config.domains import Int, List, Real
 from stages.config.registry import STAGES
 from stages.config.settings import flag_name, key_of, settings_of

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from stages.apps.choices import Selection  # noqa: F401 (torch-free: the command's defaults; re-exported)
-from stages.errors import CacheMissError, DrdcError
+from stages.errors import CacheMissError, DrdcError, Option, Step
 from stages.method.anomaly_map import image_score, upsample
 from stages.method.metrics import compute_metrics, mean_over_categories
 from stages.pipeline.heatmaps import FusionSettings, fuse_maps, image_maps, read_diff
@@ -27,7 +27,6 @@ from stages.pipeline.selection import (FuseParams, base_only, newest_init, norma
                                        variant_entries)
 from stages.pipeline.train_diff import TrainDiffParams
 from stages.store.cache import Entry, RunStore
-from stages.config.commands import command
 from stages.config.presets import PRESETS
 
 
@@ -78,7 +77,7 @@ class Row:
     variant: Variant | None  # None: the base model alone
     metrics: dict[str, dict] | None = None  # test split: {category | "mean": {metric: value or None}}
     val_metrics: dict[str, dict] | None = None  # validation images (held-out normals + synthetic defects)
-    commands: list[str] = field(default_factory=list)  # what makes a missing row computable
+    commands: list[Step] = field(default_factory=list)  # what makes a missing row computable, in order
     fusion: dict | None = None  # the resolved fuse settings of a computed row
     entries: dict[str, str] = field(default_factory=dict)  # store entries it read
 
@@ -91,9 +90,10 @@ def _task(params: dict) -> str:
     return params.get("task", "paper")
 
 
-def train_diff_command(store: RunStore, params: dict, model_condition: bool, task: str | None = None) -> str:
-    """The `drdc train-diff` line that makes an entry with these params (every CLI-settable one spelled out,
-    stages.config.commands), with another --task when given."""
+def train_diff_step(store: RunStore, params: dict, model_condition: bool, task: str | None = None,
+                    note: str = "") -> Step:
+    """The train-diff Step that makes an entry with these params (a whole step: every setting spelled out), with
+    another task when given."""
     task = task or _task(params)
     q = {k: v for k, v in params.items() if k not in _TASK_FIELDS}
     q.update(model_condition=model_condition, task=task)
@@ -101,14 +101,14 @@ def train_diff_command(store: RunStore, params: dict, model_condition: bool, tas
         q["chain"] = params.get("chain", DEFAULT_CHAIN)
     else:
         q["t_max"] = params.get("t_max", 999)
-    return command("train_diff", store.name, q)
+    return Step("train_diff", store.name, q, note=note)
 
 
-def infer_diff_command(store: RunStore, t, c, l, n_s: int, seed: int, ttc: bool, init: str = "paper",  # noqa: E741
-                       distance: str = "pixel") -> str:
-    """The `drdc infer-diff` line of these maps; --init and --distance spelled out (the preset may differ)."""
-    return command("infer_diff", store.name, {"t": list(t), "c": list(c), "l": list(l), "n_s": n_s, "seed": seed,
-                                              "test_time_condition": ttc, "init": init, "distance": distance})
+def infer_diff_step(store: RunStore, t, c, l, n_s: int, seed: int, ttc: bool, init: str = "paper",  # noqa: E741
+                    distance: str = "pixel") -> Step:
+    """The infer-diff Step of these maps; the start and the distance spelled out (the preset may differ)."""
+    return Step("infer_diff", store.name, {"t": list(t), "c": list(c), "l": list(l), "n_s": n_s, "seed": seed,
+                                           "test_time_condition": ttc, "init": init, "distance": distance})
 
 
 def _preset_maps(store: RunStore) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
@@ -216,9 +216,9 @@ def _base_rows(store: RunStore, base: Entry, index: Entry, c_feat: int, sel: Sel
     else:  # the stages validation chose; infer-base makes its entry current, the second line restores this one
         stages = base.params.get("residual_stages") or list(PRESETS["cpu"]["infer_base"]["residual_stages"])
         other = Row(name[other_norm], None, commands=[
-            command("infer_base", store.name, {"residual_norm": other_norm,
-                                               **({"residual_stages": stages} if other_norm != "l2" else {})}),
-            command("infer_base", store.name, base.params) + "   (makes the current base map current again)"])
+            Step("infer_base", store.name, {"residual_norm": other_norm,
+                                            **({"residual_stages": stages} if other_norm != "l2" else {})}),
+            Step("infer_base", store.name, base.params, note="makes the current base map current again")])
     return [current, other] if norm == "l2" else [other, current]
 
 
@@ -230,12 +230,13 @@ def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) ->
     c_feat = int(extract.attrs["channels"])
     rows = _base_rows(store, base, index, c_feat, sel, progress)
     if "train_diff" not in store.current_keys:
-        cmd = f"drdc train-diff --run {store.name}"
-        return rows + [Row(v.name, v, commands=[cmd, "then `drdc ablate` again"]) for v in TABLE5]
+        steps = [Step("train_diff", store.name), Step("ablate", store.name, note="again, once the diffusion model is trained")]
+        return rows + [Row(v.name, v, commands=steps) for v in TABLE5]
     unet = store.current("train_diff")
     if not unet.params["model_condition"]:
-        raise CacheMissError(f"the current diffusion model {unet.key} was trained with --no-model-condition; make "
-                             f"the full model current with `{train_diff_command(store, unet.params, True)}`")
+        raise CacheMissError(f"the current diffusion model {unet.key} was trained with ",
+                             Option("model_condition", value=False), "; make the full model current with ",
+                             train_diff_step(store, unet.params, True))
     t_def, c_def, l_def = _preset_maps(store)  # where nothing is cached: what `drdc infer-diff` would make
     c_def = tuple(unet.params.get("grid") or c_def)  # the grid sizes this UNet was trained on (its --size's)
     t_want = sel.t or t_def
@@ -257,28 +258,28 @@ def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) ->
             init = "noise" if v.task == "inpaint" else "paper"
         distance = v.distance or sel.distance
         td = _train_diff_entry(store, unet, v.model_condition, v.task)
-        back = train_diff_command(store, unet.params, True) + "   (makes the full model current again)"
+        back = train_diff_step(store, unet.params, True, note="makes the full model current again")
         if td is None:
             chain = (tuple(unet.params.get("chain", DEFAULT_CHAIN)) if v.task == "inpaint" == _task(unet.params)
                      else DEFAULT_CHAIN if v.task == "inpaint" else t_want)
-            row.commands = [train_diff_command(store, unet.params, v.model_condition, v.task),
-                            infer_diff_command(store, chain, c_want, l_want, sel.n_s, sel.seed, True, init,
+            row.commands = [train_diff_step(store, unet.params, v.model_condition, v.task),
+                            infer_diff_step(store, chain, c_want, l_want, sel.n_s, sel.seed, True, init,
                                                distance), back]
             continue
         diffs = _entries_of(store, td.key, sel, v.test_time_condition, init, distance)
         missing = [c for c in c_want if c not in diffs]
         t_row = tuple(td.params["chain"]) if _task(td.params) == "inpaint" else t_want
         if missing or not diffs:
-            cmd = infer_diff_command(store, t_row, missing or c_want, l_want, sel.n_s, sel.seed,
+            cmd = infer_diff_step(store, t_row, missing or c_want, l_want, sel.n_s, sel.seed,
                                      v.test_time_condition, init, distance)
             if td.key != unet.key:  # infer-diff reads the current UNet: make the ablated one current around it
-                row.commands = [train_diff_command(store, td.params, v.model_condition), cmd, back]
+                row.commands = [train_diff_step(store, td.params, v.model_condition), cmd, back]
             else:
                 row.commands = [cmd]
             continue
         fusion = _resolve(diffs, sel, v, init, distance)
         if fusion is None:
-            row.commands = [infer_diff_command(store, t_row, c_want, sorted({1, *l_want}), sel.n_s, sel.seed,
+            row.commands = [infer_diff_step(store, t_row, c_want, sorted({1, *l_want}), sel.n_s, sel.seed,
                                                v.test_time_condition, init, distance)]
             continue
         row.fusion = fusion.as_dict()

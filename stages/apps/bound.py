@@ -26,7 +26,7 @@ from tqdm import tqdm
 from stages.apps.choices import DOWN_MODES, UP_MODES
 from stages.data.dataset import discover, split_indices
 from stages.data.images import image_size, load_mask
-from stages.errors import DataError, check
+from stages.errors import DataError, Option, check
 from stages.method.anomaly_map import upsample
 from stages.method.metrics import pixel_auroc
 
@@ -98,7 +98,8 @@ def masks_from_index(index, categories: tuple[str, ...] | None = None) -> list[C
         known = index.attrs["categories"]
         missing = [c for c in categories if c not in known]
         if missing:
-            raise DataError(f"--category: the run has no category {', '.join(missing)} (it has: {', '.join(known)})")
+            raise DataError(Option("category"), f": the run has no category {', '.join(missing)} (it has: "
+                            f"{', '.join(known)})")
         masked = [c for c in masked if c in categories]
     if not masked:
         raise DataError("the run's index has no category with ground-truth masks; Table 1 needs pixel masks")

@@ -22,11 +22,11 @@ from sklearn.metrics import precision_recall_curve
 from stages.apps.predict.predictor import Predictor
 from stages.data.dataset import split_train
 from stages.data.validation import validation_normals
-from stages.errors import CacheMissError, ConfigError, check
+from stages.errors import CacheMissError, ConfigError, Message, Option, Step, check
 from stages.pipeline.chunked import chunks
 from stages.pipeline.reading import category_maps, content
 from stages.store.cache import Entry, RunStore
-from stages.config.commands import quote, with_validation
+from stages.pipeline.params.data import with_validation
 from stages.pipeline.runtime import StageResult
 
 STAGE = "calibrate"
@@ -97,9 +97,9 @@ def holdout_records(store: RunStore) -> np.ndarray:
     _, held = split_train(index.attrs["records"], q["holdout"], q["seed"])
     val = sorted(set(held) | set(validation_normals(index.attrs["records"])))
     if not val:
-        raise ConfigError(f"the run has no validation normals and the base model trained on every "
-                          f"train/good image (holdout {q['holdout']}), so no normal image is left to calibrate on; "
-                          f"index again with `{with_validation(index)}` (then rerun the stages after it)",
+        raise ConfigError(("the run has no validation normals and the base model trained on every "
+                           f"train/good image (holdout {q['holdout']}), so no normal image is left to calibrate on; "
+                           "index again with ", with_validation(index), " (then rerun the stages after it)"),
                           "val_fraction")
     return np.asarray(val, dtype=np.int64)
 
@@ -200,15 +200,16 @@ def run_on_test_labels(store: RunStore, pred: Predictor, pixel: bool = False) ->
     reporting F1-max: the entry is flagged and predict warns whenever it uses it."""
     t0 = time.perf_counter()
     if pred.fusion is not None and pred.fusion.source.endswith("options"):
-        raise ConfigError("reads the run's stored test scores; drop the fusion options or run "
-                          "`drdc fuse` and `drdc score --source fuse` with them first", "on_test_labels")
+        raise ConfigError(("reads the run's stored test scores; drop the fusion options or run ",
+                           Step("fuse", store.name), " and ", Step("score", store.name, {"source": "fuse"}, whole=False),
+                           " with them first"), "on_test_labels")
     src_stage, array = ("fuse", "maps") if pred.mode == "fuse" else ("infer_base", "h_base")
     src = store.current(src_stage)
     score = next((e for e in reversed(list(store.entries())) if e.stage == "score" and e.is_complete
                   and e.inputs.get(src_stage) == src.key and e.params.get("pool") == pred.pool), None)
     if score is None:
-        raise CacheMissError(f"no test scores of the current {src_stage} result; run "
-                             f"`drdc score --run {store.name} --source {pred.mode}` first")
+        raise CacheMissError(f"no test scores of the current {src_stage} result; run ",
+                             Step("score", store.name, {"source": pred.mode}, whole=False), " first")
     index = pred.index
     entry, _ = store.begin(STAGE, {"normals": "test labels (F1-max)", "settings": pred.settings()},
                            {**_inputs(pred), "score@test": score.key})
@@ -242,25 +243,25 @@ def _thresholds(key: str, th: dict) -> Thresholds:
                       tuple(th.get("warnings", ())))
 
 
-def current(store: RunStore, pred: Predictor) -> tuple[Thresholds | None, str | None]:
+def current(store: RunStore, pred: Predictor) -> tuple[Thresholds | None, Message | None]:
     """(thresholds, note) for predict: None with a note saying what to run when there is no usable
     calibration (none, stale, or made for other settings); a warning note when they came from test labels."""
     key = store.current_keys.get(STAGE)
-    fix = f"run `{' '.join(['drdc calibrate --run', quote(store.name), *getattr(pred, 'options', [])])}`"
+    fix = ("run ", Step(STAGE, store.name, getattr(pred, "options", {}), whole=False))
     if key is None:
-        return None, f"uncalibrated: no thresholds in the run; {fix}"
+        return None, ("uncalibrated: no thresholds in the run; ", *fix)
     e = store.get(STAGE, key)
     if e is None or not e.is_complete:
-        return None, f"uncalibrated: the calibration {key} is incomplete; {fix}"
+        return None, (f"uncalibrated: the calibration {key} is incomplete; ", *fix)
     try:
         store.check_fresh(e)
     except CacheMissError:
-        return None, f"uncalibrated: the calibration {key} predates the current models; {fix}"
+        return None, (f"uncalibrated: the calibration {key} predates the current models; ", *fix)
     if e.params["settings"] != pred.settings():
-        return None, f"uncalibrated: the calibration {key} was made with other settings; {fix}"
+        return None, (f"uncalibrated: the calibration {key} was made with other settings; ", *fix)
     th = _thresholds(e.key, e.attrs["thresholds"])
-    note = ("WARNING: thresholds were chosen on the test labels (calibrate --on-test-labels); use them only to "
-            "report F1-max, not as a deployment threshold") if th.on_test_labels else None
+    note = ("WARNING: thresholds were chosen on the test labels (", Option("on_test_labels", STAGE),
+            "); use them only to report F1-max, not as a deployment threshold") if th.on_test_labels else None
     return th, note
 
 

@@ -12,7 +12,7 @@ import io
 from pathlib import Path
 
 from stages.apps import report as rep
-from stages.errors import ConfigError
+from stages.errors import ConfigError, render
 from stages.store.cache import Entry, RunStore
 
 
@@ -82,7 +82,7 @@ def write_html(store: RunStore, path: Path, keys: list[str] | None = None, k: in
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
              f"<title>drdc report: {html.escape(store.name)}</title><style>{STYLE}</style></head><body>",
              f"<h1>drdc report: {html.escape(store.name)}</h1><p>{html.escape(what)}. Metrics in %.</p>",
-             f"<p class='note'>{html.escape(note)}</p>" if note else "",
+             f"<p class='note'>{html.escape(render(note))}</p>" if note else "",
              _table(val, tags, "VALIDATION: held-out normals and synthetic defects, a proxy (what settings are "
                                "chosen on; rows synthetic-*: one defect kind each)"),
              _table(rep.rows(entries), tags, "TEST (indented rows: each defect folder against the category's good "

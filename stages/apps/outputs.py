@@ -18,10 +18,10 @@ import unicodedata
 from pathlib import Path
 from typing import Callable
 
-from stages.errors import ConfigError
+from stages.errors import ConfigError, Option
 from stages.store import rollback
 
-OVERWRITE_HINT = "pass --overwrite to replace it, or give another path"
+OVERWRITE_HINT = ("pass ", Option("overwrite"), " to replace it, or give another path")
 MAX_NAME = 200  # bytes of a made-up file name (filesystems allow 255)
 
 
@@ -81,7 +81,7 @@ class Outputs:
         if path.is_dir():
             raise ConfigError(f"{path} is a folder; give a file name", option)
         if (path.exists() or path.is_symlink()) and not self.overwrite:
-            raise ConfigError(f"{path} exists, and drdc replaces no file it did not write; {OVERWRITE_HINT}",
+            raise ConfigError((f"{path} exists, and drdc replaces no file it did not write; ", *OVERWRITE_HINT),
                               option)
         self.claimed[fold(path)] = (path, option)
         return path
@@ -111,11 +111,11 @@ class Outputs:
                 try:
                     os.link(tmp, path)  # never replaces: a file that appeared meanwhile stays
                 except FileExistsError:
-                    raise ConfigError(f"{path} appeared while drdc was writing it and was left as it is; "
-                                      f"{OVERWRITE_HINT}", self.claimed[fold(path)][1]) from None
+                    raise ConfigError((f"{path} appeared while drdc was writing it and was left as it is; ",
+                                       *OVERWRITE_HINT), self.claimed[fold(path)][1]) from None
                 except OSError:  # a filesystem without hard links
                     if path.exists():
-                        raise ConfigError(f"{path} appeared while drdc was writing it; {OVERWRITE_HINT}",
+                        raise ConfigError((f"{path} appeared while drdc was writing it; ", *OVERWRITE_HINT),
                                           self.claimed[fold(path)][1]) from None
                     os.replace(tmp, path)
         finally:

@@ -68,7 +68,7 @@ def _input(store: RunStore, entry: Entry, stage: str) -> Entry:
     up = store.get(stage, entry.inputs[stage])
     if up is None or not up.is_complete:
         raise CacheMissError(f"score entry {entry.key} was computed from {stage} {entry.inputs[stage]}, which is gone "
-                             f"or incomplete; rerun `drdc score --run {store.name} --source {entry.params['source']}`")
+                             "or incomplete; rerun ", entry.step())
     return up
 
 

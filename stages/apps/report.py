@@ -10,7 +10,7 @@ import io
 import json
 from pathlib import Path
 
-from stages.errors import CacheMissError, ConfigError
+from stages.errors import CacheMissError, ConfigError, Message, Option
 from stages.method.metrics import METRIC_NAMES
 from stages.store.cache import Entry, RunStore
 
@@ -31,8 +31,8 @@ def variants(store: RunStore, keys: list[str] | None) -> list[Entry]:
         hits = [e for e in all_scores if e.key.startswith(k)]
         if len(hits) != 1:
             found = ", ".join(e.key for e in all_scores) or "none"
-            raise CacheMissError(f"--variant {k}: {'no' if not hits else 'ambiguous'} complete score entry "
-                                 f"(complete score entries: {found})")
+            raise CacheMissError(Option("variant", value=k), f": {'no' if not hits else 'ambiguous'} complete score "
+                                 f"entry (complete score entries: {found})")
         out.append(hits[0])
     return out
 
@@ -95,7 +95,7 @@ def by_kind_rows(entries: list[Entry]) -> list[dict]:
     return out
 
 
-def base_only_note(store: RunStore, entries: list[Entry]) -> str | None:
+def base_only_note(store: RunStore, entries: list[Entry]) -> Message | None:
     """Why a fused variant equals base only, in words, when its fusion uses no diffusion map (gamma 0 and no image
     gamma of its own above 0): tune chose gamma 0 on validation, or fuse was asked for it. None otherwise."""
     for tag, e in zip(labels(entries), entries):
@@ -117,7 +117,7 @@ def base_only_note(store: RunStore, entries: list[Entry]) -> str | None:
                          "diffusion map" if rest else "")
                 return (f"{what}. Why: tune {tune.key} chose gamma 0 on the validation images ({obj} "
                         f"{100 * best['metrics'][obj]:.1f}{other}).")
-        return f"{what}. Why: fuse was run with --gamma 0."
+        return (f"{what}. Why: fuse was run with ", Option("gamma", value=0), ".")
     return None
 
 

@@ -5,7 +5,7 @@
 From that one declaration come the command line's option (drdc_cli.generate: its type, flag, help and panel), the
 option's domain check (before any work), the Params' own check (`check_settings` in __post_init__, so a run
 file, a preset or a library caller is held to the same domain), the run file's key (the flag without dashes),
-`drdc config`'s output and the rerun lines of hints (stages.config.commands reads the flags from here), and
+`drdc config`'s output and the rerun lines of hints (drdc_cli.commands reads the flags from here), and
 whether the value enters the cache key while at its default (`added`, `key_of`). A preset (stages.config.presets) is a
 set of overrides of these defaults, nothing more. Fields without a setting are not the user's to set (a model's
 fixed constants, the dataset root a command names by its own option).
@@ -27,7 +27,7 @@ PANELS = ("model", "training", "validation", "fusion")  # the help panels a sett
 @dataclass(frozen=True)
 class Setting:
     domain: Domain | None  # None: a bool (an on/off switch)
-    help: str = ""
+    help: str = ""  # `{name}`, `{stage.name}`: another setting, which the command line shows as its flag
     flag: str = ""  # its spelling without dashes, where it differs from the field's name (n_s: "ns")
     panel: str | None = None  # one of PANELS
     switch: bool = False  # a bool switched on by its flag alone, with no --no- form (--bf16)

@@ -29,7 +29,7 @@ import numpy as np
 
 from stages.data.choices import LAYOUTS  # noqa: F401 (plain Python, re-exported)
 from stages.data.images import IMAGE_SUFFIXES
-from stages.errors import DataError
+from stages.errors import DataError, Option
 
 _JUNK = {"thumbs.db", "desktop.ini"}
 _GOOD = {"mvtec": "good", "btad": "ok"}
@@ -88,7 +88,7 @@ def _detect_layout(cat_dir: Path) -> str:
              if (cat_dir / marker).is_dir()]
     if len(found) > 1:
         raise DataError(f"{cat_dir}: holds both {' and '.join(found)} layouts' folders (train/good, train/ok, good); "
-                        "keep one, or name the layout (index --layout)")
+                        "keep one, or name the layout (", Option("layout", "index"), ")")
     if not found:
         raise DataError(f"{cat_dir}: no train/good (MVTec-AD), train/ok (BTAD) or good/ (folder layout) folder, "
                         f"and the root has no {VISA_CSV} (VisA)")
@@ -330,7 +330,7 @@ def discover(root: Path, layout: str = "auto", categories: tuple[str, ...] | Non
         raise DataError(f"{root}: categories mix the {' and '.join(kinds)} layouts (e.g. "
                         f"{next(d for d, k in found_layouts.items() if k == kinds[0])} and "
                         f"{next(d for d, k in found_layouts.items() if k == kinds[1])}); name the layout "
-                        "(index --layout) or split the root")
+                        "(", Option("layout", "index"), ") or split the root")
     records: list[Record] = []
     masked: list[str] = []
     orphans: list[str] = []

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stages.errors import ConfigError
+from stages.errors import ConfigError, Step
 from stages.models.choices import SUPPORTED  # noqa: F401 (torch-free, re-exported)
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
@@ -131,9 +131,9 @@ def load_matching(extract_params: dict, weights: Path | None = None) -> Backbone
     the weights found (or given with --weights) are other ones than the entry's."""
     net = load_backbone(extract_params["backbone"], weights, extract_params["feature_size"])
     if net.weights_id != extract_params["weights_id"]:
-        raise ConfigError(f"the run's features come from other {extract_params['backbone']} weights "
+        raise ConfigError((f"the run's features come from other {extract_params['backbone']} weights "
                           f"(id {extract_params['weights_id']}, these are {net.weights_id}); pass the weight "
-                          "file given to `drdc extract`", "weights")
+                          "file given to ", Step("extract")), "weights")
     return net
 
 

@@ -11,26 +11,21 @@ import numpy as np
 import torch
 
 from stages.data.validation import folds, is_validation_normal
-from stages.errors import CacheMissError, ConfigError, check
+from stages.errors import CacheMissError, ConfigError, Option, Step, check
 from stages.pipeline.heatmaps import CrossFitStats, FusionSettings, read_diff, source_maps
 from stages.pipeline.params import FuseParams
+from stages.pipeline.params.data import with_validation
 from stages.pipeline.trained import check_maps
 from stages.store.cache import Entry, RunStore
-from stages.config.commands import with_validation
 
 
-def _command(store: RunStore, p: FuseParams, cs, ts, ls) -> str:
-    """The infer-diff line that makes the maps fuse asked for: the variant spelled out (the preset's start and
+def _step(store: RunStore, p: FuseParams, cs, ts, ls) -> Step:
+    """The infer-diff Step that makes the maps fuse asked for: the variant spelled out (the preset's start and
     distance may differ), t, c and l only where fuse asked for them (else infer-diff's own, from the run's
     preset, which fit the UNet the run trained)."""
-    fmt = lambda v: ",".join(map(str, v))  # noqa: E731
-    parts = [f"drdc infer-diff --run {store.name}"]
-    parts += [f"{flag} {fmt(v)}" for flag, v in (("--t", ts), ("--c", cs), ("--l", ls)) if v]
-    parts.append(f"--ns {p.n_s} --seed {p.seed}")
-    if not p.test_time_condition:
-        parts.append("--no-test-time-condition")
-    parts.append((f"--init {p.init} " if p.init else "") + f"--distance {p.distance}")
-    return " ".join(parts)
+    q = {"t": list(ts), "c": list(cs), "l": list(ls), "n_s": p.n_s, "seed": p.seed,
+         "test_time_condition": p.test_time_condition, "init": p.init, "distance": p.distance}
+    return Step("infer_diff", store.name, q, whole=False)
 
 
 def _accepted(store: RunStore, unet: Entry, p: FuseParams, cs) -> None:
@@ -92,8 +87,8 @@ def diff_entries(store: RunStore, p: FuseParams) -> dict[int, Entry]:
         _accepted(store, unet, p, want_c)
         what = " ".join(f"{k}={','.join(map(str, v))}" for k, v in (("c", want_c), ("t", p.t), ("l", p.l)) if v)
         raise CacheMissError(f"no cached diffusion heatmaps {'for ' + what if what else 'of this variant'} "
-                             f"(n_s {p.n_s}, seed {p.seed}, start {p.init}, {p.distance} maps); make them with "
-                             f"`{_command(store, p, want_c, p.t, p.l)}`")
+                             f"(n_s {p.n_s}, seed {p.seed}, start {p.init}, {p.distance} maps); make them with ",
+                             _step(store, p, want_c, p.t, p.l))
     return found
 
 
@@ -135,7 +130,8 @@ def fused_steps(diffs: dict[int, Entry], t=(), l=(), distance: str = "pixel", sp
     ts = sorted(t or set.intersection(*(set(e.params["t"]) for e in diffs.values())), reverse=True)
     ls = [1] if distance == "feature" else sorted(l or set.intersection(*(set(e.params["l"]) for e in diffs.values())))
     if not ts or not ls:
-        raise CacheMissError("the cached infer-diff entries share no t or no l; pass --t/--l explicitly")
+        raise CacheMissError("the cached infer-diff entries share no t or no l; pass ", Option("t"), "/", Option("l"),
+                             " explicitly")
     if not spatio_temporal:
         check(1 in ls, "l", "spatio-temporal fusion off uses the l = 1 maps; include 1", tuple(ls))
         return last_step_only(ts)
@@ -168,8 +164,8 @@ def normal_stats(index: Entry, base: Entry, diffs: dict[int, Entry], s: FusionSe
     size = int(index.params["image_size"])
     normals = validation_normals(index, rec)
     if not normals:
-        raise ConfigError(f"{s.norm} needs the validation normals' statistics, and the run has no validation "
-                          f"normals; index again with `{with_validation(index)}` (then rerun the stages after it)",
+        raise ConfigError((f"{s.norm} needs the validation normals' statistics, and the run has no validation "
+                          "normals; index again with ", with_validation(index), " (then rerun the stages after it)"),
                           "norm")
 
     def maps_of(pos: np.ndarray):

@@ -50,7 +50,7 @@ def check_maps(unet_params: dict, t=(), c=(), l=(), n_s: int = 2) -> None:  # no
     a t beyond its schedule, a grid size c that does not divide its size, leaves a set of n_s empty or is not one
     of the grid sizes it was trained on (train-diff --grid), a scale l that does not divide its size. Also the
     test a message runs before it quotes an infer-diff line."""
-    from stages.errors import check
+    from stages.errors import Option, check
     from stages.method.diffusion import check_timesteps
     from stages.method.masks import check_grid
 
@@ -61,8 +61,8 @@ def check_maps(unet_params: dict, t=(), c=(), l=(), n_s: int = 2) -> None:  # no
     for v in c:
         check_grid(size, v, n_s)
         # a grid size the UNet never saw masks of: its maps would measure the mask, not the image
-        check(not grid or v in grid, "c", f"must be a grid size the UNet was trained on (train-diff --grid "
-              f"{','.join(map(str, grid))})", v)
+        check(not grid or v in grid, "c", ("must be a grid size the UNet was trained on (",
+                                           Option("grid", "train_diff", tuple(grid)), ")"), v)
     for v in l:
         check(size % v == 0, "l", f"must divide the diffusion size {size}", v)
 

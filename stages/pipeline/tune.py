@@ -33,10 +33,10 @@ from stages.method.metrics import image_auroc, localisation
 from stages.pipeline.heatmaps import (CrossFitStats, FusionSettings, array_name, combine, select,
                                       source_maps)
 from stages.pipeline.params import OBJECTIVES, TuneParams  # noqa: F401 (torch-free, re-exported)
+from stages.pipeline.params.data import with_validation
 from stages.pipeline.reading import content
 from stages.pipeline.selection import FuseParams, resolve
 from stages.store.cache import Entry, RunStore
-from stages.config.commands import with_validation
 from stages.pipeline.runtime import StageResult
 
 STAGE = "tune"
@@ -69,8 +69,8 @@ class ValidationSet:
         rec = self.base.array("record")[:]
         self.pos = np.array([k for k, i in enumerate(rec) if records[i]["split"] in splits], dtype=np.int64)
         if not any(records[rec[k]]["label"] == 1 and records[rec[k]]["split"] == "val" for k in self.pos):
-            raise ConfigError("the run has no validation images with synthetic defects to tune on; index again "
-                              f"with `{with_validation(self.index)}` (then rerun the stages after it)")
+            raise ConfigError(("the run has no validation images with synthetic defects to tune on; index again "
+                               "with ", with_validation(self.index), " (then rerun the stages after it)"))
         recs = [records[rec[k]] for k in self.pos]  # the held rows only, from here on
         self.split = np.array([r["split"] for r in recs])
         self.cats = [r["category"] for r in recs]

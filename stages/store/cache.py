@@ -39,12 +39,12 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from stages import __version__
-from stages.errors import CacheMissError, DamageError, StoreError
+from stages.errors import CacheMissError, DamageError, Option, Step, StoreError
 from stages.store import integrity, rollback
 from stages.store.claims import CHUNK
 from stages.store.faults import point
 from stages.store.locks import FileLock, describe
-from stages.config.registry import STAGES, hint
+from stages.config.registry import STAGES
 
 SCHEMA_VERSION = 1
 log = logging.getLogger(__name__)  # DEBUG: the entries a command reuses, resumes, makes and completes
@@ -204,6 +204,12 @@ class Entry:
         if not p.is_dir() and self.store.writable:
             p.mkdir(exist_ok=True)
         return p
+
+    def step(self) -> Step:
+        """The Step that makes this entry again: its stage with its own params (on the current inputs); an extract
+        entry made from a local weight file names that file."""
+        weights = self.attrs.get("weights_file") if self.stage == "extract" else None
+        return Step(self.stage, self.store.name, dict(self.params), weights=weights)
 
     def damage(self, what: str) -> StoreError:
         """The StoreError for damage found in this entry: what is wrong, and how to bring the result back."""
@@ -380,7 +386,7 @@ class RunStore:
         exists = (self.path / "zarr.json").is_file()
         if not exists:
             if not create:
-                raise StoreError(f"{self.path}: no run store here; create one with `drdc index --data ROOT --run {path}`")
+                raise StoreError(f"{self.path}: no run store here; create one with ", Step("index", str(path)))
             self._create()
             return
         try:
@@ -402,15 +408,15 @@ class RunStore:
 
     def _root_damaged(self, problem: str) -> DamageError:
         """Damage in the store's own zarr.json: what is wrong, and the command that rewrites it."""
-        return DamageError(f"{self.path}/zarr.json is damaged: {problem}; `drdc cache verify --run {self.name} "
-                           "--repair` rewrites it from the store's entries")
+        return DamageError(f"{self.path}/zarr.json is damaged: {problem}; ", integrity.repair_step(self.name),
+                           " rewrites it from the store's entries")
 
     def _create(self) -> None:
         if self.path.exists() and not self.path.is_dir():
-            raise StoreError(f"{self.path}: exists and is not a drdc run store; choose another --run")
+            raise StoreError(f"{self.path}: exists and is not a drdc run store; choose another ", Option("run"))
         # a folder with anything in it is not ours to write into: refused before a lock file is made there
         if self.path.is_dir() and any(p.name != LOCK_NAME for p in self.path.iterdir()):
-            raise StoreError(f"{self.path}: exists and is not a drdc run store; choose another --run")
+            raise StoreError(f"{self.path}: exists and is not a drdc run store; choose another ", Option("run"))
         made = [p for p in (*reversed(self.path.parents), self.path) if not p.exists()]
         lock_was_there = (self.path / LOCK_NAME).exists()
         try:
@@ -420,7 +426,7 @@ class RunStore:
                     self.root = zarr.open_group(self.path, mode="r+")
                     return
                 if any(p.name != LOCK_NAME for p in self.path.iterdir()):
-                    raise StoreError(f"{self.path}: exists and is not a drdc run store; choose another --run")
+                    raise StoreError(f"{self.path}: exists and is not a drdc run store; choose another ", Option("run"))
                 self.root = zarr.open_group(self.path, mode="w")
                 self.root.attrs.update(
                     drdc_schema=SCHEMA_VERSION, drdc_version=__version__, created=_now(), current={}, sealed=True
@@ -587,14 +593,14 @@ class RunStore:
         self.reload()
         key = self.current_keys.get(stage)
         if key is None:
-            raise CacheMissError(f"no {stage} result in {self.name}; run `{hint(stage, self.name)}` first")
+            raise CacheMissError(f"no {stage} result in {self.name}; run ", Step(stage, self.name), " first")
         e = self.get(stage, key)
         if e is None:
-            raise CacheMissError(f"the current {stage} result {key} is gone from {self.name}; rerun "
-                                 f"`{hint(stage, self.name)}`, or make the newest complete {stage} result current "
-                                 f"with `drdc cache verify --run {self.name} --repair`")
+            raise CacheMissError(f"the current {stage} result {key} is gone from {self.name}; rerun ",
+                                 Step(stage, self.name), f", or make the newest complete {stage} result current "
+                                 "with ", integrity.repair_step(self.name))
         if not e.is_complete:
-            raise CacheMissError(f"the {stage} result {key} in {self.name} is not complete; rerun `{remake(e)}`")
+            raise CacheMissError(f"the {stage} result {key} in {self.name} is not complete; rerun ", e.step())
         self.check_sound(e)
         self.check_fresh(e)
         return e
@@ -609,16 +615,14 @@ class RunStore:
                 up = self.get(up_stage, up_key)
                 if up is None or not up.is_complete:
                     raise CacheMissError(f"the {e.stage} result {e.key} needs {up_stage} {up_key}, which is gone or "
-                                         f"incomplete; rerun `{remake(up) if up is not None else hint(up_stage, self.name)}`")
+                                         "incomplete; rerun ", up.step() if up is not None else Step(up_stage, self.name))
                 self.check_sound(up)
                 self.check_fresh(up)
                 continue
             up = self.current(up_stage)
             if up.key != up_key:
-                raise CacheMissError(
-                    f"the {e.stage} result {e.key} was computed from {up_stage} {up_key}, but the current "
-                    f"{up_stage} is {up.key}; rerun `{remake(e)}`"
-                )
+                raise CacheMissError(f"the {e.stage} result {e.key} was computed from {up_stage} {up_key}, but the "
+                                     f"current {up_stage} is {up.key}; rerun ", e.step())
 
     def slots(self) -> Iterator[tuple[str, str, Entry | None, str | None]]:
         """(stage, key, entry or None, what is wrong or None) of every entry folder, damaged ones included, in
@@ -662,12 +666,3 @@ class RunStore:
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.here[name] if name in self.here else self.root.attrs.get(name, default)
-
-
-def remake(e: Entry) -> str:
-    """The command that makes e again, with e's own params (on the current inputs)."""
-    from stages.config.commands import entry_command
-
-    return entry_command(e)
-
-

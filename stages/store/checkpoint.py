@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stages.errors import StoreError
+from stages.errors import Part, Step, StoreError
 from stages.store.faults import point
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def load_weights(model: "torch.nn.Module", path: Path, entry: "Entry | None" = N
     def damaged(what: str) -> StoreError:
         if entry is not None:
             return entry.damage(f"{path.name}: {what}")
-        return StoreError(f"{path}: {what}; {_remove_hint(path)}")
+        return StoreError(f"{path}: {what}; ", *_remove_hint(path))
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -67,21 +67,22 @@ def load_weights(model: "torch.nn.Module", path: Path, entry: "Entry | None" = N
     return model
 
 
-def _remove_hint(path: Path) -> str:
+def _remove_hint(path: Path) -> tuple[Part, ...]:
     """What brings a complete entry with a damaged model.pt back: the entry is complete, so a plain rerun would
     say 'cached'; removing it first makes the rerun train again."""
-    from stages.store.cache import RunStore, remake
-    from stages.config.registry import STAGES, hint
+    from stages.config.registry import STAGES
+    from stages.store.cache import RunStore
+    from stages.store.integrity import gc_step
 
     entry = path.parent.parent  # RUN/stage/key/files/model.pt
     run, stage = entry.parent.parent, entry.parent.name
     if path.parent.name != "files" or stage not in STAGES:
-        return "retrain the model it belongs to"
+        return ("retrain the model it belongs to",)
     try:
-        again = remake(RunStore(run).get(stage, entry.name))
-    except Exception:  # noqa: BLE001 - a store too damaged to read its params: the bare command
-        again = hint(stage, str(run))
-    return f"remove the entry with `drdc cache gc --run {run} --key {entry.name}`, then rerun `{again}`"
+        again = RunStore(run).get(stage, entry.name).step()
+    except Exception:  # noqa: BLE001 - a store too damaged to read its params: the bare step
+        again = Step(stage, str(run))
+    return ("remove the entry with ", gc_step(str(run), entry.name), ", then rerun ", again)
 
 
 def adopt_shorter(store: "RunStore", entry: "Entry", grows: str, unit: str) -> "Entry | None":

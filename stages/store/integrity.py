@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from stages.errors import DamageError
+from stages.errors import DamageError, Part, Step
 from stages.config.registry import STAGES
 
 if TYPE_CHECKING:
@@ -313,25 +313,31 @@ def _why(e: BaseException) -> str:
 
 
 # -- the message -----------------------------------------------------------------------------------------------
-def fix(run: str, stage: str, key: str, again: str | None) -> str:
-    """The commands that bring a damaged entry's result back: remove it, then make it again."""
-    from stages.config.commands import quote
+def repair_step(run: str) -> Step:
+    """`cache verify --repair` on a run: removes every damaged entry, rewrites a damaged zarr.json, and names
+    the steps that make the removed results again."""
+    return Step("cache_verify", run, {"repair": True}, whole=False)
 
-    gc = f"`drdc cache gc --run {quote(run)} --key {key}`"
+
+def gc_step(run: str, key: str) -> Step:
+    """`cache gc` of one entry (by its key)."""
+    return Step("cache_gc", run, {"key": key}, whole=False)
+
+
+def fix(run: str, key: str, again: Step | None) -> tuple[Part, ...]:
+    """The steps that bring a damaged entry's result back: remove it, then make it again."""
     if again is None:
-        return (f"remove it with {gc}, then rerun the command that made it "
-                f"(`drdc cache verify --run {quote(run)} --repair` removes every damaged entry and prints those commands)")
-    return f"remove it with {gc}, then rerun `{again}`"
+        return ("remove it with ", gc_step(run, key), ", then rerun the command that made it (",
+                repair_step(run), " removes every damaged entry and prints those commands)")
+    return ("remove it with ", gc_step(run, key), ", then rerun ", again)
 
 
 def damaged(entry_or_none: "Entry | None", run: str, stage: str, key: str, what: str) -> DamageError:
     """The one line for a damaged entry: what is wrong, that it is not used, and the fix."""
     again = None
-    if entry_or_none is not None:  # its attributes are sound: the command with the options it was made with
+    if entry_or_none is not None:  # its attributes are sound: the step with the options it was made with
         try:
-            from stages.config.commands import entry_command
-
-            again = entry_command(entry_or_none)
+            again = entry_or_none.step()
         except Exception:  # noqa: BLE001
             again = None
-    return DamageError(f"{stage.replace('_', '-')} {key} in {run} is damaged: {what}; {fix(run, stage, key, again)}")
+    return DamageError(f"{stage.replace('_', '-')} {key} in {run} is damaged: {what}; ", *fix(run, key, again))

@@ -19,8 +19,8 @@ import torch
 from stages.store import integrity
 from stages.store.cache import Entry, RunStore
 from stages.store.discard import discard
-from stages.config.commands import command, entry_command
 from stages.config.registry import STAGES
+from stages.errors import Step
 
 SCAN = 64  # images read at a time
 
@@ -138,7 +138,7 @@ def verify(store: RunStore) -> Iterator[Finding]:
 
 def repair(store: RunStore, findings: list[Finding]) -> list[str]:
     """Remove every entry with a failed finding and every entry computed from one of them (nobody may be
-    writing them); returns the commands that recompute the run's current results that went with them."""
+    writing them); returns the steps that recompute the run's current results that went with them."""
     gone = {(f.stage, f.key) for f in findings if not f.ok and f.stage != "run"}
     entries = [(stage, key, e) for stage, key, e, _ in _entries(store) if e is not None]
     grew = True
@@ -188,9 +188,9 @@ def _mend_root(store: RunStore) -> None:
     store.root_problem = root_problem(dict(store.root.attrs))
 
 
-def _restoring(store: RunStore, by_key: dict, gone: set, current: dict) -> list[str]:
-    """The lines that remake the removed current entries and the removed entries they read (fuse's infer-diff
-    maps), in pipeline order, each with the params it had (an entry whose attrs are unreadable: the bare line)."""
+def _restoring(store: RunStore, by_key: dict, gone: set, current: dict) -> list[Step]:
+    """The steps that remake the removed current entries and the removed entries they read (fuse's infer-diff
+    maps), in pipeline order, each with the params it had (an entry whose attrs are unreadable: the bare step)."""
     want: list[tuple[str, str]] = [(s, current[s]) for s in STAGES if (s, current.get(s)) in gone]
     i = 0
     while i < len(want):  # the removed entries a removed current one was computed from
@@ -200,7 +200,7 @@ def _restoring(store: RunStore, by_key: dict, gone: set, current: dict) -> list[
             if up in gone and up not in want:
                 want.append(up)
         i += 1
-    lines: list[str] = []
+    lines: list[Step] = []
     for stage in STAGES:
         groups: dict[str, list[int]] = {}  # infer-diff entries differing only in c: one line
         for s, k in want:
@@ -212,16 +212,16 @@ def _restoring(store: RunStore, by_key: dict, gone: set, current: dict) -> list[
             except Exception:  # noqa: BLE001 - the damage verify found may be these very attrs
                 params = None
             if params is None:
-                line = command(stage, store.name)
+                line = Step(stage, store.name)
             elif stage == "infer_diff":
                 c = params.pop("c")
                 groups.setdefault(json.dumps(params, sort_keys=True), []).append(c)
                 continue
             else:
-                line = entry_command(e)
+                line = e.step()
             if line not in lines:
                 lines.append(line)
-        lines += [command("infer_diff", store.name, json.loads(q), merge_c=cs) for q, cs in groups.items()]
+        lines += [Step("infer_diff", store.name, json.loads(q), merge_c=tuple(cs)) for q, cs in groups.items()]
     return lines
 
 

@@ -2,7 +2,6 @@
 scores, through the functions the stages use (see stages.apps.predict.loop)."""
 from __future__ import annotations
 
-import shlex
 from typing import Any, Mapping
 
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import torch
 from stages.apps.predict.settings import apply_overrides, fuse_settings, validate
 from stages.data.images import to_model_space
 from stages.data.validation import folds
-from stages.errors import CacheMissError
+from stages.errors import CacheMissError, Message, Option, Step
 from stages.method.anomaly_map import image_score
 from stages.method.choices import POOL
 from stages.method.diffusion import Schedule
@@ -28,7 +27,6 @@ from stages.pipeline.infer_base import ResidualStats
 from stages.pipeline.infer_diff import InferDiffParams, drawn_heatmaps, sequence_draws
 from stages.pipeline.trained import load_model, load_unet, schedule_of
 from stages.store.cache import Entry, RunStore
-from stages.config.commands import command
 from stages.pipeline.runtime import resolve_device
 from stages.config.presets import DEFAULT_PRESET
 
@@ -58,12 +56,10 @@ class Predictor:
         run's cached diffusion maps' H^ST for the pictures (`shown_only`: it does not enter H_out or the score)."""
         overrides = dict(overrides or {})
         self.store = store
-        # the options that give these settings, as calibrate and predict spell them (a hint quotes them)
-        self.options: list[str] = ["--base-only"] if base_only else [
-            part for name, v in overrides.items()
-            for part in ("--" + name, ",".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v))]
+        # the parameters that give these settings, as calibrate and predict take them (a hint's Step names them)
+        self.options: dict[str, Any] = {"base_only": True} if base_only else dict(overrides)
         if weights is not None:
-            self.options += ["--weights", shlex.quote(str(weights))]
+            self.options["weights"] = str(weights)
         require_trained(store)
         self.index = store.current("index")
         self.extract = store.current("extract")
@@ -77,22 +73,21 @@ class Predictor:
         # H_base as infer-base made it: Eq 2, or the run's residual Gaussians (--residual-norm mahalanobis)
         ib = store.get("infer_base", store.current_keys["infer_base"]) if "infer_base" in store.current_keys else None
         self.residual = ResidualStats.load(ib) if ib is not None else None
-        self.notes: list[str] = []
+        self.notes: list[Message] = []  # what the scores are, and what would make them more (steps, options named)
         if ib is None:
             self.notes.append("no infer-base result in the run: H_base is Eq 2's L2 norm")
         elif self.residual is not None and ib.inputs.get("train_base") != self.train_base.key:
             raise CacheMissError(f"the residual Gaussians of infer-base {ib.key} belong to another base model than "
-                                 f"the current {self.train_base.key}; refit them with "
-                                 f"`{command('infer_base', store.name, ib.params)}`")
+                                 f"the current {self.train_base.key}; refit them with ", ib.step())
         self.pool = score_pool(store)
         self.fusion: FusionSettings | None = None
         self.unet = None
         self.train_diff: Entry | None = None
         if base_only:
-            self.notes.append("--base-only: base heatmap H_base only")
+            self.notes.append((Option("base_only"), ": base heatmap H_base only"))
         elif "train_diff" not in store.current_keys:
-            self.notes.append(f"no trained diffusion model in the run: base heatmap H_base only "
-                              f"(train one with `drdc train-diff --run {store.name}`)")
+            self.notes.append(("no trained diffusion model in the run: base heatmap H_base only (train one with ",
+                               Step("train_diff", store.name), ")"))
         else:
             self.train_diff = store.current("train_diff")
             self.diff_size = int(self.train_diff.params["size"])
@@ -118,8 +113,8 @@ class Predictor:
             self.stats = CrossFitStats.load(e)
             self._fold = folds(self.index.attrs["records"])  # a validation image: the other fold's statistics
             if self.stats is None:
-                raise CacheMissError(f"the fuse result {e.key} has no normalisation statistics; rerun "
-                                     f"`drdc fuse --run {store.name} --norm {self.fusion.norm}`")
+                raise CacheMissError(f"the fuse result {e.key} has no normalisation statistics; rerun ",
+                                     Step("fuse", store.name, {"norm": self.fusion.norm}, whole=False))
 
     @property
     def mode(self) -> str:
@@ -218,5 +213,5 @@ def score_pool(store: RunStore) -> int:
 def require_trained(store: RunStore) -> None:
     """A clear error before any model loads when the base model is missing."""
     if "train_base" not in store.current_keys:
-        raise CacheMissError(f"the run {store.name} has no trained base model; run "
-                             f"`drdc train-base --run {store.name}` (after index and extract) first")
+        raise CacheMissError(f"the run {store.name} has no trained base model; run ", Step("train_base", store.name),
+                             " (after index and extract) first")

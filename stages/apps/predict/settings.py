@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from stages.apps.choices import OVERRIDES
 from stages.config.settings import settings_of
-from stages.errors import CacheMissError, ConfigError, check
+from stages.errors import CacheMissError, ConfigError, Step, check
 from stages.method.masks import check_grid
 from stages.pipeline.heatmaps import FusionSettings, default_settings
 from stages.pipeline.infer_diff import InferDiffParams
@@ -44,16 +44,16 @@ def fuse_settings(store: RunStore, preset: str) -> FusionSettings:
 
 def apply_overrides(s: FusionSettings, o: Mapping[str, Any]) -> FusionSettings:
     """Replace what the options give, then resolve like `fuse` (spatio-temporal fusion off: last t, l = 1).
-    A c keeps its infer-diff t-list as its chain unless --t is given (then every chain runs over --t)."""
+    A c keeps its infer-diff t-list as its chain unless t is given (then every chain runs over that t)."""
     unknown = set(o) - set(OVERRIDES)
     if unknown:  # a caller's bug, not a user's setting
         raise ValueError(f"not replaceable here: {sorted(unknown)}")
     if not o:
         return s
     if s.norm != "none":
-        raise ConfigError(f"the run fuses normalised maps (norm {s.norm}) whose "
-                          "statistics belong to its fuse settings; run `drdc fuse` (or `drdc tune`) with these "
-                          "options first, then predict without them", "gamma/filter/t/c/l")
+        raise ConfigError((f"the run fuses normalised maps (norm {s.norm}) whose statistics belong to its fuse "
+                           "settings; run ", Step("fuse"), " (or ", Step("tune"), ") with these options first, then "
+                           "predict without them"), "gamma/filter/t/c/l")
     known = dict(s.chains)
     t = tuple(sorted(set(o["t"]), reverse=True)) if o.get("t") else s.t
     c = tuple(sorted(set(o["c"]))) if o.get("c") else s.c

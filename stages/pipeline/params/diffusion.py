@@ -47,10 +47,10 @@ class TrainDiffParams:
     seed: int = setting(0, Int(0, SEEDS - 1), panel=_T)
     ckpt_every: int = setting(500, Int(1, 10**9), "Checkpoint every N steps.", panel=_T)
     task: str = setting("paper", Choice(TASKS), "paper: Eq 12 as printed; inpaint: train on the reverse process's own "
-                        "states (--chain), x0 target I_ori on the masked region.", panel=_T, added=True)
-    chain: tuple[int, ...] = setting((250, 200, 150, 100, 50, 0), TIMESTEPS, "--task inpaint: the infer-diff t-list "
+                        "states ({chain}), x0 target I_ori on the masked region.", panel=_T, added=True)
+    chain: tuple[int, ...] = setting((250, 200, 150, 100, 50, 0), TIMESTEPS, "{task} inpaint: the infer-diff t-list "
                                      "to train along, e.g. 250,150,50.", panel=_T)
-    crop: int = setting(0, Int(0, 2048), "Train on random N x N crops of the --size images (0: whole image); "
+    crop: int = setting(0, Int(0, 2048), "Train on random N x N crops of the {size} images (0: whole image); "
                         "infer-diff runs on the whole image.", panel=_T, added=True)
     # the noise schedule (Eq 3-4): DDPM's linear betas over T steps; the paper's T = 1000, 1e-4 .. 0.02
     diffusion_steps: int = setting(SCHEDULE_DEFAULTS["diffusion_steps"], Int(1, 1000), "T of the linear noise "
@@ -96,7 +96,7 @@ class TrainDiffParams:
 @dataclass(frozen=True)
 class InferDiffParams:
     t: tuple[int, ...] = setting((250, 200, 150, 100, 50, 0), TIMESTEPS, "DDIM timesteps, e.g. 250,200,150,100,50,0.")
-    c: tuple[int, ...] = setting((1, 16, 32), GRIDS, "Inpainting grid sizes, e.g. 1,16,32 (among train-diff's --grid).")
+    c: tuple[int, ...] = setting((1, 16, 32), GRIDS, "Inpainting grid sizes, e.g. 1,16,32 (among {train_diff.grid}).")
     l: tuple[int, ...] = setting((1, 2, 4, 8), GRIDS, "Heatmap scales (Eq 16), e.g. 1,2,4,8.")  # noqa: E741
     n_s: int = setting(2, Int(2, 4096), "Disjoint mask sets per grid size (n_s).", flag="ns")
     test_time_condition: bool = setting(True, None, "Known region from q_sample of the original each step "

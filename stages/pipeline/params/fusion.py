@@ -40,17 +40,17 @@ class FuseParams:
     norm: str = setting("none", Choice(NORMS), "Scale of each map before Eq 19: none (the paper), pixel (per-position "
                         "mean/std of the validation normals) or quantile ((map - q0.9) / (q0.995 - q0.9)).", panel=_F,
                         added=True)
-    init: str | None = setting(None, Choice(INITS), "Which infer-diff variant: its --init (default: the newest "
-                               "cached).", panel=_F, added=True)
-    distance: str = setting("pixel", Choice(DISTANCES), "Which maps: pixel (Eq 16) or feature (infer-diff --distance "
+    init: str | None = setting(None, Choice(INITS), "Which maps, by the start infer-diff made them from "
+                               "({infer_diff.init}; default: the newest cached).", panel=_F, added=True)
+    distance: str = setting("pixel", Choice(DISTANCES), "Which maps: pixel (Eq 16) or feature ({infer_diff.distance} "
                             "feature).", panel=_F, added=True)
     fusion: str = setting("add", Choice(FUSIONS), "How the diffusion term enters Eq 19: add (as printed), highpass "
                           "(only its detail finer than H_base's grid), gated (only where H_base is raised; needs "
-                          "--norm).", panel=_F, added=True)
-    gate: float = setting(GATE, GATES, "--fusion gated: the normalised H_base level (in normal standard deviations) "
+                          "{norm}).", panel=_F, added=True)
+    gate: float = setting(GATE, GATES, "{fusion} gated: the normalised H_base level (in normal standard deviations) "
                           "that fully opens the gate.", panel=_F)
     image_gamma: float | None = setting(None, GAMMAS, "Image scores from a fusion at this gamma (default: from H_out "
-                                        "itself); the pixel map keeps --gamma.", panel=_F,
+                                        "itself); the pixel map keeps {gamma}.", panel=_F,
                                         added=True)
 
     def __post_init__(self) -> None:
@@ -69,7 +69,7 @@ class TuneParams:
     filters: tuple[int, ...] = setting((1, 11, 21, FILTER), List(FILTERS), "Mean filter sizes m to try (odd).")
     fusions: tuple[str, ...] = setting(FUSIONS, List(Choice(FUSIONS)), "Fusion kinds to try: add (Eq 19), highpass, "
                                        "gated.")
-    gates: tuple[float, ...] = setting((1.0, GATE, 4.0), List(GATES), "Gate levels to try with --fusion gated.")
+    gates: tuple[float, ...] = setting((1.0, GATE, 4.0), List(GATES), "Gate levels to try with {fusion} gated.")
     image_gammas: tuple[float, ...] = setting((0.0, 0.25, 0.5, 0.75, 1.0), List(GAMMAS), "Image-score gammas to try "
                                               "besides scoring H_out itself.")
     rounds: int = setting(2, Int(1, 5), "Passes of the coordinate search.")
