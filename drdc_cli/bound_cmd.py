@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from stages.apps.choices import BoundParams  # its settings: torch-free
 from stages.errors import ConfigError
 
 from .app import app, guarded, out
-from .options import OverwriteOpt, QuietOpt, ints
+from .generate import settings_options
+from .options import OverwriteOpt, QuietOpt
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -38,14 +40,12 @@ def render(table: list[dict], p: bnd.BoundParams, title: str) -> Table:
 
 @app.command(rich_help_panel="Results")
 @guarded
+@settings_options(BoundParams, show_defaults=True)
 def bound(
+    given: dict,
     data: Annotated[Optional[Path], typer.Option(help="Dataset root (MVTec-AD, BTAD, VisA or folder layout) to read masks from.")] = None,
     run: Annotated[Optional[Path], typer.Option("--run", "-r", help="Or: use the masks already in this run store's index.")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Masks are resized to this square size first (default 224; with --run: the index's size).")] = None,
-    scales: Annotated[str, typer.Option(help="Downscaling factors s (the map is S/s pixels wide); each must divide the image size.")] = "2,4,8,16",
     category: Annotated[Optional[str], typer.Option(help="Comma-separated subset of categories.")] = None,
-    down: Annotated[str, typer.Option(help="Downsampling: nearest-exact (block centre, mask stays binary), nearest (block corner) or area (block mean).")] = "nearest-exact",
-    up: Annotated[str, typer.Option(help="Upsampling back: bilinear (as every heatmap here) or nearest.")] = "bilinear",
     csv: Annotated[Optional[Path], typer.Option(help="Also write the table as CSV.")] = None,
     json: Annotated[Optional[Path], typer.Option(help="Also write the table and its settings as JSON.")] = None,
     overwrite: OverwriteOpt = False,
@@ -65,18 +65,17 @@ def bound(
         if path is not None:
             outs.claim(path, option)
     cats = tuple(c.strip() for c in category.split(",") if c.strip()) if category else None
-    scale_list = ints(scales, "--scales")
     if run is not None:
         index = RunStore(run).current("index")
         size = index.params["image_size"]
-        if image_size is not None and image_size != size:
-            raise ConfigError(f"--image-size: the run's index is at {size} px (got {image_size}); drop --image-size "
-                              f"or index the data again at that size")
-        p = bnd.BoundParams(scales=scale_list, image_size=size, down=down, up=up)
+        if given.get("image_size", size) != size:
+            raise ConfigError(f"--image-size: the run's index is at {size} px (got {given['image_size']}); drop "
+                              "--image-size or index the data again at that size")
+        p = BoundParams(**{**given, "image_size": size})
         masks = bnd.masks_from_index(index, cats)
         source = f"{run} (index {index.key})"
     else:
-        p = bnd.BoundParams(scales=scale_list, image_size=image_size or 224, down=down, up=up)
+        p = BoundParams(**given)
         masks = bnd.masks_from_data(data, p.image_size, cats, progress=not quiet)
         source = str(data)
     table = bnd.bound_table(masks, p, progress=not quiet)

@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from stages.data.choices import SyntheticSpec  # its settings: torch- and numpy-free
+
 from .app import app, err, guarded, out, report_stage
+from .generate import settings_options
 from .options import DeviceOpt, OverwriteOpt, QuietOpt
 from .predict_cmd import run_predict
 from .workflow import run_and_print
@@ -18,34 +21,28 @@ if TYPE_CHECKING:
 
 @app.command("make-data", rich_help_panel="Data")
 @guarded
+@settings_options(SyntheticSpec, exclude=("categories",), show_defaults=True)
 def make_data(
+    given: dict,
     dest: Annotated[Path, typer.Argument(help="Folder to write the dataset into (MVTec-AD layout).")],
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 224,
-    n_train: Annotated[int, typer.Option(help="train/good images per category.")] = 40,
-    n_test_good: Annotated[int, typer.Option(help="test/good images per category.")] = 10,
-    n_test_defect: Annotated[int, typer.Option(help="Defect test images per category.")] = 12,
-    seed: Annotated[int, typer.Option()] = 0,
     quiet: QuietOpt = False,
 ) -> None:
     """Write the built-in synthetic multi-category dataset (textures and objects, four defect kinds, exact masks)."""
     from stages.data import synthetic
 
-    spec = synthetic.SyntheticSpec(size=size, n_train=n_train, n_test_good=n_test_good,
-                                   n_test_defect=n_test_defect, seed=seed)
+    spec = SyntheticSpec(**given)
     synthetic.make_dataset(dest, spec, progress=not quiet)
     out.print(f"[green]✓[/] wrote {len(spec.categories)} categories ({', '.join(spec.categories)}) to {dest}")
 
 
 @app.command(rich_help_panel="Data")
 @guarded
+@settings_options(SyntheticSpec, only=("size", "n_train", "n_test_good", "n_test_defect"), show_defaults=True)
 def demo(
+    given: dict,
     dest: Annotated[Path, typer.Option("--out", help="Folder for the demo's data and run store; reruns reuse it.")] = Path("drdc-demo"),
-    size: Annotated[int, typer.Option(help="Side of the generated images.")] = 224,
     epochs: Annotated[Optional[int], typer.Option(help="train-base epochs (default: the cpu preset's 0: with its Mahalanobis base map, training the transformer adds nothing measurable).")] = None,
     diff_steps: Annotated[int, typer.Option(help="train-diff steps (fewer than the cpu preset's 2000; at 150 the diffusion maps were below chance, at 400 above it on every category).")] = 400,
-    n_train: Annotated[int, typer.Option(help="train/good images per category.")] = 40,
-    n_test_good: Annotated[int, typer.Option(help="test/good images per category.")] = 10,
-    n_test_defect: Annotated[int, typer.Option(help="Defect test images per category.")] = 12,
     overwrite: OverwriteOpt = False,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
@@ -61,7 +58,7 @@ def demo(
         Outputs(overwrite).claim(dest / name, "out")
     progress = not quiet
     data, run = dest / "data", dest / "run.zarr"
-    spec = synthetic.SyntheticSpec(size=size, n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect)
+    spec = SyntheticSpec(**given)
     if synthetic.is_complete(data, spec):
         out.print(f"[green]✓[/] synthetic data in {data} [dim](cached)[/]")
     else:

@@ -3,8 +3,9 @@
 `check_options` runs in `guarded` (every command): each given value is checked against its flag's domain, so an
 out-of-domain value is one ConfigError line naming the option, the rule and the value, whatever the command.
 A stage's settings declare their domains once, on their Params fields (stages.config.settings); the options made
-from them carry those (drdc_cli.generate). The table here holds the rest: paths, outputs, the device, the
-all-in-one commands' own sizes. `tests/test_option_domains.py` fails for an option that has neither. Rules that
+from them carry those (drdc_cli.generate), and so do bound's (stages.apps.choices.BoundParams) and the synthetic
+data's (stages.data.choices.SyntheticSpec). The table here holds the rest: paths, outputs, the device, the
+all-in-one commands' shortcuts to a stage's setting. `tests/test_option_domains.py` fails for an option that has neither. Rules that
 join two options (--hidden-dim % --heads, a grid against the image size) live in the stages' Params, which see
 the preset's values too.
 """
@@ -102,10 +103,10 @@ def _domains() -> dict[str, Any]:
     settings carry their domains on their Params fields (stages.config.settings, drdc_cli.generate)."""
     # choices come from the packages that own them, in their torch-free vocabulary modules (checking an option
     # never loads torch: tests/test_startup.py)
-    from stages.apps.choices import DOWN_MODES, FORMATS, UP_MODES
+    from stages.apps.choices import FORMATS
     from stages.config.presets import PRESETS
     from stages.config.settings import settings_of
-    from stages.pipeline.params import IndexParams, TrainBaseParams, TrainDiffParams
+    from stages.pipeline.params import TrainBaseParams, TrainDiffParams
 
     def setting(cls: type, name: str) -> Any:
         return settings_of(cls)[name][1].domain
@@ -115,32 +116,19 @@ def _domains() -> dict[str, Any]:
         "--run": Store(), "--data": Given("a dataset root"), "--out": Output("dir"), "DEST": Output("dir"),
         "IMAGES": Given("an image or a folder of images"), "--weights": Existing("file"), "--category": List(None),
         "--preset": Choice(tuple(PRESETS)), "--device": Device(),
-        # the all-in-one commands' shortcuts to a stage's setting take that setting's domain (run, demo, bound)
-        "--image-size": setting(IndexParams, "image_size"), "--epochs": setting(TrainBaseParams, "epochs"),
-        "--base-epochs": setting(TrainBaseParams, "epochs"), "--diff-steps": setting(TrainDiffParams, "steps"),
-        # the synthetic data's own (make-data, demo)
-        "--seed": Int(0, SEEDS - 1), "--n-train": Int(2, 100_000), "--n-test-good": Int(1, 100_000),
-        "--n-test-defect": Int(3, 100_000),
+        # the all-in-one commands' shortcuts to a stage's setting take that setting's domain (run, demo)
+        "--epochs": setting(TrainBaseParams, "epochs"), "--base-epochs": setting(TrainBaseParams, "epochs"),
+        "--diff-steps": setting(TrainDiffParams, "steps"),
         # results
         "--csv": Output(), "--json": Output(), "--toml": Output(), "--html": Output(), "--format": Choice(FORMATS),
         "--config": Existing("file"), "--per-image": Output(), "--plots": Output("dir"), "--variant": Text(),
         "--worst": Int(0, 1000), "--fpr": Real(0.0, 1.0, lo_open=True, hi_open=True),
-        "--percentile": Real(0.0, 100.0, lo_open=True), "--scales": List(Int(1, 2048)),
-        "--down": Choice(DOWN_MODES), "--up": Choice(UP_MODES), "--top": Int(1, 10_000), "--check": Int(0, 10_000),
+        "--percentile": Real(0.0, 100.0, lo_open=True), "--top": Int(1, 10_000), "--check": Int(0, 10_000),
         # cache
         "--key": Text(),
         # every command (drdc's own options, before the command)
         "--log-file": Output(),
     }
-
-
-def _command_domains() -> dict[str, dict[str, Any]]:
-    """Where one flag takes narrower values in one command than the table says (by the command's function name):
-    the synthetic data's image side (`make-data`, `demo`: --size) against a diffusion size (`train-diff`)."""
-    from stages.data.choices import SYNTHETIC_SIZES
-
-    side = {"--size": Int(*SYNTHETIC_SIZES)}
-    return {"make_data": side, "demo": side}
 
 
 _TABLE: dict[str, Any] | None = None
@@ -180,7 +168,7 @@ def domain_table(fn: Callable[..., Any]) -> dict[str, Any]:
     """{flag: domain} for command `fn`: the options made from Params settings carry their own (drdc_cli.generate);
     the rest come from this module's table."""
     command = inspect.unwrap(fn)
-    return {**domains(), **_command_domains().get(command.__name__, {}), **getattr(command, "__domains__", {})}
+    return {**domains(), **getattr(command, "__domains__", {})}
 
 
 def check_options(fn: Callable[..., Any], values: dict[str, Any]) -> None:

@@ -79,6 +79,8 @@ def settings_options(cls: Any, *, only: Iterable[str] | None = None, exclude: It
             info = dict(help=_help(s), rich_help_panel=titles.get(s.panel) if s.panel else None)
             # a command without a preset shows (and passes) the class default; a list's default is "every cached"
             shown = default_of(f) if show_defaults and kind is not tuple else None
+            if show_defaults and kind is tuple and default_of(f):  # shown, not passed: the class default applies
+                info["show_default"] = ",".join(map(str, default_of(f)))
             if kind is bool and s.switch:
                 ann, default = Annotated[bool, typer.Option(flag, **info)], False
             elif kind is bool:

@@ -12,7 +12,7 @@ STAGES_DIR = Path(__file__).resolve().parents[1] / "stages"
 ALLOWED = {
     "models": {"models"},
     "method": {"method", "models"},
-    "data": {"data"},
+    "data": {"data", "config"},  # config: the synthetic data's settings are declared like every other
     "config": {"config"},
     "store": {"store", "config"},
     "pipeline": {"pipeline", "store", "config", "data", "method", "models"},

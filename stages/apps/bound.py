@@ -23,34 +23,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stages.apps.choices import DOWN_MODES, UP_MODES
+from stages.apps.choices import DOWN_MODES, UP_MODES, BoundParams  # noqa: F401 (its settings, torch-free)
 from stages.data.dataset import discover, split_indices
 from stages.data.images import image_size, load_mask
 from stages.errors import DataError, Option, check
 from stages.method.anomaly_map import upsample
 from stages.method.metrics import pixel_auroc
 
-
-
-@dataclass(frozen=True)
-class BoundParams:
-    scales: tuple[int, ...] = (2, 4, 8, 16)
-    image_size: int = 224
-    down: str = "nearest-exact"
-    up: str = "bilinear"
-
-    def __post_init__(self) -> None:
-        check(32 <= self.image_size <= 2048 and self.image_size % 16 == 0, "image_size",
-              "must be a multiple of 16 in [32, 2048]", self.image_size)
-        check(len(self.scales) > 0, "scales", "must name at least one scale", self.scales)
-        for s in self.scales:
-            # A factor that divides the image size makes every low-resolution pixel cover exactly s x s pixels,
-            # as the paper's 224 -> 112 ... 14 does; 3 or 5 would make blocks of uneven size.
-            check(s >= 1 and self.image_size % s == 0, "scales",
-                  f"every scale must be a positive divisor of the image size {self.image_size} (e.g. 2,4,8,16)", s)
-        check(len(set(self.scales)) == len(self.scales), "scales", "must not repeat a scale", self.scales)
-        check(self.down in DOWN_MODES, "down", f"must be one of {', '.join(DOWN_MODES)}", self.down)
-        check(self.up in UP_MODES, "up", f"must be one of {', '.join(UP_MODES)}", self.up)
 
 
 @dataclass

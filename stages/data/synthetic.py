@@ -24,36 +24,16 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm import tqdm
 
-from stages.data.choices import SYNTHETIC_SIZES
+from stages.data.choices import SYNTHETIC_CATEGORIES, SYNTHETIC_DEFECTS
+from stages.data.choices import SyntheticSpec  # noqa: F401 (its home is torch- and numpy-free)
 from stages.errors import ConfigError
 
-CATEGORIES: tuple[str, ...] = ("weave", "disc", "grain")
-DEFECTS: dict[str, tuple[str, ...]] = {
-    "weave": ("scratch", "hole", "stain"),  # texture, RGB (denim-like twill)
-    "disc": ("scratch", "missing", "stain"),  # object, RGB (turned metal flange on a plain background)
-    "grain": ("hole", "scratch"),  # texture, saved as grey 'L' PNG (wood/tile-like grain)
-}
+CATEGORIES, DEFECTS = SYNTHETIC_CATEGORIES, SYNTHETIC_DEFECTS
 GRAY_CATEGORIES: frozenset[str] = frozenset({"grain"})
 MARKER = ".drdc-synthetic.json"
 FORMAT = 1  # bump when the drawing code changes, so an old dataset dir is not silently mixed with new images
 MIN_VISIBLE = 8  # grey levels: a defect pixel must change by at least this much (in some channel) to be masked
 MIN_PIXELS = 3  # a defect image always gets at least this many mask pixels, even at 32 px
-MIN_SIZE, MAX_SIZE = SYNTHETIC_SIZES
-
-
-@dataclass(frozen=True)
-class SyntheticSpec:
-    """What to generate; stored as JSON in the marker so a rerun can tell whether it may overwrite."""
-
-    size: int = 224
-    n_train: int = 40  # train/good per category
-    n_test_good: int = 10  # test/good per category
-    n_test_defect: int = 12  # test defect images per category, round-robin over its defect types
-    categories: tuple[str, ...] = CATEGORIES
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _validate(self)  # a bad spec is refused when it is made, before any folder is
 
 
 @dataclass
@@ -310,34 +290,6 @@ def _jobs(spec: SyntheticSpec) -> list[tuple[str, str, int]]:
     return jobs
 
 
-def _check_int(spec: SyntheticSpec, name: str, low: int, why: str = "") -> None:
-    value = getattr(spec, name)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"synthetic dataset: {name} must be an integer >= {low}{why} (got {value!r})")
-
-
-def _validate(spec: SyntheticSpec) -> None:
-    """One-line ConfigErrors that name the offending option."""
-    _check_int(spec, "size", MIN_SIZE)
-    if spec.size > MAX_SIZE:
-        raise ConfigError(f"synthetic dataset: size must be <= {MAX_SIZE} (got {spec.size!r})")
-    _check_int(spec, "n_train", 2)
-    _check_int(spec, "n_test_good", 1)
-    _check_int(spec, "seed", 0)
-    cats = spec.categories
-    if isinstance(cats, str) or not isinstance(cats, (tuple, list)) or not cats:
-        raise ConfigError(f"synthetic dataset: categories must be a non-empty tuple of names from "
-                          f"{', '.join(DEFECTS)} (got {cats!r})")
-    for cat in cats:
-        if cat not in DEFECTS:
-            raise ConfigError(f"synthetic dataset: categories: unknown category {cat!r}; "
-                              f"known: {', '.join(DEFECTS)}")
-    if len(set(cats)) != len(cats):
-        raise ConfigError(f"synthetic dataset: categories has duplicates ({list(cats)!r})")
-    need = max(len(DEFECTS[c]) for c in cats)
-    _check_int(spec, "n_test_defect", need, " so every defect type of the chosen categories gets an image")
-
-
 def _spec_json(spec: SyntheticSpec) -> dict:
     d = asdict(spec)
     d["categories"] = list(d["categories"])
@@ -383,10 +335,9 @@ def _prepare_out(out: Path, spec: SyntheticSpec) -> None:
 def make_dataset(out: Path, spec: SyntheticSpec = SyntheticSpec(), progress: bool = False) -> Path:
     """Write the dataset under `out` (MVTec layout, see module doc) and return `out`.
 
-    Raises ConfigError for bad spec values or an unusable `out`. A rerun with the same spec into the same
+    Raises ConfigError for an unusable `out` (a bad spec value is refused when the spec is made). A rerun with the same spec into the same
     directory is allowed and rewrites identical bytes; the marker's "complete" flag is true only at the end.
     """
-    _validate(spec)
     out = Path(out)
     _prepare_out(out, spec)
     _write_marker(out, spec, complete=False)

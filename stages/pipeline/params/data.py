@@ -10,6 +10,7 @@ from stages.config.settle import ASCENDING, settle_fields
 from stages.data.choices import ALL_KINDS, KINDS, LAYOUTS, RESIZES
 from stages.errors import Step
 from stages.models.choices import SUPPORTED
+from stages.pipeline.params.vocab import IMAGE_SIZES
 
 _SPLIT = "validation"
 
@@ -20,7 +21,7 @@ class IndexParams:
     layout: str = setting("auto", Choice(LAYOUTS), "auto (detected: VisA by split_csv/1cls.csv, else each category's "
                           "train/good, train/ok or good/ folder), mvtec, btad, visa or folder.")
     categories: tuple[str, ...] = setting((), List(None), "Comma-separated subset of categories (default: all).")
-    image_size: int = setting(224, Int(32, 2048, multiple_of=16), "Images are resized to this square size.")
+    image_size: int = setting(224, IMAGE_SIZES, "Images are resized to this square size.")
     val_fraction: float = setting(0.1, Real(0.0, 0.5, hi_open=True), "Fraction of train/good per category held out "
                                   "from every trainer as validation normals (0: none).", panel=_SPLIT)
     val_min: int = setting(4, Int(0, 10_000), "At least this many validation normals per category (at most half of "
