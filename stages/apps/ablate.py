@@ -230,7 +230,8 @@ def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) ->
     c_feat = int(extract.attrs["channels"])
     rows = _base_rows(store, base, index, c_feat, sel, progress)
     if "train_diff" not in store.current_keys:
-        steps = [Step("train_diff", store.name), Step("ablate", store.name, note="again, once the diffusion model is trained")]
+        steps = [Step("train_diff", store.name),
+                 Step("ablate", store.name, note="again, once the diffusion model is trained")]
         return rows + [Row(v.name, v, commands=steps) for v in TABLE5]
     unet = store.current("train_diff")
     if not unet.params["model_condition"]:

@@ -201,8 +201,9 @@ def run_on_test_labels(store: RunStore, pred: Predictor, pixel: bool = False) ->
     t0 = time.perf_counter()
     if pred.fusion is not None and pred.fusion.source.endswith("options"):
         raise ConfigError(("reads the run's stored test scores; drop the fusion options or run ",
-                           Step("fuse", store.name), " and ", Step("score", store.name, {"source": "fuse"}, whole=False),
-                           " with them first"), "on_test_labels")
+                           Step("fuse", store.name), " and ",
+                           Step("score", store.name, {"source": "fuse"}, whole=False), " with them first"),
+                          "on_test_labels")
     src_stage, array = ("fuse", "maps") if pred.mode == "fuse" else ("infer_base", "h_base")
     src = store.current(src_stage)
     score = next((e for e in reversed(list(store.entries())) if e.stage == "score" and e.is_complete

@@ -11,7 +11,7 @@ from stages.errors import check
 
 LAYOUTS = ("auto", "mvtec", "btad", "visa", "folder")  # stages.data.dataset.discover
 RESIZES = ("squash", "pad", "center-crop")  # stages.data.geometry
-SYNTHETIC_SIZES = (32, 1024)  # the built-in synthetic dataset's image side, smallest and largest (stages.data.synthetic)
+SYNTHETIC_SIZES = (32, 1024)  # the built-in synthetic dataset's image side, smallest and largest
 SYNTHETIC_CATEGORIES: tuple[str, ...] = ("weave", "disc", "grain")
 SYNTHETIC_DEFECTS: dict[str, tuple[str, ...]] = {  # each category's defect types (stages.data.synthetic draws them)
     "weave": ("scratch", "hole", "stain"),  # texture, RGB (denim-like twill)

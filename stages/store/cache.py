@@ -615,7 +615,8 @@ class RunStore:
                 up = self.get(up_stage, up_key)
                 if up is None or not up.is_complete:
                     raise CacheMissError(f"the {e.stage} result {e.key} needs {up_stage} {up_key}, which is gone or "
-                                         "incomplete; rerun ", up.step() if up is not None else Step(up_stage, self.name))
+                                         "incomplete; rerun ",
+                                         up.step() if up is not None else Step(up_stage, self.name))
                 self.check_sound(up)
                 self.check_fresh(up)
                 continue
