@@ -52,7 +52,9 @@ def test_two_ranks_share_extract_and_infer_diff_bit_identically(full_run_pristin
     _drop(run, "infer_diff")
     log = tmp_path / "points.log"
 
-    res = _torchrun(run, "extract", "--feature-size", "8", log=log)
+    # a chunk of extract takes a fraction of a second: one slowed to a second lets the rank the scheduler started
+    # late still find its share (CI saw rank 1 take all 8 chunks before rank 0 began)
+    res = _torchrun(run, "extract", "--feature-size", "8", log=log, DRDC_SLOW_AT="extract.done:1")
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("✓ extract") == 1  # one line, from rank 0
     n_img = RunStore(ref).current("extract").array("features").shape[0]
@@ -62,7 +64,7 @@ def test_two_ranks_share_extract_and_infer_diff_bit_identically(full_run_pristin
     assert a.key == b.key and np.array_equal(a.array("features")[:], b.array("features")[:])
 
     log.write_text("")
-    res = _torchrun(run, "infer-diff", *INFER, log=log)
+    res = _torchrun(run, "infer-diff", *INFER, log=log, DRDC_SLOW_AT="infer_diff.done:1")
     assert res.returncode == 0, res.stderr[-3000:]
     n_test = RunStore(ref).current("infer_base").array("record").shape[0]
     ranks = _chunks_done(log, "infer_diff.done")

@@ -4,13 +4,15 @@
 it reaches; `DRDC_KILL_AT=site:k` at the k-th time it reaches the point named site (so a test can name a point
 whatever order the ranks reach the others in). `DRDC_FAULT_LOG=FILE` appends each point reached ("k site"), so a
 test can count the points of an uninterrupted run and pick kill points at random among them. `DRDC_KILL_RANK=r`
-limits the kill to torchrun rank r (the other ranks only count). Without these variables a point costs one dict
-lookup.
+limits the kill to torchrun rank r (the other ranks only count). `DRDC_SLOW_AT=site:seconds` sleeps at each point
+named site, so that a test of work shared between ranks does not depend on which rank the scheduler started first.
+Without these variables a point costs one dict lookup.
 """
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 _count = 0
 _at_site: dict[str, int] = {}
@@ -18,9 +20,11 @@ _at_site: dict[str, int] = {}
 
 def point(site: str) -> None:
     global _count
-    at, log = os.environ.get("DRDC_KILL_AT"), os.environ.get("DRDC_FAULT_LOG")
-    if not at and not log:
+    at, log, slow = os.environ.get("DRDC_KILL_AT"), os.environ.get("DRDC_FAULT_LOG"), os.environ.get("DRDC_SLOW_AT")
+    if not at and not log and not slow:
         return
+    if slow and slow.rpartition(":")[0] == site:
+        time.sleep(float(slow.rpartition(":")[2]))
     _count += 1
     if log:
         with open(log, "a") as f:
