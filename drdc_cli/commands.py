@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import shlex
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from stages.config.registry import STAGES, params_class
@@ -18,7 +18,7 @@ from stages.config.settings import absent_defaults, flag_name, settings_of
 from stages.errors import Message, Option, Step, render
 
 # the command of each stage and job a Step names, where it is not the name with dashes
-COMMAND = {"cache_gc": "cache gc", "cache_verify": "cache verify", "cache_ls": "cache ls"}
+COMMAND = {"cache_gc": "cache gc", "cache_verify": "cache verify"}
 # what a bare line (the stage's defaults) must still give: index needs its dataset
 REQUIRED = {"index": "--data ROOT"}
 
@@ -55,12 +55,6 @@ def _switch_only(stage: str) -> set[str]:
     return {"--" + flag_name(n, s) for n, (_, s) in settings_of(params_class(stage)).items() if s.switch}
 
 
-def _absent(stage: str) -> dict[str, Any]:
-    """Params a key leaves out while they hold the class default (the `added` settings: keys made before the
-    option existed stay valid); the preset may set another value, so a command line spells the default out."""
-    return absent_defaults(params_class(stage)) if stage in FLAGS else {}
-
-
 def quote(text: Any) -> str:
     """A path or value as a shell word (unquoted when it needs no quotes)."""
     return shlex.quote(str(text))
@@ -70,12 +64,16 @@ def _value(v: Any) -> str:
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else shlex.quote(str(v))
 
 
+def _is_set(v: Any) -> bool:
+    """None and () are a stage's "all" or "newest": no option spells them."""
+    return v is not None and not (isinstance(v, (list, tuple)) and not v)
+
+
 def options(stage: str, params: dict) -> dict[str, Any]:
-    """{flag: value} of every param of `params` this stage's CLI sets (ABSENT defaults spelled out; None and ()
-    left out: they are the stage's "all" or "newest"), in the CLI's order."""
-    params = {**_absent(stage), **params}
-    return {flag: params[key] for key, flag in FLAGS[stage].items()
-            if params.get(key) is not None and not (isinstance(params[key], (list, tuple)) and not params[key])}
+    """{flag: value} of every param of `params` this stage's CLI sets, in the CLI's order. The `added` settings a
+    key leaves out at their class defaults are spelled out (the run's preset may choose other values)."""
+    params = {**absent_defaults(params_class(stage)), **params}
+    return {flag: params[key] for key, flag in FLAGS[stage].items() if _is_set(params.get(key))}
 
 
 def _flag(stage: str, name: str) -> str:
@@ -115,8 +113,7 @@ def line(step: Step) -> str:
     if step.params is not None and step.whole and stage in FLAGS:
         flags = options(stage, params)
     else:
-        flags = {_flag(stage, k): v for k, v in params.items()
-                 if v is not None and not (isinstance(v, (list, tuple)) and not v)}
+        flags = {_flag(stage, k): v for k, v in params.items() if _is_set(v)}
     parts += _words(stage, flags)
     if step.weights:  # a local weight file: the key holds its hash, the entry's attrs its path
         parts.append(f"--weights {quote(step.weights)}")
@@ -130,7 +127,7 @@ def shown(step: Step) -> str:
 
 def option(o: Option) -> str:
     """`--flag`, `index --layout` (another stage's option), `--gamma 0` (with a value)."""
-    text = _flag(o.stage, o.name) if o.stage else _flag("", o.name)
+    text = _flag(o.stage or "", o.name)
     if o.stage:
         text = f"{command_name(o.stage)} {text}"
     if not o.has_value:
@@ -145,9 +142,6 @@ def text(message: Message) -> str:
     return render(message, line, option)
 
 
-def entry_line(entry: Any, merge_c: Iterable[int] | None = None) -> str:
+def entry_line(entry: Any) -> str:
     """The line that makes `entry` again (stages.store.cache.Entry.step)."""
-    step = entry.step()
-    if merge_c is not None:
-        step = Step(step.stage, step.run, step.params, step.whole, tuple(merge_c), step.weights)
-    return line(step)
+    return line(entry.step())

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from stages.config.domains import SEEDS, Choice, Int, List, Real, Text, _fail, numbers, split  # noqa: F401 (re-exported)
+from stages.config.domains import Choice, Int, List, Real, Text, _fail, numbers, split  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

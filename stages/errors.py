@@ -66,6 +66,11 @@ Part = Union[str, Step, Option]
 Message = Union[str, Sequence[Part]]  # a text with the steps and options it names, in reading order
 
 
+def parts_of(message: Message) -> tuple[Part, ...]:
+    """A message as its parts (a text is one part)."""
+    return (message,) if isinstance(message, str) else tuple(message)
+
+
 def render(message: Message, step: Callable[[Step], str] | None = None,
            option: Callable[[Option], str] | None = None) -> str:
     """The message as one text: a step quoted in backticks, as `step` spells it (default: its Python form), an
@@ -107,7 +112,7 @@ class ConfigError(DrdcError):
 
     def __init__(self, detail: Message, param: str | None = None) -> None:
         self.param = param
-        parts = (detail,) if isinstance(detail, str) else tuple(detail)
+        parts = parts_of(detail)
         super().__init__(*((f"{param}: ",) if param else ()), *parts)
         self.detail_parts = parts
         self.detail = render(parts)
@@ -129,5 +134,4 @@ class DamageError(StoreError):
 def check(cond: bool, param: str, message: Message, value: Any) -> None:
     """Raise a one-line ConfigError naming the parameter, the rule and the offending value."""
     if not cond:
-        parts = (message,) if isinstance(message, str) else tuple(message)
-        raise ConfigError((*parts, f" (got {value!r})"), param)
+        raise ConfigError((*parts_of(message), f" (got {value!r})"), param)

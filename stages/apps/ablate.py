@@ -23,8 +23,8 @@ from stages.method.anomaly_map import image_score, upsample
 from stages.method.metrics import compute_metrics, mean_over_categories
 from stages.pipeline.heatmaps import FusionSettings, fuse_maps, image_maps, read_diff
 from stages.pipeline.reading import content
-from stages.pipeline.selection import (FuseParams, base_only, newest_init, normal_stats, row_folds, settings_over,
-                                       variant_entries)
+from stages.pipeline.selection import (FuseParams, base_only, infer_diff_step, newest_init, normal_stats, row_folds,
+                                       settings_over, variant_entries)
 from stages.pipeline.train_diff import TrainDiffParams
 from stages.store.cache import Entry, RunStore
 from stages.config.presets import PRESETS
@@ -102,13 +102,6 @@ def train_diff_step(store: RunStore, params: dict, model_condition: bool, task: 
     else:
         q["t_max"] = params.get("t_max", 999)
     return Step("train_diff", store.name, q, note=note)
-
-
-def infer_diff_step(store: RunStore, t, c, l, n_s: int, seed: int, ttc: bool, init: str = "paper",  # noqa: E741
-                    distance: str = "pixel") -> Step:
-    """The infer-diff Step of these maps; the start and the distance spelled out (the preset may differ)."""
-    return Step("infer_diff", store.name, {"t": list(t), "c": list(c), "l": list(l), "n_s": n_s, "seed": seed,
-                                           "test_time_condition": ttc, "init": init, "distance": distance})
 
 
 def _preset_maps(store: RunStore) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
@@ -232,7 +225,7 @@ def run(store: RunStore, sel: Selection = Selection(), progress: bool = True) ->
     if "train_diff" not in store.current_keys:
         steps = [Step("train_diff", store.name),
                  Step("ablate", store.name, note="again, once the diffusion model is trained")]
-        return rows + [Row(v.name, v, commands=steps) for v in TABLE5]
+        return rows + [Row(v.name, v, commands=list(steps)) for v in TABLE5]
     unet = store.current("train_diff")
     if not unet.params["model_condition"]:
         raise CacheMissError(f"the current diffusion model {unet.key} was trained with ",

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from stages.apps.choices import DOWN_MODES, UP_MODES, BoundParams  # noqa: F401 (its settings, torch-free)
+from stages.apps.choices import BoundParams  # noqa: F401 (re-exported: its home is torch-free)
 from stages.data.dataset import discover, split_indices
 from stages.data.images import image_size, load_mask
-from stages.errors import DataError, Option, check
+from stages.errors import DataError, Option
 from stages.method.anomaly_map import upsample
 from stages.method.metrics import pixel_auroc
 

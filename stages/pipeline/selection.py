@@ -19,13 +19,19 @@ from stages.pipeline.trained import check_maps
 from stages.store.cache import Entry, RunStore
 
 
+def infer_diff_step(store: RunStore, t, c, l, n_s: int, seed: int, ttc: bool, init: str | None = "paper",  # noqa: E741
+                    distance: str = "pixel", whole: bool = True) -> Step:
+    """The infer-diff Step of these maps, the variant (n_s, seed, test-time condition, start, distance) spelled
+    out: the preset's may differ. whole=False: only these options (an empty t or l, a None start: infer-diff's
+    own, from the run's preset)."""
+    return Step("infer_diff", store.name, {"t": list(t), "c": list(c), "l": list(l), "n_s": n_s, "seed": seed,
+                                           "test_time_condition": ttc, "init": init, "distance": distance}, whole=whole)
+
+
 def _step(store: RunStore, p: FuseParams, cs, ts, ls) -> Step:
-    """The infer-diff Step that makes the maps fuse asked for: the variant spelled out (the preset's start and
-    distance may differ), t, c and l only where fuse asked for them (else infer-diff's own, from the run's
-    preset, which fit the UNet the run trained)."""
-    q = {"t": list(ts), "c": list(cs), "l": list(ls), "n_s": p.n_s, "seed": p.seed,
-         "test_time_condition": p.test_time_condition, "init": p.init, "distance": p.distance}
-    return Step("infer_diff", store.name, q, whole=False)
+    """The infer-diff Step that makes the maps fuse asked for: t, c and l only where fuse asked for them (else
+    infer-diff's own, from the run's preset, which fit the UNet the run trained)."""
+    return infer_diff_step(store, ts, cs, ls, p.n_s, p.seed, p.test_time_condition, p.init, p.distance, whole=False)
 
 
 def _accepted(store: RunStore, unet: Entry, p: FuseParams, cs) -> None:

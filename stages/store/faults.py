@@ -23,8 +23,10 @@ def point(site: str) -> None:
     at, log, slow = os.environ.get("DRDC_KILL_AT"), os.environ.get("DRDC_FAULT_LOG"), os.environ.get("DRDC_SLOW_AT")
     if not at and not log and not slow:
         return
-    if slow and slow.rpartition(":")[0] == site:
-        time.sleep(float(slow.rpartition(":")[2]))
+    if slow:
+        slow_site, _, seconds = slow.rpartition(":")
+        if slow_site == site:
+            time.sleep(float(seconds))
     _count += 1
     if log:
         with open(log, "a") as f:
